@@ -1,0 +1,126 @@
+"""Dynamic correctness checks of one candidate, run inside a worker process.
+
+Each check plants a condition that a cheat or a careless kernel would trip over: fresh random inputs for
+every call, NaN-poisoned free memory before each call, the reference computed between candidate calls,
+inputs compared with clones, storage overlap, layout, a second set of inputs, a repeat for determinism.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import torch
+
+from kernels import DTYPES, OpSpec, Shape
+
+from .checker import compare
+from .verdict import CandidateFailure
+
+
+class LaunchCounter:
+    """Counts Triton kernel launches; the worker installs it on Triton's launch path before any candidate loads."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def poison_free_memory(like: torch.Tensor, copies: int = 4) -> None:
+    """Allocate blocks the size of the expected output, fill them with NaN and free them.
+
+    The allocator hands the same blocks back to the candidate's `torch.empty`, so an output element the
+    kernel never writes reads as NaN instead of a plausible leftover (e.g. the reference's result).
+    """
+    blocks = [torch.empty_like(like).fill_(float("nan")) for _ in range(copies)]
+    if like.is_cuda:
+        torch.cuda.synchronize(like.device)
+    del blocks
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _storage_span(t: torch.Tensor) -> tuple[int, int]:
+    start = t.untyped_storage().data_ptr()
+    return start, start + t.untyped_storage().nbytes()
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    a0, a1 = _storage_span(a)
+    b0, b1 = _storage_span(b)
+    return a0 < b1 and b0 < a1
+
+
+class CorrectnessSuite:
+    def __init__(self, entry: Callable, spec: OpSpec, device: str, counter: LaunchCounter, rng: random.Random):
+        self.entry = entry
+        self.spec = spec
+        self.device = device
+        self.counter = counter
+        self.rng = rng
+
+    def fresh_inputs(self, shape: Shape, dtype: torch.dtype) -> tuple:
+        # a new seed every call: a candidate cannot learn the inputs of a check
+        return self.spec.make_inputs(shape, dtype, self.rng.randrange(2**31), self.device)
+
+    def call(self, inputs: tuple, expected: torch.Tensor) -> torch.Tensor:
+        """One candidate call with poisoned memory, launch counting and input-mutation checks."""
+        clones = [a.clone() if isinstance(a, torch.Tensor) else a for a in inputs]
+        poison_free_memory(expected)
+        before = self.counter.count
+        out = self.entry(*inputs)
+        _sync(self.device)
+        if self.counter.count == before:
+            raise CandidateFailure("no_kernel", "the call returned without launching a Triton kernel")
+        for i, (arg, clone) in enumerate(zip(inputs, clones)):
+            if isinstance(arg, torch.Tensor) and not torch.equal(arg, clone):
+                raise CandidateFailure("input_mutation", f"argument {i} changed during the call")
+        if not isinstance(out, torch.Tensor):
+            raise CandidateFailure("layout", f"returned {type(out).__name__}, expected a tensor")
+        for i, arg in enumerate(inputs):
+            if isinstance(arg, torch.Tensor) and _overlaps(out, arg):
+                raise CandidateFailure("aliasing", f"the output shares storage with argument {i}")
+        if out.dtype != expected.dtype or out.shape != expected.shape or out.stride() != expected.stride():
+            raise CandidateFailure(
+                "layout", f"got {out.dtype} {tuple(out.shape)} strides {out.stride()}, expected "
+                          f"{expected.dtype} {tuple(expected.shape)} strides {expected.stride()}")
+        if out.device.type != expected.device.type:
+            raise CandidateFailure("layout", f"output on {out.device}, expected {expected.device}")
+        return out
+
+    def judge(self, out: torch.Tensor, inputs: tuple, dtype_key: str, failure_class: str, what: str) -> dict:
+        tol = self.spec.tolerances[dtype_key]
+        result = compare(out, self.spec.reference(*inputs), tol.atol, tol.rtol)
+        if not result.ok:
+            # NaN can only come from the poison when the reference is finite and the inputs are sane
+            cls = "stale_memory" if result.nans and failure_class == "wrong_result" else failure_class
+            raise CandidateFailure(cls, f"{what}: {result.summary()}")
+        return result.to_dict()
+
+    def check_shape(self, shape: Shape, dtype_key: str) -> dict:
+        dtype = DTYPES[dtype_key]
+        tol = self.spec.tolerances[dtype_key]
+        inputs_a = self.fresh_inputs(shape, dtype)
+        # the expected layout is PyTorch's own op's, probed on other inputs so that the first candidate
+        # call below runs before any reference of its inputs exists
+        with torch.no_grad():
+            probe = self.spec.eager(*self.fresh_inputs(shape, dtype))
+            expected_like = torch.empty_strided(probe.shape, probe.stride(), dtype=probe.dtype, device=probe.device)
+            del probe
+        out_a = self.call(inputs_a, expected_like)
+        first = self.judge(out_a, inputs_a, dtype_key, "wrong_result", f"{shape} {dtype_key}")
+        # second inputs whose PyTorch result was just computed and freed: a candidate that returns stale
+        # memory or a cached result fails here (the poisoning overwrites what the reference left)
+        inputs_b = self.fresh_inputs(shape, dtype)
+        with torch.no_grad():
+            self.spec.eager(*inputs_b)
+        out_b = self.call(inputs_b, expected_like)
+        self.judge(out_b, inputs_b, dtype_key, "caching", f"{shape} {dtype_key}, second inputs")
+        # the same inputs again must give the same output within rounding
+        out_b2 = self.call(inputs_b, expected_like)
+        again = compare(out_b2, out_b, tol.atol / 10, tol.rtol / 10)
+        if not again.ok:
+            raise CandidateFailure("nondeterminism", f"{shape} {dtype_key}, repeated call: {again.summary()}")
+        return {"shape": shape.name, "dims": dict(shape.dims), "dtype": dtype_key, "passed": True,
+                "max_abs": first["max_abs"], "rel_l2": first["rel_l2"]}

@@ -1,0 +1,147 @@
+"""GPU timing inside a worker: candidate, PyTorch eager and torch.compile, interleaved, same inputs.
+
+Medians from `triton.testing.do_bench`; inputs rotate over enough buffers to exceed L2, so no variant is
+timed on warm cache; rounds interleave the variants in rotating order so clock and thermal drift hit
+all of them alike. Ceilings (copy bandwidth, bf16 matmul rate) are measured, never taken from a sheet.
+"""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from kernels import DTYPES, OpSpec, Shape
+
+from .checker import compare
+from .verdict import CandidateFailure
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    rounds: int = 5              # interleaved rounds; each round times every variant once
+    warmup_ms: int = 25          # do_bench warm-up per measurement
+    rep_ms: int = 100            # do_bench repetition time per measurement
+    rotate_bytes: int = 256 << 20  # input buffers cycled per variant; larger than any L2
+    floor_slack: float = 0.9     # a time under slack * physical floor is rejected as too fast
+
+
+def _bench(fn: Callable[[], object], settings: TimingSettings) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=settings.warmup_ms, rep=settings.rep_ms, return_mode="median"))
+
+
+def measure_ceilings(settings: TimingSettings) -> dict:
+    """Copy bandwidth (bytes read + written) and dense bf16 matmul rate of this GPU."""
+    n = 256 << 20  # 512 MiB of bf16 each way
+    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    copy_ms = _bench(lambda: dst.copy_(src), settings)
+    copy_gbps = 2 * src.numel() * src.element_size() / (copy_ms * 1e-3) / 1e9
+    del src, dst
+    size = 8192
+    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    mm_ms = _bench(lambda: a @ b, settings)
+    tflops = 2 * size**3 / (mm_ms * 1e-3) / 1e12
+    return {"copy_gbps": copy_gbps, "matmul_tflops": tflops, "method": "torch copy_ 512 MiB bf16; 8192^3 bf16 matmul"}
+
+
+class Rotating:
+    """Calls fn on the next input set each time; remembers the last inputs and output for re-checking."""
+
+    def __init__(self, fn: Callable, input_sets: list[tuple]):
+        self.fn = fn
+        self.input_sets = input_sets
+        self.index = 0
+        self.last: tuple[tuple, object] | None = None
+
+    def __call__(self) -> object:
+        inputs = self.input_sets[self.index]
+        self.index = (self.index + 1) % len(self.input_sets)
+        out = self.fn(*inputs)
+        self.last = (inputs, out)
+        return out
+
+
+_COMPILED: dict[tuple, Callable] = {}
+
+
+def compiled_baseline(spec: OpSpec) -> Callable:
+    # one compiled function per op and worker: torch.compile specialises per shape/dtype itself
+    key = (spec.name,)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(spec.eager, dynamic=False)
+    return _COMPILED[key]
+
+
+def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, ceilings: dict,
+               settings: TimingSettings, rng: random.Random) -> dict:
+    dtype = DTYPES[dtype_key]
+    bytes_moved = spec.bytes_moved(shape, dtype)
+    flops = spec.flops(shape)
+    n_sets = max(2, math.ceil(settings.rotate_bytes / max(bytes_moved, 1)))
+    n_sets = min(n_sets, 64)
+    input_sets = [spec.make_inputs(shape, dtype, rng.randrange(2**31), "cuda") for _ in range(n_sets)]
+    variants = {
+        "candidate": Rotating(entry, input_sets),
+        "eager": Rotating(spec.eager, input_sets),
+        "compile": Rotating(compiled_baseline(spec), input_sets),
+    }
+    with torch.no_grad():
+        for fn in variants.values():
+            fn()  # compile and load outside the measurements
+        torch.cuda.synchronize()
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        names = list(variants)
+        for r in range(settings.rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for name in order:
+                samples[name].append(_bench(variants[name], settings))
+    torch.cuda.synchronize()
+    # the output of the last timed call must still be right: catches work skipped under repetition
+    inputs, out = variants["candidate"].last
+    tol = spec.tolerances[dtype_key]
+    recheck = compare(out, spec.reference(*inputs), tol.atol, tol.rtol)
+    if not recheck.ok:
+        raise CandidateFailure("caching", f"output of the timed call at {shape} {dtype_key}: {recheck.summary()}")
+    med = {name: statistics.median(vals) for name, vals in samples.items()}
+    cand = med["candidate"]
+    floor_ms = max(bytes_moved / (ceilings["copy_gbps"] * 1e9), flops / (ceilings["matmul_tflops"] * 1e12)) * 1e3
+    if cand < settings.floor_slack * floor_ms:
+        raise CandidateFailure("too_fast", f"{cand * 1e3:.1f} us at {shape} {dtype_key} is under the physical floor "
+                                           f"of {floor_ms * 1e3:.1f} us (bytes / copy bandwidth, flops / matmul rate)")
+    gbps = bytes_moved / (cand * 1e-3) / 1e9
+    tflops = flops / (cand * 1e-3) / 1e12
+    roofline = gbps / ceilings["copy_gbps"] if spec.bound == "memory" else tflops / ceilings["matmul_tflops"]
+    c_samples = samples["candidate"]
+    return {
+        "shape": shape.name,
+        "dims": dict(shape.dims),
+        "dtype": dtype_key,
+        "candidate_ms": cand,
+        "eager_ms": med["eager"],
+        "compile_ms": med["compile"],
+        "speedup_eager": med["eager"] / cand,
+        "speedup_compile": med["compile"] / cand,
+        "gbps": gbps,
+        "tflops": tflops,
+        "roofline_fraction": roofline,
+        "floor_ms": floor_ms,
+        "spread": (max(c_samples) - min(c_samples)) / cand,
+        "rounds": settings.rounds,
+        "samples_ms": samples,
+    }
+
+
+def summarise(per_shape: list[dict], ceilings: dict) -> dict:
+    """The verdict's timing block: the headline (first timed) shape's numbers plus every shape's."""
+    head = per_shape[0]
+    keys = ("candidate_ms", "eager_ms", "compile_ms", "speedup_eager", "speedup_compile", "gbps", "tflops",
+            "roofline_fraction", "spread")
+    return {**{k: head[k] for k in keys}, "headline": f"{head['shape']} {head['dtype']}",
+            "shapes": per_shape, "ceilings": ceilings}

@@ -1,0 +1,324 @@
+"""LayerNorm over the last dimension: y = (x - mean) / sqrt(var + eps) * weight + bias.
+
+Entry (fixed): layer_norm(x [M, N], weight [N], bias [N], eps) -> [M, N] in x's dtype.
+Memory-bound: one read of x, one write of y; the forward kernel keeps a whole row (or a tile of rows)
+in registers so x is read once. The backward recomputes mean and rstd from x instead of storing them:
+it must read x anyway, and that saves a write and a read of two [M] vectors.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .candidate import render_candidate
+from .spec import OpSpec, Shape, TemplateSpace, Tolerance
+
+
+@triton.jit
+def _layer_norm_fwd_kernel(
+    X,          # [M, N] input, rows stride_x apart, columns contiguous
+    W,          # [N] scale
+    B,          # [N] shift
+    Y,          # [M, N] output, rows stride_y apart, columns contiguous
+    stride_x,   # elements between rows of X
+    stride_y,   # elements between rows of Y
+    M,          # rows
+    N,          # width
+    eps,        # added to the variance
+    BLOCK_N: tl.constexpr,      # columns per tile: next_pow2(N) for one tile, else the chunk width
+    ROWS: tl.constexpr,         # rows per tile
+    SINGLE_TILE: tl.constexpr,  # the whole row in one masked tile (x read once) or a chunked loop
+):
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(M, ROWS)
+    cols = tl.arange(0, BLOCK_N)
+    if SINGLE_TILE:
+        # hoisted: a persistent program reuses the scale and shift for every tile it normalises
+        col_mask = cols < N
+        w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+        b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
+    # one iteration per program unless the grid is persistent (fewer programs than tiles)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        rows = tile * ROWS + tl.arange(0, ROWS)
+        row_mask = rows < M
+        rows64 = rows.to(tl.int64)  # rows * stride overflows int32 past 2**31 elements
+        if SINGLE_TILE:
+            mask = row_mask[:, None] & col_mask[None, :]
+            x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            mean = tl.sum(x, axis=1) / N
+            xc = tl.where(mask, x - mean[:, None], 0.0)
+            var = tl.sum(xc * xc, axis=1) / N
+            rstd = 1.0 / tl.sqrt(var + eps)
+            y = xc * rstd[:, None] * w[None, :] + b[None, :]
+            tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        else:
+            # pass 1: shifted sums (shift by the row's first element keeps E[x^2]-E[x]^2 well conditioned)
+            shift = tl.load(X + rows64 * stride_x, mask=row_mask, other=0.0).to(tl.float32)
+            acc = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+            acc_sq = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+            for start in range(0, N, BLOCK_N):
+                c = start + cols
+                mask = row_mask[:, None] & (c < N)[None, :]
+                x = tl.load(X + rows64[:, None] * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                xs = tl.where(mask, x - shift[:, None], 0.0)
+                acc += xs
+                acc_sq += xs * xs
+            mean_s = tl.sum(acc, axis=1) / N
+            var = tl.maximum(tl.sum(acc_sq, axis=1) / N - mean_s * mean_s, 0.0)
+            mean = mean_s + shift
+            rstd = 1.0 / tl.sqrt(var + eps)
+            # pass 2: normalise; the row comes back from L2
+            for start in range(0, N, BLOCK_N):
+                c = start + cols
+                cmask = c < N
+                mask = row_mask[:, None] & cmask[None, :]
+                x = tl.load(X + rows64[:, None] * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                wc = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)
+                bc = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)
+                y = (x - mean[:, None]) * rstd[:, None] * wc[None, :] + bc[None, :]
+                tl.store(Y + rows64[:, None] * stride_y + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+def _layer_norm_fwd(x, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TILE, CHUNK_N,
+                    PERSISTENT, PROGRAMS_PER_SM):
+    """Validate, allocate, launch. Parameters in capitals are the template's knobs."""
+    if x.dim() != 2 or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],):
+        raise ValueError(f"layer_norm wants x [M, N], weight [N], bias [N]; got {tuple(x.shape)}, "
+                         f"{tuple(weight.shape)}, {tuple(bias.shape)}")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    M, N = x.shape
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0:
+        return y
+    block_n = triton.next_power_of_2(N) if SINGLE_TILE else min(CHUNK_N, triton.next_power_of_2(N))
+    n_tiles = triton.cdiv(M, ROWS_PER_PROGRAM)
+    grid = n_tiles
+    if PERSISTENT:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+        grid = min(n_tiles, sms * PROGRAMS_PER_SM)
+    _layer_norm_fwd_kernel[(grid,)](
+        x, weight, bias, y, x.stride(0), y.stride(0), M, N, eps,
+        BLOCK_N=block_n, ROWS=ROWS_PER_PROGRAM, SINGLE_TILE=SINGLE_TILE, num_warps=NUM_WARPS,
+    )
+    return y
+
+
+@triton.jit
+def _layer_norm_bwd_kernel(
+    X,          # [M, N] forward input
+    W,          # [N] scale
+    DY,         # [M, N] gradient of the output, rows stride_dy apart
+    DX,         # [M, N] gradient of the input (written), rows stride_x apart
+    DW_PART,    # [G, N] float32 per-program partial sums of dy * xhat
+    DB_PART,    # [G, N] float32 per-program partial sums of dy
+    stride_x,
+    stride_dy,
+    M,
+    N,
+    eps,
+    BLOCK_N: tl.constexpr,
+):
+    # int64 row index: row * stride overflows int32 past 2**31 elements
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # each program owns rows pid, pid + G, ...: its dw/db partials need no atomics
+    for row in range(pid, M, tl.num_programs(0)):
+        x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=0) / N
+        xc = tl.where(mask, x - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / N + eps)
+        xhat = xc * rstd
+        wdy = w * dy
+        c1 = tl.sum(xhat * wdy, axis=0) / N
+        c2 = tl.sum(wdy, axis=0) / N
+        dx = (wdy - (xhat * c1 + c2)) * rstd
+        tl.store(DX + row * stride_x + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        dw += dy * xhat
+        db += dy
+    tl.store(DW_PART + pid * N + cols, dw, mask=mask)
+    tl.store(DB_PART + pid * N + cols, db, mask=mask)
+
+
+@triton.jit
+def _column_sum_kernel(
+    PART,       # [G, N] float32 partial sums
+    OUT,        # [N] result, in the parameter's dtype
+    G,
+    N,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, G, BLOCK_G):
+        rows = start + tl.arange(0, BLOCK_G)
+        mask = (rows < G)[:, None] & (cols < N)[None, :]
+        acc += tl.sum(tl.load(PART + rows[:, None] * N + cols[None, :], mask=mask, other=0.0), axis=0)
+    tl.store(OUT + cols, acc.to(OUT.dtype.element_ty), mask=cols < N)
+
+
+def _layer_norm_bwd(dy, x, weight, eps):
+    M, N = x.shape
+    dy = dy.contiguous()
+    dx = torch.empty_like(x)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+    groups = max(1, min(M, 4 * sms))
+    dw_part = torch.empty((groups, N), dtype=torch.float32, device=x.device)
+    db_part = torch.empty((groups, N), dtype=torch.float32, device=x.device)
+    block_n = triton.next_power_of_2(N)
+    _layer_norm_bwd_kernel[(groups,)](x, weight, dy, dx, dw_part, db_part, x.stride(0), dy.stride(0),
+                                      M, N, eps, BLOCK_N=block_n, num_warps=4 if block_n <= 1024 else 8)
+    dw = torch.empty_like(weight)
+    db = torch.empty_like(weight)
+    grid = (triton.cdiv(N, 128),)
+    _column_sum_kernel[grid](dw_part, dw, groups, N, BLOCK_G=32, BLOCK_N=128)
+    _column_sum_kernel[grid](db_part, db, groups, N, BLOCK_G=32, BLOCK_N=128)
+    return dx, dw, db
+
+
+SEED_PARAMS = {
+    "ROWS_PER_PROGRAM": 1,
+    "NUM_WARPS": 4,
+    "SINGLE_TILE": True,
+    "CHUNK_N": 256,
+    "PERSISTENT": False,
+    "PROGRAMS_PER_SM": 4,
+}
+
+
+class LayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        ctx.save_for_backward(x, weight)
+        ctx.eps = eps
+        return _layer_norm_fwd(x, weight, bias, eps, **SEED_PARAMS)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dx, dw, db = _layer_norm_bwd(dy, x.contiguous(), weight, ctx.eps)
+        return dx, dw, db, None
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """The seed kernel, differentiable: LayerNorm of a [M, N] tensor over N."""
+    return LayerNormFunction.apply(x, weight, bias, eps)
+
+
+# ----------------------------------------------------------------------------- spec
+
+def _make_inputs(shape: Shape, dtype: torch.dtype, seed: int, device: str):
+    M, N = shape.dims["M"], shape.dims["N"]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    # rows with their own offset and scale, like a residual stream; never zeros
+    offset = torch.randn((M, 1), generator=gen, device=device) * 2.0
+    scale = torch.rand((M, 1), generator=gen, device=device) * 3.0 + 0.25
+    x = (torch.randn((M, N), generator=gen, device=device) * scale + offset).to(dtype)
+    weight = (1.0 + 0.2 * torch.randn((N,), generator=gen, device=device)).to(dtype)
+    bias = (0.2 * torch.randn((N,), generator=gen, device=device)).to(dtype)
+    return x, weight, bias, 1e-5
+
+
+def _reference(x, weight, bias, eps):
+    wide = torch.float64 if x.dtype == torch.float32 else torch.float32
+    return torch.nn.functional.layer_norm(x.to(wide), (x.shape[-1],), weight.to(wide), bias.to(wide), eps)
+
+
+def _eager(x, weight, bias, eps):
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def _bytes_moved(shape: Shape, dtype: torch.dtype) -> int:
+    M, N = shape.dims["M"], shape.dims["N"]
+    size = torch.tensor([], dtype=dtype).element_size()
+    return (2 * M * N + 2 * N) * size  # read x, write y, read weight and bias
+
+
+def _flops(shape: Shape) -> int:
+    M, N = shape.dims["M"], shape.dims["N"]
+    return 8 * M * N
+
+
+def _context(shape: Shape, sm_count: int) -> dict:
+    return {
+        "row_wise": True,
+        "normalization": True,
+        "rows_over_2x_sms": shape.dims["M"] > 2 * sm_count,
+        "width": shape.dims["N"],
+    }
+
+
+def _shape(name, m, n, origin, timed=False):
+    return Shape(name=name, dims={"M": m, "N": n}, origin=origin, timed=timed)
+
+
+TEMPLATE = TemplateSpace(
+    params={
+        "ROWS_PER_PROGRAM": (1, 2, 4, 8),
+        "NUM_WARPS": (1, 2, 4, 8, 16),
+        "SINGLE_TILE": (True, False),
+        "CHUNK_N": (128, 256, 512),
+        "PERSISTENT": (False, True),
+        "PROGRAMS_PER_SM": (2, 4, 8, 16),
+    },
+    seed=SEED_PARAMS,
+    render=lambda params: render_candidate(
+        op="layer_norm",
+        entry="layer_norm",
+        entry_args=("x", "weight", "bias", "eps"),
+        launcher=_layer_norm_fwd,
+        kernels=(_layer_norm_fwd_kernel,),
+        params=params,
+        title="LayerNorm forward candidate",
+    ),
+)
+
+SPEC = OpSpec(
+    name="layer_norm",
+    entry="layer_norm",
+    signature="layer_norm(x: [M, N], weight: [N], bias: [N], eps: float) -> [M, N] in x.dtype",
+    description="LayerNorm over the last dimension of a [M, N] tensor (the rows are B*T tokens)",
+    make_inputs=_make_inputs,
+    reference=_reference,
+    eager=_eager,
+    shapes=(
+        _shape("gpt2-B8-T1024", 8192, 768, "gpt2", timed=True),
+        _shape("shakespeare-B64-T256", 16384, 384, "shakespeare", timed=True),
+        _shape("gpt2-B1-T128", 128, 768, "gpt2"),
+        _shape("one-row", 1, 768, "edge"),
+        _shape("odd-rows-383", 1001, 383, "edge"),
+        _shape("odd-rows-385", 257, 385, "edge"),
+        _shape("width-1023", 333, 1023, "edge"),
+        _shape("width-1025", 77, 1025, "edge"),
+    ),
+    interpreter_shapes=(
+        _shape("gpt2-width", 16, 768, "gpt2"),
+        _shape("shakespeare-width", 16, 384, "shakespeare"),
+        _shape("one-row", 1, 768, "edge"),
+        _shape("odd-rows-383", 13, 383, "edge"),
+        _shape("odd-rows-385", 9, 385, "edge"),
+        _shape("width-1023", 5, 1023, "edge"),
+        _shape("width-1025", 3, 1025, "edge"),
+    ),
+    gpu_dtypes=("bfloat16", "float16", "float32"),
+    cpu_dtypes=("float32", "float16"),
+    tolerances={
+        "float32": Tolerance(atol=1e-4, rtol=1e-4),
+        "float16": Tolerance(atol=1e-2, rtol=1e-2),
+        "bfloat16": Tolerance(atol=4e-2, rtol=2e-2),
+    },
+    bytes_moved=_bytes_moved,
+    flops=_flops,
+    bound="memory",
+    has_backward=True,
+    template=TEMPLATE,
+    context=_context,
+    tags=("row_wise", "normalization"),
+)

@@ -1,0 +1,134 @@
+"""The contract every op declares: what it computes, on which shapes, how exactly, and how to search it.
+
+An `OpSpec` is all the evaluator and the agents know about an op. It stands alone (no imports of the
+rest of the project) because kernels/ ships as its own package.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    for name, value in DTYPES.items():
+        if value == dtype:
+            return name
+    raise ValueError(f"unsupported dtype {dtype}")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One problem size. `dims` are the op's named sizes (e.g. M rows, N width)."""
+
+    name: str
+    dims: Mapping[str, int]
+    # where the shape comes from: "gpt2", "shakespeare", "edge"; edge shapes are checked, never timed
+    origin: str
+    # timed on a GPU (the headline shapes); the rest are checked for correctness only
+    timed: bool = False
+
+    def __str__(self) -> str:
+        return "x".join(str(v) for v in self.dims.values())
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+
+@dataclass(frozen=True)
+class TemplateSpace:
+    """The knobs of an op's seed kernel. A point of the space renders to a self-contained candidate file.
+
+    `params` maps each knob to its allowed values; `seed` is the point the op ships with; `render`
+    bakes a point into candidate source.
+    """
+
+    params: Mapping[str, Sequence[Any]]
+    seed: Mapping[str, Any]
+    render: Callable[[Mapping[str, Any]], str]
+
+    def validate(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(point) - set(self.params)
+        if unknown:
+            raise ValueError(f"unknown template parameter(s): {', '.join(sorted(unknown))}")
+        full = {**self.seed, **point}
+        for name, value in full.items():
+            if value not in self.params[name]:
+                raise ValueError(f"{name}={value!r} is outside its values {list(self.params[name])}")
+        return full
+
+    def neighbours(self, point: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every point that differs from `point` in exactly one knob."""
+        out = []
+        for name, values in self.params.items():
+            for value in values:
+                if value != point[name]:
+                    out.append({**point, name: value})
+        return out
+
+    def size(self) -> int:
+        n = 1
+        for values in self.params.values():
+            n *= len(values)
+        return n
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        return {name: rng.choice(list(values)) for name, values in self.params.items()}
+
+    def all_points(self) -> list[dict[str, Any]]:
+        names = list(self.params)
+        return [dict(zip(names, combo)) for combo in itertools.product(*self.params.values())]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    entry: str                      # entry function a candidate must define
+    signature: str                  # its call signature, for humans and prompts
+    description: str
+    # make_inputs(shape, dtype, seed, device) -> tuple of entry arguments (fresh random data, never zeros)
+    make_inputs: Callable[[Shape, torch.dtype, int, str], tuple]
+    # reference(*inputs) -> output computed in float32 (float64 for float32 inputs), for checking
+    reference: Callable[..., torch.Tensor]
+    # eager(*inputs) -> PyTorch's own op in the inputs' dtype: the baseline we time and the layout we expect
+    eager: Callable[..., torch.Tensor]
+    shapes: tuple[Shape, ...]                    # GPU: NanoGPT shapes of both models plus edge shapes
+    interpreter_shapes: tuple[Shape, ...]        # CPU interpreter: small shapes, same edge widths
+    gpu_dtypes: tuple[str, ...]
+    cpu_dtypes: tuple[str, ...]
+    tolerances: Mapping[str, Tolerance]
+    bytes_moved: Callable[[Shape, torch.dtype], int]
+    flops: Callable[[Shape], int]
+    bound: str                                   # "memory" or "compute": which ceiling the roofline uses
+    has_backward: bool
+    template: TemplateSpace
+    # context(shape, sm_count) -> facts the rulebook's `when` clauses are matched against
+    context: Callable[[Shape, int], dict[str, Any]]
+    tags: tuple[str, ...] = field(default=())
+
+    def shapes_for(self, device: str) -> tuple[Shape, ...]:
+        return self.shapes if device == "cuda" else self.interpreter_shapes
+
+    def dtypes_for(self, device: str) -> tuple[str, ...]:
+        return self.gpu_dtypes if device == "cuda" else self.cpu_dtypes
+
+    def timed_shapes(self) -> tuple[Shape, ...]:
+        return tuple(s for s in self.shapes if s.timed)
+
+    def headline_shape(self) -> Shape:
+        timed = self.timed_shapes()
+        if not timed:
+            raise ValueError(f"{self.name} declares no timed shape")
+        return timed[0]

@@ -1,0 +1,34 @@
+"""Memory of the kernel evolution: the rulebook, promoted winners and the archive of candidates.
+
+Everything lives under one memory root folder; by default that is this package's own folder, so the
+shipped seed lessons (lessons/) and what runs learn (learned/, evidence.jsonl, promoted/, archive/) sit
+side by side. This package imports nothing from agents/, evaluators/ or kernels/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from memory.archive import CandidateArchive, source_sha
+from memory.errors import MemoryStoreError
+from memory.promoted import INTERPRETER_GPU, KernelStore, PromotedKernel, gpu_slug
+from memory.rule import RULE_KINDS, VERDICTS, Evidence, Rule
+from memory.rulebook import Rulebook
+
+DEFAULT_MEMORY_ROOT: Path = Path(__file__).resolve().parent
+
+__all__ = [
+    "DEFAULT_MEMORY_ROOT",
+    "INTERPRETER_GPU",
+    "RULE_KINDS",
+    "VERDICTS",
+    "CandidateArchive",
+    "Evidence",
+    "KernelStore",
+    "MemoryStoreError",
+    "PromotedKernel",
+    "Rule",
+    "Rulebook",
+    "gpu_slug",
+    "source_sha",
+]
