@@ -336,5 +336,6 @@ def check_candidate(source: str, entry: str) -> list[Violation]:
         return [Violation(line, "syntax", f"line {line}: {e.msg}")]
     except (ValueError, RecursionError, MemoryError) as e:
         # null bytes (ValueError on 3.11) or nesting deep enough to exhaust the parser
-        return [Violation(0, "syntax", f"unparseable source: {type(e).__name__}: {e}")]
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        return [Violation(0, "syntax", f"unparseable source ({why})")]
     return _Checker(tree, entry).run()

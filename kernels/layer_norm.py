@@ -259,6 +259,15 @@ def _shape(name, m, n, origin, timed=False):
     return Shape(name=name, dims={"M": m, "N": n}, origin=origin, timed=timed)
 
 
+def _canonical(point: dict) -> dict:
+    # the chunk width only matters for the chunked loop, programs per SM only for a persistent grid
+    if point["SINGLE_TILE"]:
+        point["CHUNK_N"] = SEED_PARAMS["CHUNK_N"]
+    if not point["PERSISTENT"]:
+        point["PROGRAMS_PER_SM"] = SEED_PARAMS["PROGRAMS_PER_SM"]
+    return point
+
+
 TEMPLATE = TemplateSpace(
     params={
         "ROWS_PER_PROGRAM": (1, 2, 4, 8),
@@ -278,6 +287,7 @@ TEMPLATE = TemplateSpace(
         params=params,
         title="LayerNorm forward candidate",
     ),
+    canonical=_canonical,
 )
 
 SPEC = OpSpec(

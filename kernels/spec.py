@@ -58,6 +58,12 @@ class TemplateSpace:
     params: Mapping[str, Sequence[Any]]
     seed: Mapping[str, Any]
     render: Callable[[Mapping[str, Any]], str]
+    # maps points that launch the same kernel to one representative (a knob that another knob switches
+    # off), so the search never spends a candidate on a duplicate
+    canonical: Callable[[dict[str, Any]], dict[str, Any]] = lambda point: point
+
+    def normalize(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        return self.canonical(dict(point))
 
     def validate(self, point: Mapping[str, Any]) -> dict[str, Any]:
         unknown = set(point) - set(self.params)

@@ -1,0 +1,176 @@
+"""The `evolve` command.
+
+Exit codes: 0 success (for `eval`: accepted), 1 a rejected or failed candidate or a failed run,
+2 bad input (unknown op or target, missing file, malformed config, no GPU for --device cuda).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import Config, ConfigError, find_config, load_config
+from .report import print_run, runs_table
+from .run_folder import RunFolder, RunNotFound, list_runs
+from .runner import UsageError, evaluator_settings, resolve_device, run_target
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Evolve fast, verified Triton kernels for NanoGPT.")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _config(ctx: typer.Context) -> Config:
+    try:
+        return load_config(find_config(ctx.obj))
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@app.callback()
+def main(ctx: typer.Context,
+         config: Optional[Path] = typer.Option(None, "--config", help="config.toml to use (default: ./config.toml, "
+                                                                      "$EVOLVE_CONFIG, or the project's)")):
+    ctx.obj = config
+
+
+@app.command()
+def run(ctx: typer.Context,
+        target: str = typer.Argument(..., help="what to evolve: nanogpt"),
+        ops: Optional[str] = typer.Option(None, "--ops", help="comma-separated subset of the target's ops"),
+        budget: Optional[int] = typer.Option(None, "--budget", help="candidates per op"),
+        coder: Optional[str] = typer.Option(None, "--coder", help="template"),
+        device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu"),
+        no_memory: bool = typer.Option(False, "--no-memory", help="ignore rules and promoted kernels; write nothing "
+                                                                  "to memory"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="seed of the coder's search choices (inputs stay "
+                                                                "random)")):
+    """Evolve the target's ops: plan, propose, evaluate, select, promote."""
+    config = _config(ctx)
+    try:
+        config = config.with_run(budget=budget, coder=coder, device=device)
+        folder = run_target(config, target, ops, not no_memory, console, seed=seed)
+    except (UsageError, ConfigError, KeyError) as exc:
+        _fail(str(exc).strip("'\""))
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+    except Exception as exc:
+        _fail(f"the run failed: {type(exc).__name__}: {exc} (details in the run folder's events.jsonl)", 1)
+    print_run(console, folder)
+
+
+@app.command("eval")
+def evaluate(ctx: typer.Context,
+             op: str = typer.Argument(..., help="op name, e.g. layer_norm"),
+             file: Path = typer.Argument(..., help="candidate source file"),
+             as_json: bool = typer.Option(False, "--json", help="print the verdict as one JSON object"),
+             device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu")):
+    """Evaluate one candidate file: exit 0 if accepted, 1 if rejected or failed."""
+    from evaluators import Evaluator
+    from kernels import get_spec
+
+    config = _config(ctx)
+    try:
+        get_spec(op)
+        if not file.is_file():
+            raise UsageError(f"no such candidate file: {file}")
+        config = config.with_run(device=device)
+        resolved = resolve_device(config.run.device)
+    except (UsageError, ConfigError, KeyError) as exc:
+        _fail(str(exc).strip("'\""))
+    with Evaluator(evaluator_settings(config, resolved)) as evaluator:
+        verdict = evaluator.evaluate(op, file)
+    if as_json:
+        sys.stdout.write(verdict.to_json() + "\n")
+    else:
+        style = {"accepted": "green", "rejected": "yellow", "failed": "red"}[verdict.status]
+        console.print(f"[{style}]{verdict.status}[/] {op} {file}: {verdict.reason()}", highlight=False)
+        if verdict.timing:
+            for shape in verdict.timing["shapes"]:
+                console.print(f"  {shape['shape']} {shape['dtype']}: {shape['candidate_ms'] * 1e3:.1f} us, "
+                              f"eager {shape['eager_ms'] * 1e3:.1f} us, compile {shape['compile_ms'] * 1e3:.1f} us, "
+                              f"{shape['gbps']:,.0f} GB/s ({shape['roofline_fraction']:.0%})")
+    raise typer.Exit(0 if verdict.accepted else 1)
+
+
+@app.command()
+def runs(ctx: typer.Context):
+    """List the runs in the runs folder."""
+    config = _config(ctx)
+    folders = list_runs(config.run.runs_dir)
+    if not folders:
+        console.print(f"no runs in {config.run.runs_dir}")
+        return
+    console.print(runs_table(folders))
+
+
+@app.command()
+def report(ctx: typer.Context,
+           run_id: str = typer.Argument("latest", metavar="RUN", help="run id, or latest"),
+           as_json: bool = typer.Option(False, "--json", help="print summary.json")):
+    """Per op: best speedups vs eager and torch.compile, roofline fraction, candidates, failure classes."""
+    config = _config(ctx)
+    try:
+        folder = RunFolder.open(config.run.runs_dir, run_id)
+    except RunNotFound as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(folder.summary, indent=2) + "\n")
+    else:
+        print_run(console, folder)
+
+
+@app.command()
+def memory(ctx: typer.Context,
+           action: str = typer.Argument("list", help="list | show"),
+           rule_id: Optional[str] = typer.Argument(None, metavar="ID", help="rule id for show")):
+    """The rulebook (with evidence from runs) and the promoted kernels."""
+    from memory import KernelStore, MemoryStoreError, Rulebook
+
+    config = _config(ctx)
+    try:
+        book = Rulebook.load(config.run.memory_dir)
+    except MemoryStoreError as exc:
+        _fail(str(exc))
+    if action == "list":
+        table = Table(title=f"rulebook ({config.run.memory_dir})", title_justify="left")
+        for column in ("id", "kind", "op", "confidence", "evidence", "origin"):
+            table.add_column(column)
+        for rule in book.rules:
+            tally = rule.tally()
+            table.add_row(rule.id, rule.kind, rule.op, f"{rule.current_confidence:.2f}",
+                          f"+{tally['confirmed']} -{tally['refuted']} ?{tally['inconclusive']}", rule.origin)
+        console.print(table)
+        kernels = KernelStore(config.run.memory_dir).all()
+        for kernel in kernels:
+            speed = kernel.metrics.get("speedup_eager")
+            shown = f"{speed:.2f}x eager" if speed is not None else "speed not measured"
+            console.print(f"promoted {kernel.op} on {kernel.gpu}: {shown} ({kernel.path})")
+    elif action == "show":
+        if not rule_id:
+            _fail("memory show needs a rule id")
+        try:
+            rule = book.get(rule_id)
+        except KeyError as exc:
+            _fail(str(exc).strip("'\""))
+        console.print(f"[bold]{rule.id}[/] ({rule.kind}, op {rule.op}, origin {rule.origin}, learned on "
+                      f"{rule.learned_on})\n{rule.statement}\nwhen {rule.when} suggests {rule.suggests}\n"
+                      f"confidence {rule.confidence:.2f} -> {rule.current_confidence:.2f} with evidence:")
+        for ev in rule.evidence:
+            console.print(f"  {ev.date} {ev.gpu} {ev.run}: {ev.verdict} {ev.effect}")
+    else:
+        _fail(f"unknown memory action {action!r}: list or show")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,105 @@
+"""The rule-guided template coder: proposes points of an op's template space, rendered to candidate files.
+
+Order of proposals: the incumbent from memory (re-measured on this run's terms), the seed point with the
+rules' suggestions applied, the counterfactual of each rule under test, then search: one-knob mutations
+of the best candidate so far, and now and then a random untried point so the search leaves its basin.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernels import OpSpec
+
+from .planner import OpPlan
+
+
+@dataclass(frozen=True)
+class Proposal:
+    source: str
+    origin: str                     # incumbent | rules | seed | test:<rule id> | mutation | explore
+    params: dict[str, Any] | None   # the template point, None for a source that is not a template point
+    parents: tuple[str, ...] = field(default=())
+    note: str = ""
+
+
+def _key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+class TemplateCoder:
+    def __init__(self, spec: OpSpec, plan: OpPlan, explore: float, rng: random.Random | None = None):
+        self.spec = spec
+        self.space = spec.template
+        self.plan = plan
+        self.explore = explore
+        self.rng = rng or random.Random()
+        self.tried: set[tuple] = set()
+        self.queue: list[tuple[str, dict[str, Any] | None, str]] = []
+        self._fill_opening()
+
+    def _point(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.space.normalize(self.space.validate(params))
+
+    def _fill_opening(self) -> None:
+        incumbent = self.plan.incumbent
+        if incumbent is not None:
+            self.queue.append(("incumbent", incumbent.lineage.get("params"), "the promoted kernel, re-measured"))
+        first = self._point({**self.space.seed, **self.plan.suggestions})
+        origin = "rules" if self.plan.suggestions else "seed"
+        self.queue.append((origin, first, ", ".join(f"{k}={v}" for k, v in self.plan.suggestions.items())))
+        for rule in self.plan.rules:
+            if rule.id not in self.plan.tests:
+                continue
+            counter = dict(first)
+            for knob, value in rule.suggests.items():
+                if knob in counter:
+                    counter[knob] = self._other_value(knob, value)
+            self.queue.append((f"test:{rule.id}", self._point(counter), f"without {rule.id}"))
+
+    def _other_value(self, knob: str, value: Any) -> Any:
+        if isinstance(value, bool):
+            return not value
+        seed = self.space.seed[knob]
+        if seed != value:
+            return seed
+        return next(v for v in self.space.params[knob] if v != value)
+
+    def _render(self, origin: str, params: dict[str, Any], parents: tuple[str, ...], note: str) -> Proposal:
+        self.tried.add(_key(params))
+        return Proposal(self.space.render(params), origin, params, parents, note)
+
+    def propose(self, history: list[dict]) -> Proposal | None:
+        """The next candidate, or None when the template space holds nothing untried."""
+        while self.queue:
+            origin, params, note = self.queue.pop(0)
+            if origin == "incumbent":
+                if params is not None:
+                    self.tried.add(_key(self._point(params)))
+                return Proposal(self.plan.incumbent.source(), origin, params, (), note)
+            if _key(params) not in self.tried:
+                return self._render(origin, params, (), note)
+        best = self._best(history)
+        if best is not None and self.rng.random() >= self.explore:
+            moves = [p for p in (self._point(n) for n in self.space.neighbours(best["params"]))
+                     if _key(p) not in self.tried]
+            if moves:
+                point = self.rng.choice(moves)
+                changed = ", ".join(f"{k}={v}" for k, v in point.items() if best["params"].get(k) != v)
+                return self._render("mutation", point, (best["id"],), f"from {best['id']}: {changed}")
+        untried = [p for p in (self._point(p) for p in self.space.all_points()) if _key(p) not in self.tried]
+        if not untried:
+            return None
+        return self._render("explore", self.rng.choice(untried), (), "random untried point")
+
+    @staticmethod
+    def _best(history: list[dict]) -> dict | None:
+        """Fastest accepted template candidate; without timings (CPU) the latest accepted one."""
+        accepted = [h for h in history if h["status"] == "accepted" and h.get("params") is not None]
+        if not accepted:
+            return None
+        timed = [h for h in accepted if h.get("speedup_eager") is not None]
+        if timed:
+            return max(timed, key=lambda h: h["speedup_eager"])
+        return accepted[-1]

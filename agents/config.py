@@ -1,0 +1,191 @@
+"""config.toml as nested frozen dataclasses; an unknown or mistyped key fails loudly with its name."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEVICES = ("auto", "cuda", "cpu")
+CODERS = ("template",)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    runs_dir: Path = Path("runs")
+    memory_dir: Path = Path("memory")
+    budget: int = 8
+    device: str = "auto"
+    coder: str = "template"
+
+
+@dataclass(frozen=True)
+class CoderConfig:
+    explore: float = 0.25
+    test_rules: bool = True
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    start_timeout_s: float = 180.0
+    load_timeout_s: float = 60.0
+    compile_timeout_s: float = 300.0
+    check_timeout_s: float = 600.0
+    timing_timeout_s: float = 900.0
+    timed_dtypes: tuple[str, ...] = ("bfloat16",)
+    ceilings_cache: Path = Path("runs/ceilings.json")
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    rounds: int = 5
+    warmup_ms: int = 25
+    rep_ms: int = 100
+    rotate_mib: int = 256
+    floor_slack: float = 0.9
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    margin: float = 0.02
+    ab_rounds: int = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    coder: CoderConfig = field(default_factory=CoderConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    source: Path | None = None
+
+    def with_run(self, **changes: Any) -> "Config":
+        """A copy with [run] keys overridden (command-line flags); None values leave a key as it is."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        merged = dataclasses.replace(self.run, **changes)
+        _validate_run(merged, "command line")
+        return dataclasses.replace(self, run=merged)
+
+    def to_toml(self) -> str:
+        """The resolved configuration, as written into each run folder."""
+        data = {}
+        for f in dataclasses.fields(self):
+            if f.name == "source":
+                continue
+            table = dataclasses.asdict(getattr(self, f.name))
+            data[f.name] = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                            for k, v in table.items()}
+        return tomli_w.dumps(data)
+
+
+def _coerce(table: str, key: str, value: Any, default: Any, base: Path, origin: str) -> Any:
+    where = f"{origin}: [{table}].{key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
+    if isinstance(default, Path):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where} must be a path string, not {value!r}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base / path)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, not {value!r}")
+        return tuple(value)
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be a whole number, not {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, not {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, not {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported setting type")
+
+
+def _validate_run(run: RunConfig, origin: str) -> None:
+    if run.device not in DEVICES:
+        raise ConfigError(f"{origin}: device must be one of {', '.join(DEVICES)}, not {run.device!r}")
+    if run.coder not in CODERS:
+        raise ConfigError(f"{origin}: coder must be one of {', '.join(CODERS)}, not {run.coder!r}")
+    if run.budget < 1:
+        raise ConfigError(f"{origin}: budget must be at least 1, not {run.budget}")
+
+
+def _validate(config: Config, origin: str) -> None:
+    _validate_run(config.run, origin)
+    if not 0.0 <= config.coder.explore <= 1.0:
+        raise ConfigError(f"{origin}: [coder].explore must lie in [0, 1]")
+    if config.promotion.margin < 0 or config.promotion.ab_rounds < 2:
+        raise ConfigError(f"{origin}: [promotion] needs margin >= 0 and ab_rounds >= 2")
+    if config.timing.rounds < 1 or not 0 < config.timing.floor_slack <= 1:
+        raise ConfigError(f"{origin}: [timing] needs rounds >= 1 and 0 < floor_slack <= 1")
+    from kernels import DTYPES
+
+    for dtype in config.evaluator.timed_dtypes:
+        if dtype not in DTYPES:
+            raise ConfigError(f"{origin}: [evaluator].timed_dtypes: unknown dtype {dtype!r}")
+
+
+def load_config(path: Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    base = path.resolve().parent
+    defaults = Config()
+    tables = {f.name: f for f in dataclasses.fields(Config) if f.name != "source"}
+    built = {}
+    for name, value in raw.items():
+        if name not in tables:
+            raise ConfigError(f"{path}: unknown table [{name}] (known: {', '.join(tables)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {name} must be a table")
+    for name in tables:
+        default_table = getattr(defaults, name)
+        known = {f.name for f in dataclasses.fields(default_table)}
+        given = raw.get(name, {})
+        unknown = set(given) - known
+        if unknown:
+            raise ConfigError(f"{path}: unknown key [{name}].{sorted(unknown)[0]} (known: {', '.join(sorted(known))})")
+        values = {}
+        for f in dataclasses.fields(default_table):
+            default = getattr(default_table, f.name)
+            if f.name in given:
+                values[f.name] = _coerce(name, f.name, given[f.name], default, base, str(path))
+            elif isinstance(default, Path):
+                values[f.name] = base / default
+            else:
+                values[f.name] = default
+        built[name] = type(default_table)(**values)
+    config = Config(**built, source=path.resolve())
+    _validate(config, str(path))
+    return config
+
+
+def find_config(explicit: str | os.PathLike | None = None) -> Path:
+    """--config, else $EVOLVE_CONFIG, else ./config.toml, else the project's own config.toml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("EVOLVE_CONFIG"):
+        return Path(os.environ["EVOLVE_CONFIG"])
+    local = Path.cwd() / "config.toml"
+    return local if local.is_file() else PROJECT_ROOT / "config.toml"

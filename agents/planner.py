@@ -1,0 +1,97 @@
+"""The rule-based planner: for each op, which lessons apply, what they suggest, which to put to the test.
+
+It reads the rulebook against the facts of the op's headline shape on this device (e.g. more rows than
+twice the SM count), turns the suggestions that name knobs of the op's template into the first
+candidate's defaults, and after the search judges each tested rule by the candidates' measurements.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernels import OpSpec
+from memory import KernelStore, PromotedKernel, Rule, Rulebook
+
+
+@dataclass(frozen=True)
+class OpPlan:
+    op: str
+    budget: int
+    context: dict[str, Any]
+    rules: tuple[Rule, ...]                  # applicable rules whose suggestions touch the template
+    suggestions: dict[str, Any]              # knob -> value, from the most trusted rule that names it
+    tests: tuple[str, ...]                   # ids of rules whose counterfactual the coder evaluates
+    incumbent: PromotedKernel | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def to_event(self) -> dict:
+        return {
+            "op": self.op, "budget": self.budget, "context": self.context,
+            "rules": [{"id": r.id, "confidence": round(r.current_confidence, 3), "suggests": dict(r.suggests),
+                       "learned_on": r.learned_on} for r in self.rules],
+            "suggestions": self.suggestions, "tests": list(self.tests),
+            "incumbent": str(self.incumbent.path) if self.incumbent else None, "notes": list(self.notes),
+        }
+
+
+class Planner:
+    def __init__(self, rulebook: Rulebook | None, store: KernelStore | None, gpu: str, sm_count: int,
+                 budget: int, test_rules: bool):
+        self.rulebook = rulebook
+        self.store = store
+        self.gpu = gpu
+        self.sm_count = sm_count
+        self.budget = budget
+        self.test_rules = test_rules
+
+    def plan(self, spec: OpSpec) -> OpPlan:
+        context = spec.context(spec.headline_shape(), self.sm_count)
+        knobs = spec.template.params
+        applied: list[Rule] = []
+        suggestions: dict[str, Any] = {}
+        notes: list[str] = []
+        rules = self.rulebook.query(spec.name, context) if self.rulebook else []
+        for rule in rules:  # most trusted first: the first rule to name a knob sets it
+            usable = {k: v for k, v in rule.suggests.items() if k in knobs}
+            if not usable:
+                continue
+            bad = {k: v for k, v in usable.items() if v not in knobs[k]}
+            if bad:
+                notes.append(f"{rule.id}: {bad} outside the template's values; not applied")
+                continue
+            applied.append(rule)
+            for k, v in usable.items():
+                suggestions.setdefault(k, v)
+        tests = tuple(r.id for r in applied) if self.test_rules else ()
+        incumbent = self.store.best(spec.name, self.gpu) if self.store else None
+        return OpPlan(spec.name, self.budget, context, tuple(applied), suggestions, tests, incumbent, tuple(notes))
+
+
+def follows(rule: Rule, params: dict | None) -> bool | None:
+    """Whether a candidate's template point takes the rule's advice (None: not a template candidate)."""
+    if params is None:
+        return None
+    return all(params.get(k) == v for k, v in rule.suggests.items() if k in params)
+
+
+def judge_rule(rule: Rule, history: list[dict], margin: float) -> tuple[str, str]:
+    """(verdict, effect) for a rule, from the best accepted candidate that follows it and the best that does not.
+
+    Only timed candidates count: without a measured speed (the CPU interpreter) the verdict is inconclusive.
+    """
+    timed = [h for h in history if h["status"] == "accepted" and h.get("speedup_eager") is not None
+             and follows(rule, h.get("params")) is not None]
+    with_rule = [h for h in timed if follows(rule, h["params"])]
+    without = [h for h in timed if not follows(rule, h["params"])]
+    if not with_rule or not without:
+        return "inconclusive", "no timed accepted candidate on both sides of the rule"
+    best_with = max(with_rule, key=lambda h: h["speedup_eager"])
+    best_without = max(without, key=lambda h: h["speedup_eager"])
+    ratio = best_with["speedup_eager"] / best_without["speedup_eager"]
+    effect = (f"best following {best_with['id']} at {best_with['speedup_eager']:.2f}x eager vs best not "
+              f"following {best_without['id']} at {best_without['speedup_eager']:.2f}x ({ratio:.2f}x)")
+    if ratio > 1 + margin:
+        return "confirmed", effect
+    if ratio < 1 - margin:
+        return "refuted", effect
+    return "inconclusive", effect + f", within the {margin:.0%} margin"

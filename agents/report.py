@@ -1,0 +1,68 @@
+"""Rich tables of runs and of one run's results, read from the run folders alone."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .run_folder import RunFolder
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def _fraction(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def run_table(folder: RunFolder) -> Table:
+    s = folder.summary
+    device = s.get("device") or {}
+    timed = device.get("arch") != "interpreter"
+    title = (f"run {s['run_id']} · {s['target']} · {s['status']} · {device.get('name', '?')} "
+             f"({device.get('arch', '?')}, torch {device.get('torch', '?')}, triton {device.get('triton', '?')})")
+    table = Table(title=title, title_justify="left")
+    for column in ("op", "candidates", "accepted", "best", "vs eager", "vs torch.compile", "roofline", "GB/s",
+                   "failures", "promoted"):
+        table.add_column(column, justify="right" if column not in ("op", "failures", "best") else "left")
+    for op, o in s["ops"].items():
+        best = o.get("best") or {}
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(o["failures"].items())) or "—"
+        gbps = best.get("gbps")
+        table.add_row(
+            op, str(o["candidates"]), str(o["accepted"]),
+            best.get("candidate", "—") + (f" ({best['origin']})" if best.get("origin") else ""),
+            _ratio(best.get("speedup_eager")), _ratio(best.get("speedup_compile")),
+            _fraction(best.get("roofline_fraction")), "—" if gbps is None else f"{gbps:,.0f}",
+            failures, "yes" if o.get("promoted") else "no",
+        )
+    if not timed:
+        table.caption = "Speed not measured: the run used Triton's CPU interpreter (correctness only)."
+    elif device.get("ceilings"):
+        c = device["ceilings"]
+        table.caption = (f"Roofline against measured ceilings: copy {c['copy_gbps']:,.0f} GB/s, "
+                         f"bf16 matmul {c['matmul_tflops']:,.0f} TFLOP/s.")
+    return table
+
+
+def print_run(console: Console, folder: RunFolder) -> None:
+    console.print(run_table(folder))
+    for op, o in folder.summary["ops"].items():
+        if o.get("promotion"):
+            console.print(f"  {op}: {o['promotion']}")
+        for lesson in o.get("lessons", []):
+            console.print(f"  {op}: rule {lesson['rule']} {lesson['verdict']} — {lesson['effect']}")
+
+
+def runs_table(folders: list[RunFolder]) -> Table:
+    table = Table(title="runs", title_justify="left")
+    for column in ("run", "target", "status", "device", "ops", "accepted / candidates", "started"):
+        table.add_column(column)
+    for folder in folders:
+        s = folder.summary
+        ops = s.get("ops", {})
+        accepted = sum(o.get("accepted", 0) for o in ops.values())
+        total = sum(o.get("candidates", 0) for o in ops.values())
+        table.add_row(s["run_id"], s["target"], s["status"], (s.get("device") or {}).get("name", "?"),
+                      ",".join(ops), f"{accepted} / {total}", str(s.get("started", "")))
+    return table

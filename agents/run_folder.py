@@ -1,0 +1,148 @@
+"""runs/<run_id>/: the resolved config, events.jsonl, every candidate's source and summary.json.
+
+Every event is appended and flushed the moment it happens and the summary is rewritten atomically after
+each verdict, so a run that is killed leaves a readable folder that says how far it got.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+EVENT_KINDS = ("plan", "candidate", "verdict", "promotion", "lesson", "error")
+STATUSES = ("running", "complete", "interrupted", "failed")
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def empty_op_summary() -> dict:
+    return {"candidates": 0, "accepted": 0, "failures": {}, "best": None, "promoted": False}
+
+
+class RunFolder:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.run_id = self.path.name
+        self.events_path = self.path / "events.jsonl"
+        self.summary_path = self.path / "summary.json"
+
+    @classmethod
+    def create(cls, runs_dir: Path, target: str, config_toml: str, device: dict, ops: list[str]) -> "RunFolder":
+        runs_dir = Path(runs_dir)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = f"{stamp}-{re.sub(r'[^A-Za-z0-9_-]', '-', target)}"
+        path, n = runs_dir / base, 1
+        while True:
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                path = runs_dir / f"{base}-{n}"
+        folder = cls(path)
+        (path / "config.toml").write_text(config_toml)
+        (path / "candidates").mkdir()
+        folder.summary = {
+            "run_id": folder.run_id, "target": target, "status": "running", "device": device,
+            "ops": {op: empty_op_summary() for op in ops}, "started": _now(), "finished": None,
+        }
+        folder.write_summary()
+        return folder
+
+    @classmethod
+    def open(cls, runs_dir: Path, run: str) -> "RunFolder":
+        """An existing run by id, by path, or 'latest'."""
+        runs_dir = Path(runs_dir)
+        if run == "latest":
+            runs = list_runs(runs_dir)
+            if not runs:
+                raise RunNotFound(f"no runs in {runs_dir}")
+            return runs[-1]
+        path = Path(run) if Path(run).is_dir() and (Path(run) / "summary.json").exists() else runs_dir / run
+        if not (path / "summary.json").is_file():
+            raise RunNotFound(f"no run {run!r} in {runs_dir}")
+        folder = cls(path)
+        folder.summary = folder.read_summary()
+        return folder
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary_path.read_text())
+
+    def write_summary(self) -> None:
+        _write_atomically(self.summary_path, json.dumps(self.summary, indent=2, default=str))
+
+    def log(self, kind: str, **data: Any) -> None:
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind {kind!r}")
+        line = json.dumps({"ts": _now(), "kind": kind, **data}, default=str)
+        with self.events_path.open("a") as f:
+            f.write(line + "\n")
+            f.flush()
+
+    def events(self) -> list[dict]:
+        if not self.events_path.exists():
+            return []
+        out = []
+        for line in self.events_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+        return out
+
+    def candidate_path(self, op: str, candidate_id: str) -> Path:
+        folder = self.path / "candidates" / op
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{candidate_id}.py"
+
+    def write_candidate(self, op: str, candidate_id: str, source: str) -> Path:
+        path = self.candidate_path(op, candidate_id)
+        path.write_text(source)
+        return path
+
+    def op_summary(self, op: str) -> dict:
+        return self.summary["ops"].setdefault(op, empty_op_summary())
+
+    def finish(self, status: str) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
+        self.summary["status"] = status
+        self.summary["finished"] = _now()
+        self.write_summary()
+
+
+def list_runs(runs_dir: Path) -> list[RunFolder]:
+    """Runs with a summary, oldest first (ids start with their start time)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    folders = []
+    for path in sorted(p for p in runs_dir.iterdir() if (p / "summary.json").is_file()):
+        folder = RunFolder(path)
+        try:
+            folder.summary = folder.read_summary()
+        except (json.JSONDecodeError, OSError):
+            continue
+        folders.append(folder)
+    return folders
+
+
+def elapsed_since(start: float) -> float:
+    return time.perf_counter() - start

@@ -1,0 +1,160 @@
+"""`evolve run`: set up the evaluator, memory and run folder, drive the graph, show progress, finish cleanly.
+
+Whatever happens (an exception, Ctrl-C), the run folder ends with a summary whose status says so, and
+the worker processes are stopped.
+"""
+from __future__ import annotations
+
+import random
+import traceback
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from evaluators import Evaluator, EvaluatorSettings, Timeouts, TimingSettings
+from kernels import TARGETS, get_spec
+from memory import INTERPRETER_GPU, CandidateArchive, KernelStore, Rulebook
+
+from .config import Config
+from .graph import RunContext, build_graph
+from .planner import Planner
+from .run_folder import RunFolder
+
+
+class UsageError(ValueError):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible to PyTorch on this machine")
+    return requested
+
+
+def resolve_ops(target: str, ops: str | None) -> list[str]:
+    if target not in TARGETS:
+        raise UsageError(f"unknown target {target!r}; known targets: {', '.join(sorted(TARGETS))}")
+    if not ops:
+        return list(TARGETS[target])
+    chosen = [o.strip() for o in ops.split(",") if o.strip()]
+    for op in chosen:
+        if op not in TARGETS[target]:
+            raise UsageError(f"unknown op {op!r} for {target}; its ops: {', '.join(TARGETS[target])}")
+    return chosen
+
+
+def evaluator_settings(config: Config, device: str) -> EvaluatorSettings:
+    e, t = config.evaluator, config.timing
+    return EvaluatorSettings(
+        device=device,
+        timeouts=Timeouts(start=e.start_timeout_s, load=e.load_timeout_s, compile=e.compile_timeout_s,
+                          check=e.check_timeout_s, time=e.timing_timeout_s),
+        timing=TimingSettings(rounds=t.rounds, warmup_ms=t.warmup_ms, rep_ms=t.rep_ms,
+                              rotate_bytes=t.rotate_mib << 20, floor_slack=t.floor_slack),
+        timed_dtypes=e.timed_dtypes,
+        ceilings_cache=e.ceilings_cache,
+        promotion_margin=config.promotion.margin,
+        ab_rounds=config.promotion.ab_rounds,
+    )
+
+
+class RunDisplay:
+    """Rich progress while a run works: one bar per op, a line per verdict."""
+
+    def __init__(self, console: Console, budget: int):
+        self.console = console
+        self.budget = budget
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
+        self.task = None
+        self.op = ""
+
+    def __enter__(self) -> "RunDisplay":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, kind: str, data: dict) -> None:
+        if kind == "plan" and "budget" in data:
+            self.op = data["op"]
+            self.task = self.progress.add_task(f"[bold]{self.op}[/]", total=data["budget"])
+            rules = ", ".join(r["id"] for r in data["rules"]) or "none"
+            self.progress.console.print(f"[cyan]plan[/] {self.op}: rules applied: {rules}")
+        elif kind == "candidate" and self.task is not None:
+            self.progress.update(self.task, description=f"[bold]{self.op}[/] {data['id']} ({data['origin']})")
+        elif kind == "progress" and self.task is not None and data["message"][0] == "phase":
+            self.progress.update(self.task, description=f"[bold]{self.op}[/] {data['message'][1]}")
+        elif kind == "verdict" and self.task is not None:
+            self.progress.advance(self.task)
+            mark = {"accepted": "[green]✓[/]", "rejected": "[yellow]✗[/]", "failed": "[red]✗[/]"}[data["status"]]
+            self.progress.console.print(f"  {mark} {self.op} {data['id']} {data['status']}: {_reason(data)}")
+        elif kind == "lesson":
+            self.progress.console.print(f"  [magenta]lesson[/] {data['rule']}: {data['verdict']} ({data['effect']})")
+        elif kind == "promotion":
+            self.progress.console.print(f"  [bold green]promoted[/] {data['op']}: {data['reason']}")
+
+
+def _reason(verdict: dict) -> str:
+    from evaluators import Verdict
+
+    return Verdict.from_dict(verdict).reason()
+
+
+def run_target(config: Config, target: str, ops: str | None, use_memory: bool, console: Console,
+               seed: int | None = None) -> RunFolder:
+    op_names = resolve_ops(target, ops)
+    for op in op_names:
+        get_spec(op)
+    device = resolve_device(config.run.device)
+    config = config.with_run(device=device)
+    memory_dir = Path(config.run.memory_dir)
+    console.print(f"[bold]evolve run {target}[/] ops={','.join(op_names)} budget={config.run.budget} "
+                  f"device={device} memory={'off' if not use_memory else memory_dir}")
+    if device == "cpu":
+        console.print("[yellow]No GPU: candidates run in Triton's interpreter. Correctness only; speed not measured.[/]")
+    evaluator = Evaluator(evaluator_settings(config, device))
+    folder = None
+    try:
+        info = evaluator.device_info
+        if device == "cuda":
+            info = {**info, "ceilings": evaluator.ceilings()}
+        folder = RunFolder.create(config.run.runs_dir, target, config.to_toml(), info, op_names)
+        console.print(f"run folder: {folder.path}")
+        gpu = info["name"] if device == "cuda" else INTERPRETER_GPU
+        rulebook = Rulebook.load(memory_dir) if use_memory else None
+        store = KernelStore(memory_dir) if use_memory else None
+        ctx = RunContext(
+            config=config, folder=folder, evaluator=evaluator, gpu=gpu, rulebook=rulebook, store=store,
+            archive=CandidateArchive(memory_dir) if use_memory else None,
+            planner=Planner(rulebook, store, gpu, info["sm_count"], config.run.budget, config.coder.test_rules),
+            rng=random.Random(seed),
+        )
+        graph = build_graph(ctx)
+        state = {"queue": op_names, "op": None, "proposed": 0, "pending": None, "history": [], "exhausted": False,
+                 "done": []}
+        steps = 10 + len(op_names) * (4 * config.run.budget + 6)
+        with RunDisplay(console, config.run.budget) as display:
+            ctx.on_event = display
+            graph.invoke(state, {"recursion_limit": steps})
+        folder.finish("complete")
+        return folder
+    except KeyboardInterrupt:
+        if folder is not None:
+            folder.log("error", error="interrupted by the user")
+            folder.finish("interrupted")
+            console.print(f"[yellow]interrupted[/]; what was done is in {folder.path}")
+        raise
+    except Exception as exc:
+        if folder is not None:
+            folder.log("error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=12))
+            folder.finish("failed")
+        raise
+    finally:
+        evaluator.close()

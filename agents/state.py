@@ -1,0 +1,33 @@
+"""The LangGraph state of a run: plain data only, so every step can be logged and inspected."""
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class Candidate(TypedDict, total=False):
+    id: str                           # c001, c002, ... within the op
+    op: str
+    origin: str                       # incumbent | rules | seed | test:<rule id> | mutation | explore
+    params: dict[str, Any] | None     # template point, None for a source that is not a template point
+    parents: list[str]
+    path: str                         # the candidate's source in the run folder
+    status: str                       # accepted | rejected | failed (after evaluation)
+    failure_class: str | None
+    reason: str
+    speedup_eager: float | None       # None when speed was not measured (CPU interpreter)
+    speedup_compile: float | None
+    roofline_fraction: float | None
+    gbps: float | None
+    candidate_ms: float | None
+    eager_ms: float | None
+    compile_ms: float | None
+
+
+class RunState(TypedDict):
+    queue: list[str]                  # ops still to evolve, in order
+    op: str | None                    # the op being evolved, None between ops
+    proposed: int                     # candidates proposed for the current op
+    pending: Candidate | None         # proposed, not yet evaluated
+    history: list[Candidate]          # evaluated candidates of the current op
+    exhausted: bool                   # the coder has nothing untried left for this op
+    done: list[str]                   # ops finished
