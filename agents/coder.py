@@ -1,8 +1,10 @@
 """The rule-guided template coder: proposes points of an op's template space, rendered to candidate files.
 
 Order of proposals: the incumbent from memory (re-measured on this run's terms), the seed point with the
-rules' suggestions applied, the counterfactual of each rule under test, then search: one-knob mutations
-of the best candidate so far, and now and then a random untried point so the search leaves its basin.
+rules' suggestions applied, then search: one-knob mutations of the best candidate so far, and now and
+then a random untried point so the search leaves its basin. The last proposals of the budget are the
+counterfactuals of the best point, one per rule under test (the best with that rule's advice undone),
+so each rule is judged on the configuration that matters.
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernels import OpSpec
+from kernels import OpSpec, TemplateSpace
+from memory import Rule
 
 from .planner import OpPlan
 
@@ -26,6 +29,32 @@ class Proposal:
 
 def _key(params: dict[str, Any]) -> tuple:
     return tuple(sorted(params.items()))
+
+
+def counterfactual(space: TemplateSpace, point: dict[str, Any], rule: Rule) -> dict[str, Any]:
+    """The point with the rule's advice undone: each knob it suggests set to another value."""
+    flipped = dict(point)
+    for knob, value in rule.suggests.items():
+        if knob not in flipped:
+            continue
+        if isinstance(value, bool):
+            flipped[knob] = not value
+        elif space.seed[knob] != value:
+            flipped[knob] = space.seed[knob]
+        else:
+            flipped[knob] = next(v for v in space.params[knob] if v != value)
+    return space.normalize(flipped)
+
+
+def best_template_candidate(history: list[dict]) -> dict | None:
+    """Fastest accepted template candidate; without timings (CPU) the latest accepted one."""
+    accepted = [h for h in history if h["status"] == "accepted" and h.get("params") is not None]
+    if not accepted:
+        return None
+    timed = [h for h in accepted if h.get("speedup_eager") is not None]
+    if timed:
+        return max(timed, key=lambda h: h["speedup_eager"])
+    return accepted[-1]
 
 
 class TemplateCoder:
@@ -49,29 +78,14 @@ class TemplateCoder:
         first = self._point({**self.space.seed, **self.plan.suggestions})
         origin = "rules" if self.plan.suggestions else "seed"
         self.queue.append((origin, first, ", ".join(f"{k}={v}" for k, v in self.plan.suggestions.items())))
-        for rule in self.plan.rules:
-            if rule.id not in self.plan.tests:
-                continue
-            counter = dict(first)
-            for knob, value in rule.suggests.items():
-                if knob in counter:
-                    counter[knob] = self._other_value(knob, value)
-            self.queue.append((f"test:{rule.id}", self._point(counter), f"without {rule.id}"))
-
-    def _other_value(self, knob: str, value: Any) -> Any:
-        if isinstance(value, bool):
-            return not value
-        seed = self.space.seed[knob]
-        if seed != value:
-            return seed
-        return next(v for v in self.space.params[knob] if v != value)
+        self.untested = [r for r in self.plan.rules if r.id in self.plan.tests]
 
     def _render(self, origin: str, params: dict[str, Any], parents: tuple[str, ...], note: str) -> Proposal:
         self.tried.add(_key(params))
         return Proposal(self.space.render(params), origin, params, parents, note)
 
-    def propose(self, history: list[dict]) -> Proposal | None:
-        """The next candidate, or None when the template space holds nothing untried."""
+    def propose(self, history: list[dict], remaining: int) -> Proposal | None:
+        """The next candidate (`remaining` proposals left in the budget), or None when nothing is untried."""
         while self.queue:
             origin, params, note = self.queue.pop(0)
             if origin == "incumbent":
@@ -80,7 +94,12 @@ class TemplateCoder:
                 return Proposal(self.plan.incumbent.source(), origin, params, (), note)
             if _key(params) not in self.tried:
                 return self._render(origin, params, (), note)
-        best = self._best(history)
+        best = best_template_candidate(history)
+        while best is not None and self.untested and remaining <= len(self.untested):
+            rule = self.untested.pop(0)
+            point = counterfactual(self.space, best["params"], rule)
+            if _key(point) not in self.tried:
+                return self._render(f"test:{rule.id}", point, (best["id"],), f"{best['id']} without {rule.id}")
         if best is not None and self.rng.random() >= self.explore:
             moves = [p for p in (self._point(n) for n in self.space.neighbours(best["params"]))
                      if _key(p) not in self.tried]
@@ -92,14 +111,3 @@ class TemplateCoder:
         if not untried:
             return None
         return self._render("explore", self.rng.choice(untried), (), "random untried point")
-
-    @staticmethod
-    def _best(history: list[dict]) -> dict | None:
-        """Fastest accepted template candidate; without timings (CPU) the latest accepted one."""
-        accepted = [h for h in history if h["status"] == "accepted" and h.get("params") is not None]
-        if not accepted:
-            return None
-        timed = [h for h in accepted if h.get("speedup_eager") is not None]
-        if timed:
-            return max(timed, key=lambda h: h["speedup_eager"])
-        return accepted[-1]

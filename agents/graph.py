@@ -19,7 +19,8 @@ from memory import CandidateArchive, Evidence, KernelStore, Rulebook
 
 from .coder import TemplateCoder
 from .config import Config
-from .planner import OpPlan, Planner, judge_rule
+from .lessons import judge_rule
+from .planner import OpPlan, Planner
 from .run_folder import RunFolder
 from .state import Candidate, RunState
 
@@ -85,7 +86,7 @@ def build_graph(ctx: RunContext):
                 "exhausted": False}
 
     def propose(state: RunState) -> dict:
-        proposal = ctx.coder.propose(state["history"])
+        proposal = ctx.coder.propose(state["history"], ctx.plan.budget - state["proposed"])
         if proposal is None:
             emit("plan", op=state["op"], note="template space exhausted before the budget")
             return {"pending": None, "exhausted": True}
@@ -136,7 +137,8 @@ def build_graph(ctx: RunContext):
         for rule in ctx.plan.rules:
             if rule.id not in ctx.plan.tests:
                 continue
-            verdict, effect = judge_rule(rule, state["history"], ctx.config.promotion.margin)
+            verdict, effect = judge_rule(rule, get_spec(op).template, state["history"],
+                                         ctx.config.promotion.margin)
             recorded = False
             if ctx.timed and ctx.rulebook is not None:
                 ctx.rulebook.record_evidence(rule.id, Evidence(run=folder.run_id, gpu=ctx.gpu, verdict=verdict,

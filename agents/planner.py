@@ -1,8 +1,8 @@
 """The rule-based planner: for each op, which lessons apply, what they suggest, which to put to the test.
 
 It reads the rulebook against the facts of the op's headline shape on this device (e.g. more rows than
-twice the SM count), turns the suggestions that name knobs of the op's template into the first
-candidate's defaults, and after the search judges each tested rule by the candidates' measurements.
+twice the SM count) and turns the suggestions that name knobs of the op's template into the first
+candidate's defaults; agents/lessons.py judges the rules after the search.
 """
 from __future__ import annotations
 
@@ -65,33 +65,3 @@ class Planner:
         tests = tuple(r.id for r in applied) if self.test_rules else ()
         incumbent = self.store.best(spec.name, self.gpu) if self.store else None
         return OpPlan(spec.name, self.budget, context, tuple(applied), suggestions, tests, incumbent, tuple(notes))
-
-
-def follows(rule: Rule, params: dict | None) -> bool | None:
-    """Whether a candidate's template point takes the rule's advice (None: not a template candidate)."""
-    if params is None:
-        return None
-    return all(params.get(k) == v for k, v in rule.suggests.items() if k in params)
-
-
-def judge_rule(rule: Rule, history: list[dict], margin: float) -> tuple[str, str]:
-    """(verdict, effect) for a rule, from the best accepted candidate that follows it and the best that does not.
-
-    Only timed candidates count: without a measured speed (the CPU interpreter) the verdict is inconclusive.
-    """
-    timed = [h for h in history if h["status"] == "accepted" and h.get("speedup_eager") is not None
-             and follows(rule, h.get("params")) is not None]
-    with_rule = [h for h in timed if follows(rule, h["params"])]
-    without = [h for h in timed if not follows(rule, h["params"])]
-    if not with_rule or not without:
-        return "inconclusive", "no timed accepted candidate on both sides of the rule"
-    best_with = max(with_rule, key=lambda h: h["speedup_eager"])
-    best_without = max(without, key=lambda h: h["speedup_eager"])
-    ratio = best_with["speedup_eager"] / best_without["speedup_eager"]
-    effect = (f"best following {best_with['id']} at {best_with['speedup_eager']:.2f}x eager vs best not "
-              f"following {best_without['id']} at {best_without['speedup_eager']:.2f}x ({ratio:.2f}x)")
-    if ratio > 1 + margin:
-        return "confirmed", effect
-    if ratio < 1 - margin:
-        return "refuted", effect
-    return "inconclusive", effect + f", within the {margin:.0%} margin"

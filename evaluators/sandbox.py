@@ -59,6 +59,8 @@ class Worker:
             env["TRITON_INTERPRET"] = "1"
         else:
             env.pop("TRITON_INTERPRET", None)
+        # torch.compile's baseline compiles in-process: no compile-worker pool to leave behind on a kill
+        env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "evaluators.worker", str(child_sock.fileno()), device],
             pass_fds=(child_sock.fileno(),), env=env, start_new_session=True, stdin=subprocess.DEVNULL)

@@ -1,6 +1,6 @@
 """GPU timing inside a worker: candidate, PyTorch eager and torch.compile, interleaved, same inputs.
 
-Medians from `triton.testing.do_bench`; inputs rotate over enough buffers to exceed L2, so no variant is
+Medians of per-call GPU times (see _bench); inputs rotate over enough buffers to exceed L2, so no variant is
 timed on warm cache; rounds interleave the variants in rotating order so clock and thermal drift hit
 all of them alike. Ceilings (copy bandwidth, bf16 matmul rate) are measured, never taken from a sheet.
 """
@@ -29,10 +29,50 @@ class TimingSettings:
     floor_slack: float = 0.9     # a time under slack * physical floor is rejected as too fast
 
 
-def _bench(fn: Callable[[], object], settings: TimingSettings) -> float:
-    import triton.testing
+_FLUSH: dict[str, torch.Tensor] = {}
 
-    return float(triton.testing.do_bench(fn, warmup=settings.warmup_ms, rep=settings.rep_ms, return_mode="median"))
+
+def _flush_buffer() -> torch.Tensor:
+    # read (not written) between calls: evicts the inputs from L2 without leaving dirty lines whose
+    # write-back would be charged to the next timed call, as zero-filling a buffer does
+    if "buf" not in _FLUSH:
+        l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 << 20)
+        _FLUSH["buf"] = torch.randint(-100, 100, (max(4 * l2, 128 << 20),), dtype=torch.int8, device="cuda")
+    return _FLUSH["buf"]
+
+
+def _bench(fn: Callable[[], object], settings: TimingSettings) -> float:
+    """Median GPU time of one call of fn, in ms, with cold L2 and the host's launch overhead hidden.
+
+    Each timed call is queued behind a GPU busy-wait and an L2 flush, so the host enqueues the call's
+    launches before the GPU reaches them: what is measured is the device time of the call, as with
+    triton.testing.do_bench, but immune to Python overhead (torch.compile's guards take longer than a
+    10 us kernel, and do_bench would then time the host).
+    """
+    flush = _flush_buffer()
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        flush.sum(dtype=torch.int32)
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    per_iteration = max(start.elapsed_time(end) / 5, 1e-3) + 0.2  # plus the busy-wait below
+    for _ in range(max(1, int(settings.warmup_ms / per_iteration))):
+        fn()
+    n = max(10, int(settings.rep_ms / per_iteration))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    for i in range(n):
+        torch.cuda._sleep(400_000)  # about 0.2 ms of GPU time in which the host runs ahead
+        flush.sum(dtype=torch.int32)
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
 def measure_ceilings(settings: TimingSettings) -> dict:
@@ -49,6 +89,10 @@ def measure_ceilings(settings: TimingSettings) -> dict:
     mm_ms = _bench(lambda: a @ b, settings)
     tflops = 2 * size**3 / (mm_ms * 1e-3) / 1e12
     return {"copy_gbps": copy_gbps, "matmul_tflops": tflops, "method": "torch copy_ 512 MiB bf16; 8192^3 bf16 matmul"}
+
+
+class BaselineError(RuntimeError):
+    """PyTorch's own eager or compiled op failed: the evaluator's problem, never held against a candidate."""
 
 
 class Rotating:
@@ -93,8 +137,13 @@ def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, ceil
         "compile": Rotating(compiled_baseline(spec), input_sets),
     }
     with torch.no_grad():
-        for fn in variants.values():
-            fn()  # compile and load outside the measurements
+        for name in ("eager", "compile"):
+            try:
+                variants[name]()  # torch.compile compiles here, outside the measurements
+                torch.cuda.synchronize()
+            except Exception as exc:
+                raise BaselineError(f"the {name} baseline failed at {shape} {dtype_key}: {type(exc).__name__}: {exc}")
+        variants["candidate"]()
         torch.cuda.synchronize()
         samples: dict[str, list[float]] = {name: [] for name in variants}
         names = list(variants)

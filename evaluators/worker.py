@@ -104,7 +104,7 @@ def evaluate(conn, task: dict, state: dict) -> dict:
     from kernels import get_spec
 
     from .correctness import CorrectnessSuite
-    from .timing import TimingSettings, summarise, time_shape
+    from .timing import BaselineError, TimingSettings, summarise, time_shape
     from .verdict import CandidateFailure, Verdict
 
     spec = get_spec(task["op"])
@@ -143,6 +143,8 @@ def evaluate(conn, task: dict, state: dict) -> dict:
             per_shape = [time_shape(entry, spec, shape, dtype_key, task["ceilings"], settings, rng)
                          for shape in spec.timed_shapes() for dtype_key in task["timed_dtypes"]]
             verdict.timing = summarise(per_shape, task["ceilings"])
+    except BaselineError as exc:
+        return {"error": str(exc)}
     except CandidateFailure as failure:
         verdict = Verdict.failed(spec.name, failure.failure_class, failure.detail, checks=checks,
                                  device=state["device"], candidate=task["path"])
