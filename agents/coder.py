@@ -31,13 +31,21 @@ def _key(params: dict[str, Any]) -> tuple:
     return tuple(sorted(params.items()))
 
 
+def follows(rule: Rule, point: dict[str, Any]) -> bool:
+    """Whether a template point takes the rule's advice on every knob the template has."""
+    return all(point.get(k) == v for k, v in rule.suggests.items() if k in point)
+
+
 def counterfactual(space: TemplateSpace, point: dict[str, Any], rule: Rule) -> dict[str, Any]:
-    """The point with the rule's advice undone: each knob it suggests set to another value."""
+    """The point on the other side of the rule: its advice undone if the point follows it, else taken."""
     flipped = dict(point)
+    taking = not follows(rule, point)
     for knob, value in rule.suggests.items():
         if knob not in flipped:
             continue
-        if isinstance(value, bool):
+        if taking:
+            flipped[knob] = value
+        elif isinstance(value, bool):
             flipped[knob] = not value
         elif space.seed[knob] != value:
             flipped[knob] = space.seed[knob]
@@ -99,7 +107,7 @@ class TemplateCoder:
             rule = self.untested.pop(0)
             point = counterfactual(self.space, best["params"], rule)
             if _key(point) not in self.tried:
-                return self._render(f"test:{rule.id}", point, (best["id"],), f"{best['id']} without {rule.id}")
+                return self._render(f"test:{rule.id}", point, (best["id"],), f"{best['id']} on the other side of {rule.id}")
         if best is not None and self.rng.random() >= self.explore:
             moves = [p for p in (self._point(n) for n in self.space.neighbours(best["params"]))
                      if _key(p) not in self.tried]

@@ -29,6 +29,7 @@ def _layer_norm_fwd_kernel(
     BLOCK_N: tl.constexpr,      # columns per tile: next_pow2(N) for one tile, else the chunk width
     ROWS: tl.constexpr,         # rows per tile
     SINGLE_TILE: tl.constexpr,  # the whole row in one masked tile (x read once) or a chunked loop
+    EVICTION: tl.constexpr,     # cache hint for the loads of x: "" (default) or "evict_first" (streamed once)
 ):
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(M, ROWS)
@@ -45,7 +46,8 @@ def _layer_norm_fwd_kernel(
         rows64 = rows.to(tl.int64)  # rows * stride overflows int32 past 2**31 elements
         if SINGLE_TILE:
             mask = row_mask[:, None] & col_mask[None, :]
-            x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0,
+                        eviction_policy=EVICTION).to(tl.float32)
             mean = tl.sum(x, axis=1) / N
             xc = tl.where(mask, x - mean[:, None], 0.0)
             var = tl.sum(xc * xc, axis=1) / N
@@ -81,7 +83,7 @@ def _layer_norm_fwd_kernel(
 
 
 def _layer_norm_fwd(x, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TILE, CHUNK_N,
-                    PERSISTENT, PROGRAMS_PER_SM):
+                    PERSISTENT, PROGRAMS_PER_SM, NUM_STAGES, EVICTION):
     """Validate, allocate, launch. Parameters in capitals are the template's knobs."""
     if x.dim() != 2 or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],):
         raise ValueError(f"layer_norm wants x [M, N], weight [N], bias [N]; got {tuple(x.shape)}, "
@@ -100,7 +102,8 @@ def _layer_norm_fwd(x, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TI
         grid = min(n_tiles, sms * PROGRAMS_PER_SM)
     _layer_norm_fwd_kernel[(grid,)](
         x, weight, bias, y, x.stride(0), y.stride(0), M, N, eps,
-        BLOCK_N=block_n, ROWS=ROWS_PER_PROGRAM, SINGLE_TILE=SINGLE_TILE, num_warps=NUM_WARPS,
+        BLOCK_N=block_n, ROWS=ROWS_PER_PROGRAM, SINGLE_TILE=SINGLE_TILE, EVICTION=EVICTION,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return y
 
@@ -190,6 +193,8 @@ SEED_PARAMS = {
     "CHUNK_N": 256,
     "PERSISTENT": False,
     "PROGRAMS_PER_SM": 4,
+    "NUM_STAGES": 1,
+    "EVICTION": "",
 }
 
 
@@ -265,6 +270,9 @@ def _canonical(point: dict) -> dict:
         point["CHUNK_N"] = SEED_PARAMS["CHUNK_N"]
     if not point["PERSISTENT"]:
         point["PROGRAMS_PER_SM"] = SEED_PARAMS["PROGRAMS_PER_SM"]
+    # software pipelining needs a loop: the persistent grid's or the chunked one's
+    if point["SINGLE_TILE"] and not point["PERSISTENT"]:
+        point["NUM_STAGES"] = SEED_PARAMS["NUM_STAGES"]
     return point
 
 
@@ -276,6 +284,8 @@ TEMPLATE = TemplateSpace(
         "CHUNK_N": (128, 256, 512),
         "PERSISTENT": (False, True),
         "PROGRAMS_PER_SM": (2, 4, 8, 16),
+        "NUM_STAGES": (1, 2, 3),
+        "EVICTION": ("", "evict_first"),
     },
     seed=SEED_PARAMS,
     render=lambda params: render_candidate(

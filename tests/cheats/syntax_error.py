@@ -1,0 +1,17 @@
+"""Does not parse: a kernel with an unclosed bracket, as a truncated LLM answer would leave it."""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _layer_norm_row(X, Y, N, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N
+    tl.store(Y + row * N + cols, tl.load(X + row * N + cols, mask=cols < N), mask=cols < N)
+
+
+def layer_norm(x, weight, bias, eps):
+    y = torch.empty_like(x)
+    _layer_norm_row[(x.shape[0],)](x, y, x.shape[1], BLOCK_N=triton.next_power_of_2(x.shape[1]))
+    return y

@@ -1,0 +1,340 @@
+"""The evaluator against planted candidates (tests/cheats/): the honest one is accepted, each cheat is caught
+under its own failure class, and a hang or a crash kills only the worker, which is replaced.
+
+Everything runs on the CPU through Triton's interpreter. One evaluator (one worker) serves most tests;
+each file is evaluated once per module and its verdict shared by the tests that look at it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+import triton
+
+from conftest import render
+from evaluators import FAILURE_CLASSES, Evaluator, EvaluatorSettings, Timeouts, TimingSettings, Verdict, compare
+from evaluators.sandbox import WorkerLost
+from evaluators.static import check_candidate
+from kernels import get_spec
+
+CHEATS = Path(__file__).resolve().parent / "cheats"
+OP = "layer_norm"
+SPEC = get_spec(OP)
+
+# Short phase limits for the fault tests, so that a hang costs seconds; still ample for an honest
+# candidate on the interpreter (about a second for every check together).
+FRAGILE = Timeouts(start=120, load=10, compile=8, check=30, time=10, task=10)
+
+# cheat file -> the failure class it must be given
+EXPECTED = {
+    "zeros": "wrong_result",
+    "mutates_input": "input_mutation",
+    "torch_layer_norm": "static",
+    "torch_math": "static",
+    "no_launch": "no_kernel",
+    "half_rows": "stale_memory",
+    "returns_input": "aliasing",
+    "wrong_dtype": "layout",
+    "caches": "caching",
+    "flaky": "nondeterminism",
+    "syntax_error": "syntax_error",
+    "raises": "exception",
+    "bad_kernel": "compile_error",
+}
+# classes the worker's checks raise (CandidateFailure): the failing check is recorded in `checks`
+CHECK_CLASSES = {"wrong_result", "input_mutation", "no_kernel", "stale_memory", "aliasing", "layout", "caching",
+                 "nondeterminism"}
+FIXED_KEYS = {"op", "status", "failure", "checks", "timing", "device"}
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    with Evaluator(EvaluatorSettings(device="cpu")) as ev:
+        yield ev
+
+
+@pytest.fixture(scope="module")
+def verdict_of(evaluator):
+    """name -> the Verdict of tests/cheats/<name>.py, evaluated once per module."""
+    seen: dict[str, Verdict] = {}
+
+    def get(name: str) -> Verdict:
+        if name not in seen:
+            seen[name] = evaluator.evaluate(OP, CHEATS / f"{name}.py")
+        return seen[name]
+
+    return get
+
+
+def evaluate_task(evaluator: Evaluator, path: Path) -> dict:
+    """The worker task Evaluator.evaluate builds after the static check passes."""
+    return {
+        "kind": "evaluate", "op": OP, "path": str(path.resolve()), "device": evaluator.settings.device,
+        "seed": random.SystemRandom().randrange(2**31), "dtypes": None,
+        "timed_dtypes": list(evaluator.settings.timed_dtypes), "ceilings": evaluator.ceilings(),
+        "timing": asdict(evaluator.settings.timing),
+    }
+
+
+# ----------------------------------------------------------------------------- the honest candidate
+
+def test_cheat_files_are_what_the_tests_think() -> None:
+    # every planted file says in one line what it tries; every expected class is a real class
+    for path in sorted(CHEATS.glob("*.py")):
+        text = path.read_text()
+        assert text.startswith('"""') and text.splitlines()[0].endswith('"""'), path.name
+    assert set(EXPECTED.values()) <= set(FAILURE_CLASSES)
+    for name in [*EXPECTED, "honest", "hangs", "crash_on_import"]:
+        assert (CHEATS / f"{name}.py").is_file(), name
+
+
+def test_honest_candidate_is_accepted(verdict_of) -> None:
+    verdict = verdict_of("honest")
+    assert verdict.failure is None, verdict.reason()
+    assert verdict.status == "accepted" and verdict.accepted
+    # one passed check per interpreter shape and CPU dtype, each with its errors
+    expected = {(s.name, d) for s in SPEC.shapes_for("cpu") for d in SPEC.dtypes_for("cpu")}
+    assert {(c["shape"], c["dtype"]) for c in verdict.checks} == expected
+    assert len(verdict.checks) == len(expected)
+    for check in verdict.checks:
+        assert check["passed"] is True
+        tol = SPEC.tolerances[check["dtype"]]
+        assert 0 <= check["max_abs"] <= tol.atol + tol.rtol * 10
+        assert math.isfinite(check["rel_l2"])
+
+
+def test_accepted_cpu_verdict_says_speed_was_not_measured(verdict_of) -> None:
+    verdict = verdict_of("honest")
+    assert verdict.timing is None
+    assert "speed not measured" in verdict.reason()
+
+
+def test_rendered_template_point_is_accepted(evaluator, tmp_path: Path) -> None:
+    # the chunked two-pass loop on a persistent grid, several rows per program
+    path = render(tmp_path, SINGLE_TILE=False, PERSISTENT=True, ROWS_PER_PROGRAM=4)
+    assert check_candidate(path.read_text(), SPEC.entry) == []
+    verdict = evaluator.evaluate(OP, path)
+    assert verdict.accepted, verdict.reason()
+    assert all(c["passed"] for c in verdict.checks)
+
+
+# ----------------------------------------------------------------------------- planted cheats
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_cheat_is_caught_under_its_class(verdict_of, name: str) -> None:
+    verdict = verdict_of(name)
+    cls = EXPECTED[name]
+    assert verdict.failure_class == cls, f"{name}: {verdict.reason()}"
+    assert verdict.status == FAILURE_CLASSES[cls][0]
+    assert not verdict.accepted
+    assert isinstance(verdict.failure["detail"], str) and verdict.failure["detail"].strip()
+    if cls in CHECK_CLASSES:
+        # the check that caught it is recorded as failed, with the class; the ones before it passed
+        *passed, failed = verdict.checks
+        assert failed["passed"] is False and failed["failure"] == cls
+        assert all(c["passed"] for c in passed)
+    if cls in ("static", "syntax_error"):
+        # caught from the text alone: nothing ran
+        assert verdict.checks == []
+        assert verdict.failure["detail"].startswith("line ")
+
+
+def test_static_cheats_name_the_torch_computation(verdict_of) -> None:
+    assert "layer_norm" in verdict_of("torch_layer_norm").failure["detail"]
+    rules = {v.rule for v in check_candidate((CHEATS / "torch_math.py").read_text(), SPEC.entry)}
+    assert rules == {"torch-math"}
+    assert "more" in verdict_of("torch_math").failure["detail"]  # several violations, the count shown
+
+
+def test_wrong_dtype_passes_float32_and_fails_at_float16(verdict_of) -> None:
+    checks = verdict_of("wrong_dtype").checks
+    assert {c["dtype"] for c in checks if c["passed"]} == {"float32"}
+    assert checks[-1]["dtype"] == "float16" and not checks[-1]["passed"]
+    assert "float16" in checks[-1]["detail"]
+
+
+def test_half_rows_reports_the_nan_poison(verdict_of) -> None:
+    detail = verdict_of("half_rows").failure["detail"]
+    assert "NaN" in detail and "non-finite" in detail
+
+
+def test_cache_is_caught_on_the_second_inputs(verdict_of) -> None:
+    verdict = verdict_of("caches")
+    assert "second inputs" in verdict.failure["detail"]
+    assert len(verdict.checks) == 1  # right on its first inputs, wrong on the next ones of the same shape
+
+
+def test_flaky_output_is_within_tolerance_but_not_repeatable(verdict_of) -> None:
+    verdict = verdict_of("flaky")
+    # both single outputs passed the fp32 tolerance; the repeat on the same inputs gave it away
+    assert "repeated call" in verdict.failure["detail"]
+    assert verdict.checks[-1]["dtype"] == "float32"
+
+
+def test_compile_error_is_a_fault_not_a_rejection(verdict_of) -> None:
+    verdict = verdict_of("bad_kernel")
+    assert verdict.status == "failed"
+    assert "power of 2" in verdict.failure["detail"]
+
+
+def test_exception_detail_keeps_the_message(verdict_of) -> None:
+    detail = verdict_of("raises").failure["detail"]
+    assert detail.startswith("RuntimeError:") and "no kernel configuration" in detail
+
+
+# ----------------------------------------------------------------------------- the verdict contract
+
+@pytest.mark.parametrize("name", ["honest", *sorted(EXPECTED)])
+def test_verdict_json_has_the_fixed_shape(verdict_of, name: str) -> None:
+    verdict = verdict_of(name)
+    data = json.loads(verdict.to_json())
+    assert FIXED_KEYS <= set(data)
+    assert data["op"] == OP
+    assert data["status"] in ("accepted", "rejected", "failed")
+    assert data["timing"] is None  # CPU: speed is not measured
+    assert isinstance(data["checks"], list)
+    device = data["device"]
+    assert device["arch"] == "interpreter"
+    assert device["torch"] == torch.__version__ and device["triton"] == triton.__version__
+    assert device["name"]
+    if data["status"] == "accepted":
+        assert data["failure"] is None
+    else:
+        assert set(data["failure"]) == {"class", "detail"}
+        assert data["status"] == FAILURE_CLASSES[data["failure"]["class"]][0]
+    assert Verdict.from_dict(data).to_dict() == verdict.to_dict()
+
+
+def test_failure_classes_each_have_a_status() -> None:
+    for cls, (status, meaning) in FAILURE_CLASSES.items():
+        assert status in ("rejected", "failed"), cls
+        assert meaning
+        verdict = Verdict.failed(OP, cls, "detail")
+        assert verdict.status == status and not verdict.accepted
+        assert verdict.reason() == f"{cls}: detail"
+
+
+# ----------------------------------------------------------------------------- faults kill only the worker
+
+def test_hang_times_out_and_the_worker_is_replaced() -> None:
+    with Evaluator(EvaluatorSettings(device="cpu", timeouts=FRAGILE)) as ev:
+        hung = ev.pool.worker().process  # started here, outside the measured wall time
+        replaced = ev.pool.replaced
+        started = time.monotonic()
+        verdict = ev.evaluate(OP, CHEATS / "hangs.py")
+        elapsed = time.monotonic() - started
+        assert verdict.failure_class == "timeout", verdict.reason()
+        assert verdict.status == "failed"
+        assert elapsed < 60, "the hang was not cut off (this bound detects a hang; it is not a speed check)"
+        assert hung.poll() is not None, "the hung worker is still running"
+        assert ev.pool.replaced == replaced + 1
+        after = ev.evaluate(OP, CHEATS / "honest.py")
+        assert after.accepted, after.reason()
+        fresh = ev.pool.worker().process
+        assert fresh.pid != hung.pid
+    assert fresh.poll() is not None, "close() left a worker behind"
+
+
+def test_crash_on_import_kills_only_the_worker() -> None:
+    path = CHEATS / "crash_on_import.py"
+    # the static policy stops it before any worker sees it, so the sandbox is tested directly
+    assert {v.rule for v in check_candidate(path.read_text(), SPEC.entry)} == {"import"}
+    with Evaluator(EvaluatorSettings(device="cpu", timeouts=FRAGILE)) as ev:
+        crashed = ev.pool.worker().process
+        replaced = ev.pool.replaced
+        with pytest.raises(WorkerLost) as lost:
+            ev.pool.request(evaluate_task(ev, path))
+        assert lost.value.failure_class == "crash"
+        assert "code 3" in lost.value.detail and "load" in lost.value.detail
+        assert crashed.poll() == 3
+        assert ev.pool.replaced == replaced + 1
+        verdict = ev.evaluate(OP, CHEATS / "honest.py")
+        assert verdict.accepted, verdict.reason()
+        fresh = ev.pool.worker().process
+        assert fresh.pid != crashed.pid and fresh.poll() is None
+    assert fresh.poll() is not None, "close() left a worker behind"
+
+
+def test_worker_task_for_honest_candidate_matches_evaluate(evaluator) -> None:
+    # the hand-built task of the crash test is the one Evaluator.evaluate sends: an honest file passes through it
+    result = evaluator.pool.request(evaluate_task(evaluator, CHEATS / "honest.py"))
+    assert "error" not in result
+    assert result["verdict"]["status"] == "accepted"
+    assert result["recycle"] is False
+
+
+# ----------------------------------------------------------------------------- checker.compare
+
+def test_compare_exact_match() -> None:
+    ref = torch.randn(4, 8, dtype=torch.float64)
+    result = compare(ref.clone(), ref, 1e-4, 1e-4)
+    assert result.ok
+    assert result.mismatches == 0 and result.nonfinite == 0 and result.nans == 0
+    assert result.max_abs == 0.0 and result.rel_l2 == 0.0
+    assert result.numel == 32
+
+
+def test_compare_within_tolerance_and_lower_precision_output() -> None:
+    ref = torch.randn(16, 32, dtype=torch.float64)
+    assert compare(ref + 5e-5, ref, 1e-4, 0.0).ok
+    assert compare(ref.to(torch.float16), ref, 1e-2, 1e-2).ok
+
+
+def test_compare_counts_one_element_off() -> None:
+    ref = torch.randn(4, 8, dtype=torch.float64)
+    out = ref.clone()
+    out[1, 2] += 1.0
+    result = compare(out, ref, 1e-4, 1e-4)
+    assert not result.ok
+    assert result.mismatches == 1
+    assert result.nonfinite == 0 and result.nans == 0
+    assert result.max_abs == pytest.approx(1.0)
+    assert "1/32 elements off" in result.summary()
+
+
+def test_compare_nan_where_reference_is_finite() -> None:
+    ref = torch.randn(4, 8, dtype=torch.float64)
+    out = ref.clone()
+    out[0, 0] = float("nan")
+    out[3, 7] = float("nan")
+    result = compare(out, ref, 1e-4, 1e-4)
+    assert not result.ok
+    assert result.nonfinite == 2 and result.nans == 2
+    assert result.mismatches == 2
+    assert math.isinf(result.max_abs) and math.isinf(result.rel_l2)
+    assert "NaN" in result.summary()
+
+
+def test_compare_inf_where_reference_is_finite() -> None:
+    ref = torch.randn(4, 8, dtype=torch.float64)
+    out = ref.clone()
+    out[2, 2] = float("inf")
+    result = compare(out, ref, 1e-4, 1e-4)
+    assert not result.ok
+    assert result.nonfinite == 1 and result.nans == 0
+
+
+def test_compare_inf_in_both_is_ok_but_its_sign_matters() -> None:
+    ref = torch.randn(4, 8, dtype=torch.float64)
+    ref[0, 1] = float("inf")
+    ref[2, 3] = float("-inf")
+    result = compare(ref.clone(), ref, 1e-4, 1e-4)
+    assert result.ok
+    assert result.nonfinite == 0 and result.mismatches == 0
+    assert math.isfinite(result.max_abs)
+    flipped = ref.clone()
+    flipped[0, 1] = float("-inf")
+    assert not compare(flipped, ref, 1e-4, 1e-4).ok
+
+
+def test_compare_shape_mismatch_raises() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        compare(torch.zeros(4, 8), torch.zeros(8, 4), 1e-4, 1e-4)
+    with pytest.raises(ValueError):
+        compare(torch.zeros(32), torch.zeros(4, 8), 1e-4, 1e-4)
