@@ -22,12 +22,17 @@ from .runner import UsageError, evaluator_settings, resolve_device, run_target
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evolve fast, verified Triton kernels for NanoGPT.")
 console = Console()
-err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/] {message}", highlight=False)
+    # plain text: one line whatever the terminal width, and brackets such as [run].budget stay as written
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
     raise typer.Exit(code)
+
+
+def _message(exc: Exception) -> str:
+    # a KeyError's str() wraps its message in quotes; other exceptions read as they are
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
 
 
 def _config(ctx: typer.Context) -> Config:
@@ -61,7 +66,7 @@ def run(ctx: typer.Context,
         config = config.with_run(budget=budget, coder=coder, device=device)
         folder = run_target(config, target, ops, not no_memory, console, seed=seed)
     except (UsageError, ConfigError, KeyError) as exc:
-        _fail(str(exc).strip("'\""))
+        _fail(_message(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130)
     except Exception as exc:
@@ -87,7 +92,7 @@ def evaluate(ctx: typer.Context,
         config = config.with_run(device=device)
         resolved = resolve_device(config.run.device)
     except (UsageError, ConfigError, KeyError) as exc:
-        _fail(str(exc).strip("'\""))
+        _fail(_message(exc))
     with Evaluator(evaluator_settings(config, resolved)) as evaluator:
         verdict = evaluator.evaluate(op, file)
     if as_json:
@@ -145,7 +150,7 @@ def memory(ctx: typer.Context,
     if action == "list":
         table = Table(title=f"rulebook ({config.run.memory_dir})", title_justify="left")
         for column in ("id", "kind", "op", "confidence", "evidence", "origin"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=column == "id")
         for rule in book.rules:
             tally = rule.tally()
             table.add_row(rule.id, rule.kind, rule.op, f"{rule.current_confidence:.2f}",
@@ -162,7 +167,7 @@ def memory(ctx: typer.Context,
         try:
             rule = book.get(rule_id)
         except KeyError as exc:
-            _fail(str(exc).strip("'\""))
+            _fail(_message(exc))
         console.print(f"[bold]{rule.id}[/] ({rule.kind}, op {rule.op}, origin {rule.origin}, learned on "
                       f"{rule.learned_on})\n{rule.statement}\nwhen {rule.when} suggests {rule.suggests}\n"
                       f"confidence {rule.confidence:.2f} -> {rule.current_confidence:.2f} with evidence:")

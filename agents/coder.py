@@ -16,6 +16,7 @@ from kernels import OpSpec, TemplateSpace
 from memory import Rule
 
 from .planner import OpPlan
+from .state import best_of
 
 
 @dataclass(frozen=True)
@@ -52,17 +53,6 @@ def counterfactual(space: TemplateSpace, point: dict[str, Any], rule: Rule) -> d
         else:
             flipped[knob] = next(v for v in space.params[knob] if v != value)
     return space.normalize(flipped)
-
-
-def best_template_candidate(history: list[dict]) -> dict | None:
-    """Fastest accepted template candidate; without timings (CPU) the latest accepted one."""
-    accepted = [h for h in history if h["status"] == "accepted" and h.get("params") is not None]
-    if not accepted:
-        return None
-    timed = [h for h in accepted if h.get("speedup_eager") is not None]
-    if timed:
-        return max(timed, key=lambda h: h["speedup_eager"])
-    return accepted[-1]
 
 
 class TemplateCoder:
@@ -102,7 +92,7 @@ class TemplateCoder:
                 return Proposal(self.plan.incumbent.source(), origin, params, (), note)
             if _key(params) not in self.tried:
                 return self._render(origin, params, (), note)
-        best = best_template_candidate(history)
+        best = best_of(history, template_only=True)
         while best is not None and self.untested and remaining <= len(self.untested):
             rule = self.untested.pop(0)
             point = counterfactual(self.space, best["params"], rule)

@@ -22,7 +22,7 @@ from .config import Config
 from .lessons import judge_rule
 from .planner import OpPlan, Planner
 from .run_folder import RunFolder
-from .state import Candidate, RunState
+from .state import Candidate, RunState, best_of
 
 
 @dataclass
@@ -55,16 +55,6 @@ def _candidate_from(pending: Candidate, verdict: Verdict) -> Candidate:
         **{k: timing.get(k) for k in ("speedup_eager", "speedup_compile", "roofline_fraction", "gbps",
                                       "candidate_ms", "eager_ms", "compile_ms")},
     }
-
-
-def best_of(history: list[Candidate]) -> Candidate | None:
-    """Fastest accepted candidate by speedup over eager (a ratio measured in the same process, so runs
-    compare); without timings (CPU interpreter) the first accepted one."""
-    accepted = [c for c in history if c["status"] == "accepted"]
-    if not accepted:
-        return None
-    timed = [c for c in accepted if c.get("speedup_eager") is not None]
-    return max(timed, key=lambda c: c["speedup_eager"]) if timed else accepted[0]
 
 
 def build_graph(ctx: RunContext):

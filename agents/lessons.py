@@ -9,13 +9,14 @@ from __future__ import annotations
 from kernels import TemplateSpace
 from memory import Rule
 
-from .coder import best_template_candidate, counterfactual, follows
+from .coder import counterfactual, follows
+from .state import best_of
 
 
 def judge_rule(rule: Rule, space: TemplateSpace, history: list[dict], margin: float) -> tuple[str, str]:
     """(verdict, effect): confirmed / refuted when the side following the rule is faster / slower beyond
     the margin, else inconclusive."""
-    best = best_template_candidate(history)
+    best = best_of(history, template_only=True)
     if best is None or best.get("speedup_eager") is None:
         return "inconclusive", "no timed accepted candidate (speed not measured)"
     flipped = counterfactual(space, best["params"], rule)

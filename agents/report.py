@@ -24,7 +24,8 @@ def run_table(folder: RunFolder) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("op", "candidates", "accepted", "best", "vs eager", "vs torch.compile", "roofline", "GB/s",
                    "failures", "promoted"):
-        table.add_column(column, justify="right" if column not in ("op", "failures", "best") else "left")
+        table.add_column(column, justify="right" if column not in ("op", "failures", "best") else "left",
+                         no_wrap=column == "op")
     for op, o in s["ops"].items():
         best = o.get("best") or {}
         failures = ", ".join(f"{k} {v}" for k, v in sorted(o["failures"].items())) or "—"
@@ -57,7 +58,7 @@ def print_run(console: Console, folder: RunFolder) -> None:
 def runs_table(folders: list[RunFolder]) -> Table:
     table = Table(title="runs", title_justify="left")
     for column in ("run", "target", "status", "device", "ops", "accepted / candidates", "started"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "run")
     for folder in folders:
         s = folder.summary
         ops = s.get("ops", {})

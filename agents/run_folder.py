@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -134,7 +133,9 @@ def list_runs(runs_dir: Path) -> list[RunFolder]:
     if not runs_dir.is_dir():
         return []
     folders = []
-    for path in sorted(p for p in runs_dir.iterdir() if (p / "summary.json").is_file()):
+    # ids start with the start time; within one second "-2" comes before "-10"
+    for path in sorted((p for p in runs_dir.iterdir() if (p / "summary.json").is_file()),
+                       key=lambda p: (p.name[:15], len(p.name), p.name)):
         folder = RunFolder(path)
         try:
             folder.summary = folder.read_summary()
@@ -142,7 +143,3 @@ def list_runs(runs_dir: Path) -> list[RunFolder]:
             continue
         folders.append(folder)
     return folders
-
-
-def elapsed_since(start: float) -> float:
-    return time.perf_counter() - start

@@ -6,6 +6,8 @@ the worker processes are stopped.
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import traceback
 from pathlib import Path
 
@@ -121,6 +123,10 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         console.print("[yellow]No GPU: candidates run in Triton's interpreter. Correctness only; speed not measured.[/]")
     evaluator = Evaluator(evaluator_settings(config, device))
     folder = None
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # a kill (e.g. a job's time limit) ends the run as Ctrl-C does: the summary says "interrupted"
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         info = evaluator.device_info
         if device == "cuda":
@@ -158,3 +164,9 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         raise
     finally:
         evaluator.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -31,3 +31,14 @@ class RunState(TypedDict):
     history: list[Candidate]          # evaluated candidates of the current op
     exhausted: bool                   # the coder has nothing untried left for this op
     done: list[str]                   # ops finished
+
+
+def best_of(history: list[Candidate], template_only: bool = False) -> Candidate | None:
+    """The fastest accepted candidate by speedup over eager (a ratio measured in one process, so it
+    compares across evaluations); without timings (CPU interpreter) the first accepted one.
+    `template_only` skips candidates that are not template points (they cannot be mutated)."""
+    accepted = [c for c in history if c["status"] == "accepted" and (c.get("params") is not None or not template_only)]
+    if not accepted:
+        return None
+    timed = [c for c in accepted if c.get("speedup_eager") is not None]
+    return max(timed, key=lambda c: c["speedup_eager"]) if timed else accepted[0]

@@ -47,6 +47,17 @@ class Evaluator:
     def device_info(self) -> dict:
         return self.pool.device_info
 
+    def _device_brief(self) -> dict:
+        """What is known of the device without starting a worker (a rejected source needs none)."""
+        if self.pool.started:
+            return self.device_info
+        import torch
+        import triton
+
+        return {"name": "cpu" if self.settings.device == "cpu" else None,
+                "arch": "interpreter" if self.settings.device == "cpu" else None,
+                "torch": torch.__version__, "triton": triton.__version__}
+
     def ceilings(self) -> dict | None:
         """Measured copy GB/s and bf16 matmul TFLOP/s of this GPU; None on the CPU interpreter."""
         if self.settings.device != "cuda":
@@ -74,8 +85,8 @@ class Evaluator:
         path = Path(path)
         source = path.read_text()
         violations = check_candidate(source, spec.entry)
-        device = self.device_info
         if violations:
+            device = self._device_brief()
             slugs = {v.rule for v in violations}
             if slugs == {"syntax"}:
                 return Verdict.failed(op, "syntax_error", violations[0].detail, device=device, candidate=str(path),
@@ -83,6 +94,11 @@ class Evaluator:
             detail = violations[0].detail + (f" (+{len(violations) - 1} more)" if len(violations) > 1 else "")
             return Verdict.failed(op, "static", detail, device=device, candidate=str(path),
                                   seconds=time.perf_counter() - started)
+        try:
+            device = self.device_info
+        except WorkerLost as lost:
+            return Verdict.failed(op, lost.failure_class, f"the evaluator's worker did not start: {lost.detail}",
+                                  device=self._device_brief(), candidate=str(path))
         task = {
             "kind": "evaluate", "op": op, "path": str(path.resolve()), "device": self.settings.device,
             "seed": _fresh_seed(), "dtypes": list(dtypes) if dtypes else None,

@@ -153,6 +153,10 @@ class WorkerPool:
         return self._worker
 
     @property
+    def started(self) -> bool:
+        return self._worker is not None and self._worker.alive()
+
+    @property
     def device_info(self) -> dict:
         return self.worker().device_info
 

@@ -152,18 +152,19 @@ def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, ceil
             for name in order:
                 samples[name].append(_bench(variants[name], settings))
     torch.cuda.synchronize()
-    # the output of the last timed call must still be right: catches work skipped under repetition
-    inputs, out = variants["candidate"].last
-    tol = spec.tolerances[dtype_key]
-    recheck = compare(out, spec.reference(*inputs), tol.atol, tol.rtol)
-    if not recheck.ok:
-        raise CandidateFailure("caching", f"output of the timed call at {shape} {dtype_key}: {recheck.summary()}")
     med = {name: statistics.median(vals) for name, vals in samples.items()}
     cand = med["candidate"]
     floor_ms = max(bytes_moved / (ceilings["copy_gbps"] * 1e9), flops / (ceilings["matmul_tflops"] * 1e12)) * 1e3
     if cand < settings.floor_slack * floor_ms:
         raise CandidateFailure("too_fast", f"{cand * 1e3:.1f} us at {shape} {dtype_key} is under the physical floor "
                                            f"of {floor_ms * 1e3:.1f} us (bytes / copy bandwidth, flops / matmul rate)")
+    # the output of the last timed call must still be right (checked after the floor: a time under
+    # the floor is void whatever the output): catches work skipped under repetition
+    inputs, out = variants["candidate"].last
+    tol = spec.tolerances[dtype_key]
+    recheck = compare(out, spec.reference(*inputs), tol.atol, tol.rtol)
+    if not recheck.ok:
+        raise CandidateFailure("caching", f"output of the timed call at {shape} {dtype_key}: {recheck.summary()}")
     gbps = bytes_moved / (cand * 1e-3) / 1e9
     tflops = flops / (cand * 1e-3) / 1e12
     roofline = gbps / ceilings["copy_gbps"] if spec.bound == "memory" else tflops / ceilings["matmul_tflops"]

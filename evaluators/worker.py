@@ -1,7 +1,7 @@
 """The worker process: loads one untrusted candidate at a time and runs the checks and timings on it.
 
-It speaks to the parent over a pipe: ("phase", name) when a phase starts, so the parent can apply that
-phase's timeout; ("check", dict) per passed check; ("result", dict) at the end. Anything that can take
+It speaks to the parent over a socket pair: ("phase", name) when a phase starts, so the parent can apply
+that phase's timeout, and ("result", dict) at the end. Anything that can take
 the process down (a hang, a segfault, a sticky CUDA error) is the parent's to handle by killing it.
 """
 from __future__ import annotations
@@ -168,6 +168,9 @@ def evaluate(conn, task: dict, state: dict) -> dict:
 def main(conn, device: str) -> None:
     """Serve requests until told to stop; the parent started this process in its own session."""
     global LAUNCHES
+    # a candidate's prints must not mix with the parent's output (e.g. `evolve eval --json` on stdout)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("the CPU worker must start with TRITON_INTERPRET=1 (Triton reads it at import)")
     os.chdir(tempfile.mkdtemp(prefix="evolve-worker-"))

@@ -30,7 +30,10 @@ def _layer_norm_fwd_kernel(
     ROWS: tl.constexpr,         # rows per tile
     SINGLE_TILE: tl.constexpr,  # the whole row in one masked tile (x read once) or a chunked loop
     EVICTION: tl.constexpr,     # cache hint for the loads of x: "" (default) or "evict_first" (streamed once)
+    WIDTH: tl.constexpr,        # N baked in as a compile-time constant, or 0 to read it at run time
 ):
+    if WIDTH > 0:
+        N = WIDTH  # a constant width lets the compiler fold the column mask and the divisions
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(M, ROWS)
     cols = tl.arange(0, BLOCK_N)
@@ -83,7 +86,7 @@ def _layer_norm_fwd_kernel(
 
 
 def _layer_norm_fwd(x, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TILE, CHUNK_N,
-                    PERSISTENT, PROGRAMS_PER_SM, NUM_STAGES, EVICTION):
+                    PERSISTENT, PROGRAMS_PER_SM, NUM_STAGES, EVICTION, CONST_WIDTH):
     """Validate, allocate, launch. Parameters in capitals are the template's knobs."""
     if x.dim() != 2 or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],):
         raise ValueError(f"layer_norm wants x [M, N], weight [N], bias [N]; got {tuple(x.shape)}, "
@@ -103,6 +106,7 @@ def _layer_norm_fwd(x, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TI
     _layer_norm_fwd_kernel[(grid,)](
         x, weight, bias, y, x.stride(0), y.stride(0), M, N, eps,
         BLOCK_N=block_n, ROWS=ROWS_PER_PROGRAM, SINGLE_TILE=SINGLE_TILE, EVICTION=EVICTION,
+        WIDTH=N if CONST_WIDTH else 0,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return y
@@ -195,6 +199,7 @@ SEED_PARAMS = {
     "PROGRAMS_PER_SM": 4,
     "NUM_STAGES": 1,
     "EVICTION": "",
+    "CONST_WIDTH": False,
 }
 
 
@@ -286,6 +291,7 @@ TEMPLATE = TemplateSpace(
         "PROGRAMS_PER_SM": (2, 4, 8, 16),
         "NUM_STAGES": (1, 2, 3),
         "EVICTION": ("", "evict_first"),
+        "CONST_WIDTH": (False, True),
     },
     seed=SEED_PARAMS,
     render=lambda params: render_candidate(

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agents.coder import Proposal, TemplateCoder, best_template_candidate, counterfactual, follows
+from agents.coder import Proposal, TemplateCoder, counterfactual, follows
+from agents.state import best_of
 from agents.config import Config, ConfigError, load_config
 from agents.lessons import judge_rule
 from agents.planner import OpPlan, Planner
@@ -436,15 +437,16 @@ def test_coder_exhausts_a_tiny_space_modulo_normalisation():
     assert {(p.params["A"], p.params["B"]) for p in proposals} == {(1, True), (2, True), (2, False)}
 
 
-def test_best_template_candidate():
+def test_best_of():
     a, b, c = point(), point(ROWS_PER_PROGRAM=2), point(ROWS_PER_PROGRAM=4)
-    assert best_template_candidate([]) is None
-    assert best_template_candidate([entry("c001", a, None, "failed")]) is None
+    assert best_of([], template_only=True) is None
+    assert best_of([entry("c001", a, None, "failed")], template_only=True) is None
     timed = [entry("c001", a, 1.0), entry("c002", b, 3.0), entry("c003", c, 2.0), entry("c004", a, 9.0, "rejected"),
              {"id": "c005", "status": "accepted", "params": None, "speedup_eager": 8.0}]
-    assert best_template_candidate(timed)["id"] == "c002"
+    assert best_of(timed, template_only=True)["id"] == "c002"
+    assert best_of(timed)["id"] == "c005"  # not a template point, but the fastest
     untimed = [entry("c001", a, None), entry("c002", b, None), entry("c003", c, None, "failed")]
-    assert best_template_candidate(untimed)["id"] == "c002"
+    assert best_of(untimed, template_only=True)["id"] == "c001"  # without timings: the first accepted
 
 
 # ============================================================================ lessons

@@ -56,8 +56,6 @@ def test_eval_json_verdict_and_exit_code(config_file: Path, name: str, code: int
         assert data["failure"]["class"] == cls and data["failure"]["detail"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the worker inherits the CLI's stdout (evaluators/sandbox.py, Worker "
-                                       "Popen without stdout=...), so a candidate's print lands in the --json output")
 def test_candidate_prints_do_not_corrupt_the_json(config_file: Path) -> None:
     result = evolve(config_file, "eval", "layer_norm", str(CHEATS / "prints.py"), "--json", "--device", "cpu")
     assert result.returncode == 0, result.stderr
@@ -104,14 +102,11 @@ def test_usage_error_exits_2_without_traceback(config_file: Path, case: str) -> 
     assert fragment in message
 
 
-ONE_LINE_XFAIL = pytest.mark.xfail(
-    strict=True, reason="BUG: agents/cli.py _fail() prints through a rich Console, which wraps a message longer "
-                        "than the terminal width (80 when not a tty) over several lines")
 
 
 @pytest.mark.parametrize("case", [
     "unknown-op", "missing-file", "device-cuda",
-    pytest.param("config-unknown-key", marks=ONE_LINE_XFAIL),
+    "config-unknown-key",
 ])
 def test_usage_error_is_one_line(config_file: Path, case: str) -> None:
     result, _ = run_usage_error(case, config_file)
@@ -119,7 +114,6 @@ def test_usage_error_is_one_line(config_file: Path, case: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-@ONE_LINE_XFAIL
 def test_missing_file_with_a_long_path_is_one_line(config_file: Path, tmp_path: Path) -> None:
     missing = tmp_path / "a_candidate_file_that_does_not_exist_with_a_long_descriptive_name.py"
     result = evolve(config_file, "eval", "layer_norm", str(missing), "--json", "--device", "cpu")
@@ -127,8 +121,6 @@ def test_missing_file_with_a_long_path_is_one_line(config_file: Path, tmp_path: 
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: agents/cli.py _fail() prints the message as rich markup, so the "
-                                       "'[evaluator]' of 'unknown key [evaluator].bogus_key' is eaten as a style tag")
 def test_unknown_config_key_names_its_table(config_file: Path) -> None:
     result = evolve(bad_config(config_file), "eval", "layer_norm", str(CHEATS / "honest.py"), "--json",
                     "--device", "cpu")

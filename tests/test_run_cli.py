@@ -379,11 +379,8 @@ def test_malformed_config_is_a_usage_error(tmp_path):
     assert "budgett" in proc.stderr
 
 
-# ----------------------------------------------------------------------------- known bugs (strict xfail)
+# ----------------------------------------------------------------------------- output details
 
-@pytest.mark.xfail(strict=True, reason="bug: agents/cli.py _fail prints through a rich Console that wraps at "
-                                       "80 columns when stderr is not a terminal, so a long message (a long runs "
-                                       "path) becomes several lines")
 def test_usage_error_stays_one_line_with_a_long_path(tmp_path):
     deep = tmp_path / ("a-rather-long-folder-name-" * 3) / "workspace"
     deep.mkdir(parents=True)
@@ -392,16 +389,12 @@ def test_usage_error_stays_one_line_with_a_long_path(tmp_path):
     assert_usage_error(evolve(config, "report", "nosuchrun", env={"COLUMNS": "80"}))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: agents/cli.py run() strips quote characters off the whole "
-                                       "ConfigError message, eating the closing quote of the bad value")
 def test_usage_error_quotes_the_bad_value(config_file):
     proc = evolve(config_file, "run", "nanogpt", "--device", "tpu")
     assert_usage_error(proc)
     assert "'tpu'" in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="surprising: at rich's default 80 columns (output piped) `evolve runs` "
-                                       "cuts run ids to '20261124…', so the id cannot be read off the listing")
 def test_runs_ids_readable_at_80_columns(ws, first_run):
     proc = evolve(ws.config, "runs", env={"COLUMNS": "80"})
     assert proc.returncode == 0, describe(proc)
