@@ -150,7 +150,7 @@ def memory(ctx: typer.Context,
     if action == "list":
         table = Table(title=f"rulebook ({config.run.memory_dir})", title_justify="left")
         for column in ("id", "kind", "op", "confidence", "evidence", "origin"):
-            table.add_column(column, no_wrap=column == "id")
+            table.add_column(column, no_wrap=column in ("id", "evidence"))
         for rule in book.rules:
             tally = rule.tally()
             table.add_row(rule.id, rule.kind, rule.op, f"{rule.current_confidence:.2f}",
