@@ -31,6 +31,7 @@ def _layer_norm_fwd_kernel(
     SINGLE_TILE: tl.constexpr,  # the whole row in one masked tile (x read once) or a chunked loop
     EVICTION: tl.constexpr,     # cache hint for the loads of x: "" (default) or "evict_first" (streamed once)
     WIDTH: tl.constexpr,        # N baked in as a compile-time constant, or 0 to read it at run time
+    INDEX_64: tl.constexpr,     # offsets in int64, needed only past 2**31 elements (int32 saves registers)
 ):
     if WIDTH > 0:
         N = WIDTH  # a constant width lets the compiler fold the column mask and the divisions
@@ -42,10 +43,11 @@ def _layer_norm_fwd_kernel(
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         rows = tile * ROWS + tl.arange(0, ROWS)
         row_mask = rows < M
-        rows64 = rows.to(tl.int64)  # rows * stride overflows int32 past 2**31 elements
+        if INDEX_64:
+            rows = rows.to(tl.int64)  # rows * stride would overflow int32 past 2**31 elements
         if SINGLE_TILE:
             mask = row_mask[:, None] & col_mask[None, :]
-            x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0,
+            x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0,
                         eviction_policy=EVICTION).to(tl.float32)
             mean = tl.sum(x, axis=1) / N
             xc = tl.where(mask, x - mean[:, None], 0.0)
@@ -57,16 +59,16 @@ def _layer_norm_fwd_kernel(
             w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
             b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
             y = xc * rstd[:, None] * w[None, :] + b[None, :]
-            tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+            tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
         else:
             # pass 1: shifted sums (shift by the row's first element keeps E[x^2]-E[x]^2 well conditioned)
-            shift = tl.load(X + rows64 * stride_x, mask=row_mask, other=0.0).to(tl.float32)
+            shift = tl.load(X + rows * stride_x, mask=row_mask, other=0.0).to(tl.float32)
             acc = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
             acc_sq = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
             for start in range(0, N, BLOCK_N):
                 c = start + cols
                 mask = row_mask[:, None] & (c < N)[None, :]
-                x = tl.load(X + rows64[:, None] * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                x = tl.load(X + rows[:, None] * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
                 xs = tl.where(mask, x - shift[:, None], 0.0)
                 acc += xs
                 acc_sq += xs * xs
@@ -79,11 +81,11 @@ def _layer_norm_fwd_kernel(
                 c = start + cols
                 cmask = c < N
                 mask = row_mask[:, None] & cmask[None, :]
-                x = tl.load(X + rows64[:, None] * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                x = tl.load(X + rows[:, None] * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
                 wc = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)
                 bc = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)
                 y = (x - mean[:, None]) * rstd[:, None] * wc[None, :] + bc[None, :]
-                tl.store(Y + rows64[:, None] * stride_y + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
+                tl.store(Y + rows[:, None] * stride_y + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
 def _layer_norm_fwd(x, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TILE, CHUNK_N,
@@ -107,7 +109,7 @@ def _layer_norm_fwd(x, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TI
     _layer_norm_fwd_kernel[(grid,)](
         x, weight, bias, y, x.stride(0), y.stride(0), M, N, eps,
         BLOCK_N=block_n, ROWS=ROWS_PER_PROGRAM, SINGLE_TILE=SINGLE_TILE, EVICTION=EVICTION,
-        WIDTH=N if CONST_WIDTH else 0,
+        WIDTH=N if CONST_WIDTH else 0, INDEX_64=max(M * x.stride(0), M * y.stride(0)) >= 2**31,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return y
