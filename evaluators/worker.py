@@ -85,7 +85,8 @@ def _classify(exc: BaseException, phase: str) -> tuple[str, str, bool]:
     lowered = str(exc).lower()
     if isinstance(exc, SyntaxError):
         return "syntax_error", f"line {exc.lineno}: {exc.msg}", False
-    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in lowered:
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in lowered \
+            or "can't allocate memory" in lowered:
         return "out_of_memory", line, True
     if "illegal memory access" in lowered or "illegal address" in lowered or "cuda error" in lowered \
             or "misaligned address" in lowered or "unspecified launch failure" in lowered:

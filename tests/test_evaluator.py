@@ -46,6 +46,8 @@ EXPECTED = {
     "syntax_error": "syntax_error",
     "raises": "exception",
     "bad_kernel": "compile_error",
+    "out_of_memory": "out_of_memory",
+    "segfaults": "crash",
 }
 # classes the worker's checks raise (CandidateFailure): the failing check is recorded in `checks`
 CHECK_CLASSES = {"wrong_result", "input_mutation", "no_kernel", "stale_memory", "aliasing", "layout", "caching",

@@ -47,3 +47,9 @@ def test_illegal_address_is_classified_and_the_worker_replaced(gpu_evaluator, tm
     assert gpu_evaluator.pool.replaced == before + 1
     honest = gpu_evaluator.evaluate("layer_norm", render(tmp_path))
     assert honest.status == "accepted", honest.reason()
+
+
+def test_out_of_memory_is_classified_and_the_run_goes_on(gpu_evaluator, tmp_path):
+    verdict = gpu_evaluator.evaluate("layer_norm", CHEATS / "out_of_memory.py")
+    assert verdict.failure_class == "out_of_memory", verdict.reason()
+    assert gpu_evaluator.evaluate("layer_norm", render(tmp_path)).status == "accepted"
