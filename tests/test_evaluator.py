@@ -92,7 +92,7 @@ def test_cheat_files_are_what_the_tests_think() -> None:
         text = path.read_text()
         assert text.startswith('"""') and text.splitlines()[0].endswith('"""'), path.name
     assert set(EXPECTED.values()) <= set(FAILURE_CLASSES)
-    for name in [*EXPECTED, "honest", "hangs", "crash_on_import"]:
+    for name in [*EXPECTED, "honest", "hangs", "kernel_spins", "crash_on_import"]:
         assert (CHEATS / f"{name}.py").is_file(), name
 
 
@@ -224,12 +224,13 @@ def test_failure_classes_each_have_a_status() -> None:
 
 # ----------------------------------------------------------------------------- faults kill only the worker
 
-def test_hang_times_out_and_the_worker_is_replaced() -> None:
+@pytest.mark.parametrize("cheat", ["hangs.py", "kernel_spins.py"])  # a Python loop, a loop in the kernel
+def test_hang_times_out_and_the_worker_is_replaced(cheat: str) -> None:
     with Evaluator(EvaluatorSettings(device="cpu", timeouts=FRAGILE)) as ev:
         hung = ev.pool.worker().process  # started here, outside the measured wall time
         replaced = ev.pool.replaced
         started = time.monotonic()
-        verdict = ev.evaluate(OP, CHEATS / "hangs.py")
+        verdict = ev.evaluate(OP, CHEATS / cheat)
         elapsed = time.monotonic() - started
         assert verdict.failure_class == "timeout", verdict.reason()
         assert verdict.status == "failed"
