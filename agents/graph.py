@@ -164,7 +164,10 @@ def build_graph(ctx: RunContext):
 
 def _promotion(ctx: RunContext, op: str, best: Candidate | None) -> tuple[bool, str]:
     """Promote the run's best into memory when it beats the incumbent beyond noise; (promoted?, why)."""
-    emit = ctx.folder.log
+    def emit(kind: str, **data) -> None:
+        ctx.folder.log(kind, **data)
+        ctx.on_event(kind, data)
+
     if best is None:
         reason = "no accepted candidate"
     elif ctx.store is None:
@@ -194,7 +197,6 @@ def _promotion(ctx: RunContext, op: str, best: Candidate | None) -> tuple[bool, 
         kernel = ctx.store.promote(op, ctx.gpu, Path(best["path"]).read_text(), metrics, lineage)
         emit("promotion", op=op, promoted=True, candidate=best["id"], path=str(kernel.path), reason=reason,
              ab=decision.to_dict() if decision else None)
-        ctx.on_event("promotion", {"op": op, "promoted": True, "reason": reason})
         return True, reason
     emit("promotion", op=op, promoted=False, reason=reason)
     return False, reason

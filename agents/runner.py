@@ -68,9 +68,8 @@ def evaluator_settings(config: Config, device: str) -> EvaluatorSettings:
 class RunDisplay:
     """Rich progress while a run works: one bar per op, a line per verdict."""
 
-    def __init__(self, console: Console, budget: int):
+    def __init__(self, console: Console):
         self.console = console
-        self.budget = budget
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
         self.task = None
@@ -100,7 +99,8 @@ class RunDisplay:
         elif kind == "lesson":
             self.progress.console.print(f"  [magenta]lesson[/] {data['rule']}: {data['verdict']} ({data['effect']})")
         elif kind == "promotion":
-            self.progress.console.print(f"  [bold green]promoted[/] {data['op']}: {data['reason']}")
+            word = "[bold green]promoted[/]" if data["promoted"] else "[yellow]not promoted[/]"
+            self.progress.console.print(f"  {word} {data['op']}: {data['reason']}")
 
 
 def _reason(verdict: dict) -> str:
@@ -146,7 +146,7 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         state = {"queue": op_names, "op": None, "proposed": 0, "pending": None, "history": [], "exhausted": False,
                  "done": []}
         steps = 10 + len(op_names) * (4 * config.run.budget + 6)
-        with RunDisplay(console, config.run.budget) as display:
+        with RunDisplay(console) as display:
             ctx.on_event = display
             graph.invoke(state, {"recursion_limit": steps})
         folder.finish("complete")
