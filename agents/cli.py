@@ -22,6 +22,9 @@ from .runner import UsageError, evaluator_settings, resolve_device, run_target
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evolve fast, verified Triton kernels for NanoGPT.")
 console = Console()
+if not console.is_terminal:
+    # piped output (logs, CI) is not bound to a terminal's width: keep tables whole instead of 80 columns
+    console = Console(width=max(console.width, 140))
 
 
 def _fail(message: str, code: int = 2) -> None:
