@@ -25,6 +25,11 @@ from .run_folder import RunFolder
 from .state import Candidate, RunState, best_of
 
 
+# the numbers of a verdict's headline timing that candidates, summaries and promotions carry
+TIMING_KEYS = ("speedup_eager", "speedup_compile", "roofline_fraction", "gbps", "candidate_ms", "eager_ms",
+               "compile_ms")
+
+
 @dataclass
 class RunContext:
     config: Config
@@ -45,6 +50,12 @@ class RunContext:
         return self.config.run.device == "cuda"
 
 
+def _emit(ctx: RunContext, kind: str, **data: Any) -> None:
+    """Log an event to the run folder and show it."""
+    ctx.folder.log(kind, **data)
+    ctx.on_event(kind, data)
+
+
 def _candidate_from(pending: Candidate, verdict: Verdict) -> Candidate:
     timing = verdict.timing or {}
     return {
@@ -52,8 +63,7 @@ def _candidate_from(pending: Candidate, verdict: Verdict) -> Candidate:
         "status": verdict.status,
         "failure_class": verdict.failure_class,
         "reason": verdict.reason(),
-        **{k: timing.get(k) for k in ("speedup_eager", "speedup_compile", "roofline_fraction", "gbps",
-                                      "candidate_ms", "eager_ms", "compile_ms")},
+        **{k: timing.get(k) for k in TIMING_KEYS},
     }
 
 
@@ -61,8 +71,7 @@ def build_graph(ctx: RunContext):
     folder = ctx.folder
 
     def emit(kind: str, **data: Any) -> None:
-        folder.log(kind, **data)
-        ctx.on_event(kind, data)
+        _emit(ctx, kind, **data)
 
     def plan(state: RunState) -> dict:
         if not state["queue"]:
@@ -112,8 +121,7 @@ def build_graph(ctx: RunContext):
         if best is not None:
             summary["best"] = {"candidate": best["id"], "path": best["path"], "origin": best["origin"],
                                "params": best["params"],
-                               **{k: best.get(k) for k in ("speedup_eager", "speedup_compile", "roofline_fraction",
-                                                           "gbps", "candidate_ms", "eager_ms", "compile_ms")}}
+                               **{k: best.get(k) for k in TIMING_KEYS}}
         folder.write_summary()
         return {}
 
@@ -164,9 +172,8 @@ def build_graph(ctx: RunContext):
 
 def _promotion(ctx: RunContext, op: str, best: Candidate | None) -> tuple[bool, str]:
     """Promote the run's best into memory when it beats the incumbent beyond noise; (promoted?, why)."""
-    def emit(kind: str, **data) -> None:
-        ctx.folder.log(kind, **data)
-        ctx.on_event(kind, data)
+    def emit(kind: str, **data: Any) -> None:
+        _emit(ctx, kind, **data)
 
     if best is None:
         reason = "no accepted candidate"
@@ -188,8 +195,7 @@ def _promotion(ctx: RunContext, op: str, best: Candidate | None) -> tuple[bool, 
                 emit("promotion", op=op, promoted=False, reason=decision.reason, ab=decision.to_dict())
                 return False, decision.reason
             reason = decision.reason
-        metrics = {k: best.get(k) for k in ("speedup_eager", "speedup_compile", "roofline_fraction", "gbps",
-                                            "candidate_ms", "eager_ms", "compile_ms")}
+        metrics = {k: best.get(k) for k in TIMING_KEYS}
         if decision is not None:
             metrics["ab_mean_ratio"] = decision.mean_ratio
         lineage = {"run": ctx.folder.run_id, "candidate": best["id"], "origin": best["origin"],
