@@ -24,13 +24,17 @@ class LaunchCounter:
         self.count = 0
 
 
-def poison_free_memory(like: torch.Tensor, copies: int = 4) -> None:
-    """Allocate blocks the size of the expected output, fill them with NaN and free them.
+# a second poison, finite and representable in every dtype, to tell unwritten output from computed NaN
+SENTINEL = 4096.0  # exact in float16 and bfloat16
+
+
+def poison_free_memory(like: torch.Tensor, copies: int = 4, value: float = float("nan")) -> None:
+    """Allocate blocks the size of the expected output, fill them with `value` (NaN) and free them.
 
     The allocator hands the same blocks back to the candidate's `torch.empty`, so an output element the
     kernel never writes reads as NaN instead of a plausible leftover (e.g. the reference's result).
     """
-    blocks = [torch.empty_like(like).fill_(float("nan")) for _ in range(copies)]
+    blocks = [torch.empty_like(like).fill_(value) for _ in range(copies)]
     if like.is_cuda:
         torch.cuda.synchronize(like.device)
     del blocks
@@ -64,10 +68,10 @@ class CorrectnessSuite:
         # a new seed every call: a candidate cannot learn the inputs of a check
         return self.spec.make_inputs(shape, dtype, self.rng.randrange(2**31), self.device)
 
-    def call(self, inputs: tuple, expected: torch.Tensor) -> torch.Tensor:
+    def call(self, inputs: tuple, expected: torch.Tensor, poison: float = float("nan")) -> torch.Tensor:
         """One candidate call with poisoned memory, launch counting and input-mutation checks."""
         clones = [a.clone() if isinstance(a, torch.Tensor) else a for a in inputs]
-        poison_free_memory(expected)
+        poison_free_memory(expected, value=poison)
         before = self.counter.count
         out = self.entry(*inputs)
         _sync(self.device)
@@ -89,14 +93,22 @@ class CorrectnessSuite:
             raise CandidateFailure("layout", f"output on {out.device}, expected {expected.device}")
         return out
 
-    def judge(self, out: torch.Tensor, inputs: tuple, dtype_key: str, failure_class: str, what: str) -> dict:
+    def judge(self, out: torch.Tensor, inputs: tuple, dtype_key: str, failure_class: str, what: str,
+              expected: torch.Tensor | None = None) -> dict:
         tol = self.spec.tolerances[dtype_key]
         result = compare(out, self.spec.reference(*inputs), tol.atol, tol.rtol)
         if not result.ok:
-            # NaN can only come from the poison when the reference is finite and the inputs are sane
-            cls = "stale_memory" if result.nans and failure_class == "wrong_result" else failure_class
+            cls = failure_class
+            if result.nans and failure_class == "wrong_result" and expected is not None:
+                cls = "stale_memory" if self._nan_is_poison(inputs, expected) else "wrong_result"
             raise CandidateFailure(cls, f"{what}: {result.summary()}")
         return result.to_dict()
+
+    def _nan_is_poison(self, inputs: tuple, expected: torch.Tensor) -> bool:
+        """Call again with a finite poison: unwritten output now reads the sentinel instead of NaN,
+        while NaN the kernel computes itself stays NaN."""
+        again = self.call(inputs, expected, poison=SENTINEL)
+        return not bool(torch.isnan(again).any()) and bool((again == SENTINEL).any())
 
     def check_shape(self, shape: Shape, dtype_key: str) -> dict:
         dtype = DTYPES[dtype_key]
@@ -109,7 +121,7 @@ class CorrectnessSuite:
             expected_like = torch.empty_strided(probe.shape, probe.stride(), dtype=probe.dtype, device=probe.device)
             del probe
         out_a = self.call(inputs_a, expected_like)
-        first = self.judge(out_a, inputs_a, dtype_key, "wrong_result", f"{shape} {dtype_key}")
+        first = self.judge(out_a, inputs_a, dtype_key, "wrong_result", f"{shape} {dtype_key}", expected_like)
         # second inputs whose PyTorch result was just computed and freed: a candidate that returns stale
         # memory or a cached result fails here (the poisoning overwrites what the reference left)
         inputs_b = self.fresh_inputs(shape, dtype)
