@@ -76,6 +76,16 @@ def _load(path: str):
     return module
 
 
+def _raised_by_triton_language(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    tb = cause.__traceback__ if cause is not None else None
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is not None and os.sep.join(("triton", "language")) in last
+
+
 def _classify(exc: BaseException, phase: str) -> tuple[str, str, bool]:
     """(failure class, one-line detail, recycle the worker?) for an exception raised by a candidate."""
     import torch
@@ -93,6 +103,10 @@ def _classify(exc: BaseException, phase: str) -> tuple[str, str, bool]:
         return "illegal_address", line, True
     module = type(exc).__module__ or ""
     if phase == "compile" and module.startswith("triton"):
+        return "compile_error", line, False
+    if _raised_by_triton_language(exc):
+        # the interpreter wraps the language's semantic checks (a shape that is not a power of two, a
+        # type mismatch) that the compiler would reject: a compile error in whichever call meets it
         return "compile_error", line, False
     if "CompilationError" in type(exc).__name__:
         return "compile_error", line, False

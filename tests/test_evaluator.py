@@ -48,7 +48,8 @@ EXPECTED = {
     "bad_kernel": "compile_error",
     "out_of_memory": "out_of_memory",
     "segfaults": "crash",
-    "makes_nan": "wrong_result",  # NaN it computes is not mistaken for memory it never wrote
+    "makes_nan": "wrong_result",
+    "late_compile_error": "compile_error",  # first met in a later check, not the first (compiling) call  # NaN it computes is not mistaken for memory it never wrote
 }
 # classes the worker's checks raise (CandidateFailure): the failing check is recorded in `checks`
 CHECK_CLASSES = {"wrong_result", "input_mutation", "no_kernel", "stale_memory", "aliasing", "layout", "caching",
