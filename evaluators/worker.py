@@ -13,7 +13,6 @@ import sys
 import tempfile
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 LAUNCHES = None  # the LaunchCounter, set up by _install_launch_counter
