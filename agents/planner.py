@@ -6,7 +6,7 @@ candidate's defaults; agents/lessons.py judges the rules after the search.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kernels import OpSpec
@@ -52,13 +52,17 @@ class Planner:
         notes: list[str] = []
         rules = self.rulebook.query(spec.name, context) if self.rulebook else []
         for rule in rules:  # most trusted first: the first rule to name a knob sets it
-            usable = {k: v for k, v in rule.suggests.items() if k in knobs}
+            usable = spec.template.knobs_for(rule.suggests)
             if not usable:
                 continue
             bad = {k: v for k, v in usable.items() if v not in knobs[k]}
             if bad:
                 notes.append(f"{rule.id}: {bad} outside the template's values; not applied")
                 continue
+            if usable != rule.suggests:
+                notes.append(f"{rule.id}: {dict(rule.suggests)} read as {usable} in this template")
+                # the coder and the judge see the rule in this template's terms
+                rule = replace(rule, suggests=usable)
             applied.append(rule)
             for k, v in usable.items():
                 suggestions.setdefault(k, v)

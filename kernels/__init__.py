@@ -7,11 +7,15 @@ from __future__ import annotations
 from . import layer_norm
 from .spec import DTYPES, OpSpec, Shape, TemplateSpace, Tolerance, dtype_name
 
-OPS: dict[str, OpSpec] = {spec.name: spec for spec in (layer_norm.SPEC,)}
+# one module per op, each defining SPEC
+_MODULES = (layer_norm,)
 
-# what `evolve run TARGET` evolves, in order
+OPS: dict[str, OpSpec] = {module.SPEC.name: module.SPEC for module in _MODULES}
+
+# what `evolve run TARGET` evolves, in the order the model's forward pass meets the ops
+_NANOGPT_ORDER = ("embedding", "layer_norm", "attention", "add_layer_norm", "bias_gelu", "cross_entropy")
 TARGETS: dict[str, tuple[str, ...]] = {
-    "nanogpt": ("layer_norm",),
+    "nanogpt": tuple(op for op in _NANOGPT_ORDER if op in OPS),
 }
 
 

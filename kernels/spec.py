@@ -61,9 +61,16 @@ class TemplateSpace:
     # maps points that launch the same kernel to one representative (a knob that another knob switches
     # off), so the search never spends a candidate on a duplicate
     canonical: Callable[[dict[str, Any]], dict[str, Any]] = lambda point: point
+    # maps a lesson's suggestions, named in the terms of the toolchain it was learned with (e.g. cuTile's
+    # K_LAT/V_LAT load latencies), onto this template's knobs; knobs it already names pass through
+    translate: Callable[[dict[str, Any]], dict[str, Any]] = lambda suggests: suggests
 
     def normalize(self, point: Mapping[str, Any]) -> dict[str, Any]:
         return self.canonical(dict(point))
+
+    def knobs_for(self, suggests: Mapping[str, Any]) -> dict[str, Any]:
+        """A rule's suggestions as values of this template's knobs; the rest are dropped."""
+        return {k: v for k, v in self.translate(dict(suggests)).items() if k in self.params}
 
     def validate(self, point: Mapping[str, Any]) -> dict[str, Any]:
         unknown = set(point) - set(self.params)
