@@ -6,7 +6,7 @@ failure says how wrong, not only that it is wrong.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -22,11 +22,13 @@ class Comparison:
     numel: int
     atol: float
     rtol: float
+    output: int | None = None  # which output of an op with several, when this is about one of them
 
     def summary(self) -> str:
         if self.ok:
             return f"max_abs {self.max_abs:.3g}, rel_l2 {self.rel_l2:.3g}"
-        parts = [f"{self.mismatches}/{self.numel} elements off (max_abs {self.max_abs:.3g}, rel_l2 {self.rel_l2:.3g}, "
+        where = f"output {self.output}: " if self.output is not None else ""
+        parts = [f"{where}{self.mismatches}/{self.numel} elements off (max_abs {self.max_abs:.3g}, rel_l2 {self.rel_l2:.3g}, "
                  f"atol {self.atol:g}, rtol {self.rtol:g})"]
         if self.nonfinite:
             parts.append(f"{self.nonfinite} non-finite where the reference is finite ({self.nans} NaN)")
@@ -60,3 +62,24 @@ def compare(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> C
     rel_l2 = float("inf") if nonfinite else err_norm / max(ref_norm, 1e-30)
     return Comparison(ok=mismatches == 0, max_abs=max_abs, rel_l2=rel_l2, mismatches=mismatches,
                       nonfinite=nonfinite, nans=nans, numel=o.numel(), atol=atol, rtol=rtol)
+
+
+def as_outputs(value) -> tuple:
+    """An op's result as a tuple: ops with one output return a tensor, ops with several a tuple."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def compare_outputs(out, ref, atol: float, rtol: float) -> Comparison:
+    """Compare every output of an op with its reference; the first failing one speaks for the call,
+    otherwise the worst errors over all outputs."""
+    outs, refs = as_outputs(out), as_outputs(ref)
+    if len(outs) != len(refs):
+        raise ValueError(f"{len(outs)} outputs, the reference has {len(refs)}")
+    several = len(outs) > 1
+    results = [replace(compare(o, r, atol, rtol), output=i if several else None)
+               for i, (o, r) in enumerate(zip(outs, refs))]
+    for result in results:
+        if not result.ok:
+            return result
+    return Comparison(ok=True, max_abs=max(r.max_abs for r in results), rel_l2=max(r.rel_l2 for r in results),
+                      mismatches=0, nonfinite=0, nans=0, numel=sum(r.numel for r in results), atol=atol, rtol=rtol)

@@ -13,7 +13,7 @@ import torch
 
 from kernels import DTYPES, OpSpec, Shape
 
-from .checker import compare
+from .checker import as_outputs, compare_outputs
 from .verdict import CandidateFailure
 
 
@@ -68,10 +68,14 @@ class CorrectnessSuite:
         # a new seed every call: a candidate cannot learn the inputs of a check
         return self.spec.make_inputs(shape, dtype, self.rng.randrange(2**31), self.device)
 
-    def call(self, inputs: tuple, expected: torch.Tensor, poison: float = float("nan")) -> torch.Tensor:
-        """One candidate call with poisoned memory, launch counting and input-mutation checks."""
+    def call(self, inputs: tuple, expected: tuple[torch.Tensor, ...], poison: float = float("nan")):
+        """One candidate call with poisoned memory, launch counting and input-mutation checks.
+
+        `expected` holds one empty tensor per output with PyTorch's layout; the result keeps the op's
+        structure (a tensor, or a tuple for an op with several outputs)."""
         clones = [a.clone() if isinstance(a, torch.Tensor) else a for a in inputs]
-        poison_free_memory(expected, value=poison)
+        for like in expected:
+            poison_free_memory(like, value=poison)
         before = self.counter.count
         out = self.entry(*inputs)
         _sync(self.device)
@@ -80,23 +84,41 @@ class CorrectnessSuite:
         for i, (arg, clone) in enumerate(zip(inputs, clones)):
             if isinstance(arg, torch.Tensor) and not torch.equal(arg, clone):
                 raise CandidateFailure("input_mutation", f"argument {i} changed during the call")
-        if not isinstance(out, torch.Tensor):
-            raise CandidateFailure("layout", f"returned {type(out).__name__}, expected a tensor")
-        for i, arg in enumerate(inputs):
-            if isinstance(arg, torch.Tensor) and _overlaps(out, arg):
-                raise CandidateFailure("aliasing", f"the output shares storage with argument {i}")
-        if out.dtype != expected.dtype or out.shape != expected.shape or out.stride() != expected.stride():
-            raise CandidateFailure(
-                "layout", f"got {out.dtype} {tuple(out.shape)} strides {out.stride()}, expected "
-                          f"{expected.dtype} {tuple(expected.shape)} strides {expected.stride()}")
-        if out.device.type != expected.device.type:
-            raise CandidateFailure("layout", f"output on {out.device}, expected {expected.device}")
+        outs = self._structure(out, expected)
+        for k, (o, like) in enumerate(zip(outs, expected)):
+            what = f"output {k}" if len(expected) > 1 else "the output"
+            for i, arg in enumerate(inputs):
+                if isinstance(arg, torch.Tensor) and _overlaps(o, arg):
+                    raise CandidateFailure("aliasing", f"{what} shares storage with argument {i}")
+            for j in range(k):
+                if _overlaps(o, outs[j]):
+                    raise CandidateFailure("aliasing", f"{what} shares storage with output {j}")
+            if o.dtype != like.dtype or o.shape != like.shape or o.stride() != like.stride():
+                raise CandidateFailure(
+                    "layout", f"{what}: got {o.dtype} {tuple(o.shape)} strides {o.stride()}, expected "
+                              f"{like.dtype} {tuple(like.shape)} strides {like.stride()}")
+            if o.device.type != like.device.type:
+                raise CandidateFailure("layout", f"{what} on {o.device}, expected {like.device}")
         return out
 
-    def judge(self, out: torch.Tensor, inputs: tuple, dtype_key: str, failure_class: str, what: str,
-              expected: torch.Tensor | None = None) -> dict:
+    @staticmethod
+    def _structure(out, expected: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if len(expected) == 1:
+            if not isinstance(out, torch.Tensor):
+                raise CandidateFailure("layout", f"returned {type(out).__name__}, expected a tensor")
+            return (out,)
+        if not isinstance(out, (tuple, list)) or len(out) != len(expected):
+            got = f"{len(out)} values" if isinstance(out, (tuple, list)) else type(out).__name__
+            raise CandidateFailure("layout", f"returned {got}, expected a tuple of {len(expected)} tensors")
+        for k, o in enumerate(out):
+            if not isinstance(o, torch.Tensor):
+                raise CandidateFailure("layout", f"output {k} is {type(o).__name__}, expected a tensor")
+        return tuple(out)
+
+    def judge(self, out, inputs: tuple, dtype_key: str, failure_class: str, what: str,
+              expected: tuple[torch.Tensor, ...] | None = None) -> dict:
         tol = self.spec.tolerances[dtype_key]
-        result = compare(out, self.spec.reference(*inputs), tol.atol, tol.rtol)
+        result = compare_outputs(out, self.spec.reference(*inputs), tol.atol, tol.rtol)
         if not result.ok:
             cls = failure_class
             if result.nans and failure_class == "wrong_result" and expected is not None:
@@ -104,11 +126,12 @@ class CorrectnessSuite:
             raise CandidateFailure(cls, f"{what}: {result.summary()}")
         return result.to_dict()
 
-    def _nan_is_poison(self, inputs: tuple, expected: torch.Tensor) -> bool:
+    def _nan_is_poison(self, inputs: tuple, expected: tuple[torch.Tensor, ...]) -> bool:
         """Call again with a finite poison: unwritten output now reads the sentinel instead of NaN,
         while NaN the kernel computes itself stays NaN."""
-        again = self.call(inputs, expected, poison=SENTINEL)
-        return not bool(torch.isnan(again).any()) and bool((again == SENTINEL).any())
+        again = as_outputs(self.call(inputs, expected, poison=SENTINEL))
+        return (not any(bool(torch.isnan(o).any()) for o in again)
+                and any(bool((o == SENTINEL).any()) for o in again))
 
     def check_shape(self, shape: Shape, dtype_key: str) -> dict:
         dtype = DTYPES[dtype_key]
@@ -117,8 +140,9 @@ class CorrectnessSuite:
         # the expected layout is PyTorch's own op's, probed on other inputs so that the first candidate
         # call below runs before any reference of its inputs exists
         with torch.no_grad():
-            probe = self.spec.eager(*self.fresh_inputs(shape, dtype))
-            expected_like = torch.empty_strided(probe.shape, probe.stride(), dtype=probe.dtype, device=probe.device)
+            probe = as_outputs(self.spec.eager(*self.fresh_inputs(shape, dtype)))
+            expected_like = tuple(torch.empty_strided(p.shape, p.stride(), dtype=p.dtype, device=p.device)
+                                  for p in probe)
             del probe
         out_a = self.call(inputs_a, expected_like)
         first = self.judge(out_a, inputs_a, dtype_key, "wrong_result", f"{shape} {dtype_key}", expected_like)
@@ -131,7 +155,7 @@ class CorrectnessSuite:
         self.judge(out_b, inputs_b, dtype_key, "caching", f"{shape} {dtype_key}, second inputs")
         # the same inputs again must give the same output within rounding
         out_b2 = self.call(inputs_b, expected_like)
-        again = compare(out_b2, out_b, tol.atol / 10, tol.rtol / 10)
+        again = compare_outputs(out_b2, out_b, tol.atol / 10, tol.rtol / 10)
         if not again.ok:
             raise CandidateFailure("nondeterminism", f"{shape} {dtype_key}, repeated call: {again.summary()}")
         return {"shape": shape.name, "dims": dict(shape.dims), "dtype": dtype_key, "passed": True,

@@ -16,7 +16,7 @@ import torch
 
 from kernels import DTYPES, OpSpec, Shape
 
-from .checker import compare
+from .checker import compare_outputs
 from .verdict import CandidateFailure
 
 
@@ -162,7 +162,7 @@ def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, ceil
     # the floor is void whatever the output): catches work skipped under repetition
     inputs, out = variants["candidate"].last
     tol = spec.tolerances[dtype_key]
-    recheck = compare(out, spec.reference(*inputs), tol.atol, tol.rtol)
+    recheck = compare_outputs(out, spec.reference(*inputs), tol.atol, tol.rtol)
     if not recheck.ok:
         raise CandidateFailure("caching", f"output of the timed call at {shape} {dtype_key}: {recheck.summary()}")
     gbps = bytes_moved / (cand * 1e-3) / 1e9
