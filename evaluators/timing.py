@@ -135,9 +135,10 @@ def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, ceil
         "candidate": Rotating(entry, input_sets),
         "eager": Rotating(spec.eager, input_sets),
         "compile": Rotating(compiled_baseline(spec), input_sets),
+        **{name: Rotating(fn, input_sets) for name, fn in spec.baselines.items()},
     }
     with torch.no_grad():
-        for name in ("eager", "compile"):
+        for name in ("eager", "compile", *spec.baselines):
             try:
                 variants[name]()  # torch.compile compiles here, outside the measurements
                 torch.cuda.synchronize()
@@ -185,6 +186,7 @@ def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, ceil
         "spread": (max(c_samples) - min(c_samples)) / cand,
         "rounds": settings.rounds,
         "samples_ms": samples,
+        "baselines": {name: {"ms": med[name], "speedup": med[name] / cand} for name in spec.baselines},
     }
 
 

@@ -130,6 +130,9 @@ class OpSpec:
     # context(shape, sm_count) -> facts the rulebook's `when` clauses are matched against
     context: Callable[[Shape, int], dict[str, Any]]
     tags: tuple[str, ...] = field(default=())
+    # further PyTorch implementations timed beside eager and torch.compile, by name (e.g. the attention
+    # kernel alone, without the layout copies of the model's eager code), same inputs and outputs as eager
+    baselines: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
     def shapes_for(self, device: str) -> tuple[Shape, ...]:
         return self.shapes if device == "cuda" else self.interpreter_shapes

@@ -1,0 +1,137 @@
+"""`evolve bench TARGET`: the kernels this machine would use, measured against PyTorch, one row per op.
+
+For each op it takes the kernel promoted for this GPU (or the op's seed when none is promoted yet), runs it
+through the full evaluator (every correctness check, then timing against eager, torch.compile and any
+further baselines the spec names, interleaved in one process) and tabulates the headline numbers. It is
+the command behind the per-op numbers in the notes, so anyone can rerun them.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from evaluators import Evaluator, Verdict
+from kernels import get_spec
+from memory import INTERPRETER_GPU, KernelStore
+
+from .config import Config
+from .runner import evaluator_settings, resolve_device, resolve_ops
+
+
+@dataclass
+class BenchRow:
+    op: str
+    kernel: str          # "promoted <path>" or "seed"
+    verdict: Verdict
+
+    def to_dict(self) -> dict:
+        return {"op": self.op, "kernel": self.kernel, "verdict": self.verdict.to_dict()}
+
+
+def sdpa_backend() -> str:
+    """Which kernel torch's scaled_dot_product_attention runs for NanoGPT's attention on this GPU.
+
+    Read off the profiler's kernel names, since the enabled flags say what may run, not what does.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    q, k, v = (torch.randn(8, 12, 1024, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.cuda.synchronize()
+    names = [e.key for e in prof.key_averages()]
+    for needle, backend in (("cudnn", "cuDNN attention"), ("flash", "FlashAttention-2"),
+                            ("fmha", "memory-efficient attention"), ("efficient", "memory-efficient attention")):
+        if any(needle in name.lower() for name in names):
+            return f"{backend} ({', '.join(n for n in names if needle in n.lower())[:120]})"
+    return f"math (kernels: {', '.join(names)[:120]})"
+
+
+def bench_target(config: Config, target: str, ops: str | None, console: Console,
+                 on_row=None) -> tuple[list[BenchRow], dict]:
+    """Evaluate the op kernels in use for `target` on this machine; returns the rows and the device."""
+    op_names = resolve_ops(target, ops)
+    device = resolve_device(config.run.device)
+    rows: list[BenchRow] = []
+    with Evaluator(evaluator_settings(config, device)) as evaluator, \
+            tempfile.TemporaryDirectory(prefix="evolve-bench-") as tmp:
+        info = evaluator.device_info
+        if device == "cuda":
+            info = {**info, "ceilings": evaluator.ceilings()}
+        gpu = info["name"] if device == "cuda" else INTERPRETER_GPU
+        store = KernelStore(Path(config.run.memory_dir))
+        for op in op_names:
+            promoted = store.best(op, gpu)
+            if promoted is not None:
+                path, kernel = promoted.path, f"promoted {promoted.path}"
+            else:
+                space = get_spec(op).template
+                path = Path(tmp) / f"{op}_seed.py"
+                path.write_text(space.render(space.validate({})))
+                kernel = "seed"
+            console.print(f"[cyan]bench[/] {op}: {kernel}")
+            row = BenchRow(op, kernel, evaluator.evaluate(op, path))
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    if device == "cuda" and "attention" in op_names:
+        info = {**info, "sdpa_backend": sdpa_backend()}
+    return rows, info
+
+
+def _us(ms: float | None) -> str:
+    return "—" if ms is None else f"{ms * 1e3:,.1f} µs"
+
+
+def _checks_table(rows: list[BenchRow], title: str) -> Table:
+    table = Table(title=title, title_justify="left",
+                  caption="Speed not measured: Triton's CPU interpreter checks correctness only.")
+    for column in ("op", "kernel", "status", "checks", "worst rel. error"):
+        table.add_column(column, no_wrap=column != "status")
+    for row in rows:
+        v = row.verdict
+        checks = [c for c in v.checks if isinstance(c, dict)]
+        passed = sum(1 for c in checks if c.get("passed"))
+        worst = max((c.get("rel_l2", 0.0) for c in checks if c.get("passed")), default=None)
+        table.add_row(row.op, row.kernel.split(" ")[0], v.status if v.accepted else f"{v.status}: {v.reason()}",
+                      f"{passed}/{len(checks)} shape×dtype", "—" if worst is None else f"{worst:.1e}")
+    return table
+
+
+def bench_table(rows: list[BenchRow], device: dict) -> Table:
+    title = (f"evolve bench · {device.get('name', '?')} ({device.get('arch', '?')}, torch "
+             f"{device.get('torch', '?')}, triton {device.get('triton', '?')})")
+    if device.get("arch") == "interpreter":
+        return _checks_table(rows, title)
+    table = Table(title=title, title_justify="left")
+    for column in ("op", "shape", "status", "eager", "compile", "ours", "×eager", "×compile", "other", "rate",
+                   "roofline"):
+        table.add_column(column, justify="left" if column in ("op", "shape", "status", "other") else "right",
+                         no_wrap=True)
+    for row in rows:
+        v = row.verdict
+        spec = get_spec(row.op)
+        if not v.accepted or not v.timing:
+            table.add_row(row.op, "—", f"{v.status}: {v.reason()}"[:60], *(["—"] * 8))
+            continue
+        for shape in v.timing["shapes"]:
+            rate = (f"{shape['tflops']:,.1f} TFLOP/s" if spec.bound == "compute" else f"{shape['gbps']:,.0f} GB/s")
+            other = ", ".join(f"{name} {_us(b['ms'])} ({b['speedup']:.2f}x)"
+                              for name, b in shape.get("baselines", {}).items()) or "—"
+            table.add_row(row.op, f"{shape['shape']} {shape['dtype']}", v.status, _us(shape["eager_ms"]),
+                          _us(shape["compile_ms"]), _us(shape["candidate_ms"]), f"{shape['speedup_eager']:.2f}x",
+                          f"{shape['speedup_compile']:.2f}x", other, rate, f"{shape['roofline_fraction']:.0%}")
+    c = device.get("ceilings") or {}
+    table.caption = (f"×eager, ×compile: speedup over PyTorch eager and torch.compile, interleaved in one process. "
+                     f"Roofline against measured copy {c.get('copy_gbps', 0):,.0f} GB/s and bf16 matmul "
+                     f"{c.get('matmul_tflops', 0):,.0f} TFLOP/s.")
+    if device.get("sdpa_backend"):
+        table.caption += f"\nscaled_dot_product_attention ran: {device['sdpa_backend']}."
+    return table
