@@ -112,14 +112,14 @@ def bench_table(rows: list[BenchRow], device: dict) -> Table:
         return _checks_table(rows, title)
     table = Table(title=title, title_justify="left")
     for column in ("op", "shape", "status", "eager", "compile", "ours", "×eager", "×compile", "other", "rate",
-                   "roofline"):
+                   "roofline", "of copy"):
         table.add_column(column, justify="left" if column in ("op", "shape", "status", "other") else "right",
                          no_wrap=True)
     for row in rows:
         v = row.verdict
         spec = get_spec(row.op)
         if not v.accepted or not v.timing:
-            table.add_row(row.op, "—", f"{v.status}: {v.reason()}"[:60], *(["—"] * 8))
+            table.add_row(row.op, "—", f"{v.status}: {v.reason()}"[:60], *(["—"] * 9))
             continue
         for shape in v.timing["shapes"]:
             rate = (f"{shape['tflops']:,.1f} TFLOP/s" if spec.bound == "compute" else f"{shape['gbps']:,.0f} GB/s")
@@ -127,11 +127,12 @@ def bench_table(rows: list[BenchRow], device: dict) -> Table:
                               for name, b in shape.get("baselines", {}).items()) or "—"
             table.add_row(row.op, f"{shape['shape']} {shape['dtype']}", v.status, _us(shape["eager_ms"]),
                           _us(shape["compile_ms"]), _us(shape["candidate_ms"]), f"{shape['speedup_eager']:.2f}x",
-                          f"{shape['speedup_compile']:.2f}x", other, rate, f"{shape['roofline_fraction']:.0%}")
+                          f"{shape['speedup_compile']:.2f}x", other, rate, f"{shape['roofline_fraction']:.0%}",
+                          "—" if shape.get("copy_fraction") is None else f"{shape['copy_fraction']:.0%}")
     c = device.get("ceilings") or {}
     table.caption = (f"×eager, ×compile: speedup over PyTorch eager and torch.compile, interleaved in one process. "
                      f"Roofline against measured copy {c.get('copy_gbps', 0):,.0f} GB/s and bf16 matmul "
-                     f"{c.get('matmul_tflops', 0):,.0f} TFLOP/s.")
+                     f"{c.get('matmul_tflops', 0):,.0f} TFLOP/s; of copy: a copy of the same bytes' time over ours.")
     if device.get("sdpa_backend"):
         table.caption += f"\nscaled_dot_product_attention ran: {device['sdpa_backend']}."
     return table

@@ -12,7 +12,8 @@ import tomli_w
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ("auto", "cuda", "cpu")
-CODERS = ("template",)
+CODERS = ("template", "llm", "mixed")
+ON_UNAVAILABLE = ("fail", "template")
 
 
 class ConfigError(ValueError):
@@ -61,26 +62,54 @@ class PromotionConfig:
 
 
 @dataclass(frozen=True)
+class LLMConfig:
+    base_url: str = ""                 # "" -> $OPENAI_BASE_URL, else OpenAI's own endpoint
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"  # name of the variable holding the key; "" -> the server takes none
+    on_unavailable: str = "fail"       # fail | template: what a run does when the server cannot be used
+    temperature: float = 0.2
+    max_tokens: int = 4096
+    timeout_s: float = 120.0
+    retries: int = 2
+    price_in_per_1k: float = 0.0
+    price_out_per_1k: float = 0.0
+    run_token_budget: int = 0          # 0: no limit
+    run_cost_budget: float = 0.0       # 0: no limit
+    repairs: int = 2
+    mixed_share: float = 0.5
+    planner: bool = True
+    reflector: bool = True
+    lesson_confidence: float = 0.2
+    give_up_after: int = 3
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     coder: CoderConfig = field(default_factory=CoderConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
     source: Path | None = None
 
-    def with_run(self, **changes: Any) -> "Config":
-        """A copy with [run] keys overridden (command-line flags); None values leave a key as it is."""
+    def with_run(self, check_llm: bool = True, **changes: Any) -> "Config":
+        """A copy with [run] keys overridden (command-line flags); None values leave a key as it is.
+        `check_llm=False` skips the endpoint check (a replay needs no server)."""
         changes = {k: v for k, v in changes.items() if v is not None}
         merged = dataclasses.replace(self.run, **changes)
         _validate_run(merged, "command line")
-        return dataclasses.replace(self, run=merged)
+        config = dataclasses.replace(self, run=merged)
+        if check_llm:
+            _check_endpoint(config, "command line")
+        return config
 
     def to_toml(self) -> str:
-        """The resolved configuration, as written into each run folder."""
+        """The resolved configuration, as written into each run folder. A template run's says nothing
+        of the LLM: it used none."""
         data = {}
         for f in dataclasses.fields(self):
-            if f.name == "source":
+            if f.name == "source" or (f.name == "llm" and self.run.coder == "template"):
                 continue
             table = dataclasses.asdict(getattr(self, f.name))
             data[f.name] = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
@@ -127,8 +156,44 @@ def _validate_run(run: RunConfig, origin: str) -> None:
         raise ConfigError(f"{origin}: budget must be at least 1, not {run.budget}")
 
 
-def _validate(config: Config, origin: str) -> None:
+def endpoint_configured(llm: LLMConfig) -> bool:
+    """Whether any server is named: a base URL (config or $OPENAI_BASE_URL) or a key for OpenAI's own."""
+    return bool(llm.base_url or os.environ.get("OPENAI_BASE_URL")
+                or (llm.api_key_env and os.environ.get(llm.api_key_env)))
+
+
+def _check_endpoint(config: Config, origin: str) -> None:
+    if config.run.coder == "template" or config.llm.on_unavailable == "template":
+        return
+    if not endpoint_configured(config.llm):
+        key = f"${config.llm.api_key_env}" if config.llm.api_key_env else "a key"
+        raise ConfigError(f"{origin}: coder {config.run.coder!r} needs an LLM endpoint: set [llm].base_url or "
+                          f"$OPENAI_BASE_URL (a local server), or {key} for OpenAI")
+
+
+def _validate_llm(llm: LLMConfig, origin: str) -> None:
+    if llm.on_unavailable not in ON_UNAVAILABLE:
+        raise ConfigError(f"{origin}: [llm].on_unavailable must be one of {', '.join(ON_UNAVAILABLE)}, "
+                          f"not {llm.on_unavailable!r}")
+    if not llm.model:
+        raise ConfigError(f"{origin}: [llm].model must name a model")
+    if llm.max_tokens < 1 or llm.timeout_s <= 0 or llm.retries < 0 or llm.repairs < 0 or llm.give_up_after < 1:
+        raise ConfigError(f"{origin}: [llm] needs max_tokens >= 1, timeout_s > 0, retries >= 0, repairs >= 0 "
+                          f"and give_up_after >= 1")
+    if min(llm.price_in_per_1k, llm.price_out_per_1k, llm.run_token_budget, llm.run_cost_budget) < 0:
+        raise ConfigError(f"{origin}: [llm] prices and budgets cannot be negative")
+    for name in ("mixed_share", "lesson_confidence"):
+        if not 0.0 <= getattr(llm, name) <= 1.0:
+            raise ConfigError(f"{origin}: [llm].{name} must lie in [0, 1]")
+    if not 0.0 <= llm.temperature <= 2.0:
+        raise ConfigError(f"{origin}: [llm].temperature must lie in [0, 2]")
+
+
+def _validate(config: Config, origin: str, check_llm: bool = True) -> None:
     _validate_run(config.run, origin)
+    _validate_llm(config.llm, origin)
+    if check_llm:
+        _check_endpoint(config, origin)
     if not 0.0 <= config.coder.explore <= 1.0:
         raise ConfigError(f"{origin}: [coder].explore must lie in [0, 1]")
     if config.promotion.margin < 0 or config.promotion.ab_rounds < 2:
@@ -142,7 +207,8 @@ def _validate(config: Config, origin: str) -> None:
             raise ConfigError(f"{origin}: [evaluator].timed_dtypes: unknown dtype {dtype!r}")
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, check_llm: bool = True) -> Config:
+    """`check_llm=False` for commands that talk to no server (report, runs, a replay)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -177,7 +243,7 @@ def load_config(path: Path) -> Config:
                 values[f.name] = default
         built[name] = type(default_table)(**values)
     config = Config(**built, source=path.resolve())
-    _validate(config, str(path))
+    _validate(config, str(path), check_llm)
     return config
 
 

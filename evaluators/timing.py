@@ -137,6 +137,13 @@ def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, ceil
         "compile": Rotating(compiled_baseline(spec), input_sets),
         **{name: Rotating(fn, input_sets) for name, fn in spec.baselines.items()},
     }
+    if spec.bound == "memory":
+        # a plain copy moving the op's bytes: the practical ceiling at this size, launch and ramp-up
+        # included, where the measured copy bandwidth (a 512 MiB copy) is the asymptotic one
+        half = max(1, bytes_moved // 2)
+        copy_sets = [(torch.randint(-100, 100, (half,), dtype=torch.int8, device="cuda"),
+                      torch.empty(half, dtype=torch.int8, device="cuda")) for _ in range(n_sets)]
+        variants["copy"] = Rotating(lambda src, dst: dst.copy_(src), copy_sets)
     with torch.no_grad():
         for name in ("eager", "compile", *spec.baselines):
             try:
@@ -187,6 +194,9 @@ def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, ceil
         "rounds": settings.rounds,
         "samples_ms": samples,
         "baselines": {name: {"ms": med[name], "speedup": med[name] / cand} for name in spec.baselines},
+        # time of a same-size copy over ours: 1.0 means as fast as moving the bytes can be at this size
+        "copy_ms": med.get("copy"),
+        "copy_fraction": med["copy"] / cand if "copy" in med else None,
     }
 
 
@@ -194,6 +204,6 @@ def summarise(per_shape: list[dict], ceilings: dict) -> dict:
     """The verdict's timing block: the headline (first timed) shape's numbers plus every shape's."""
     head = per_shape[0]
     keys = ("candidate_ms", "eager_ms", "compile_ms", "speedup_eager", "speedup_compile", "gbps", "tflops",
-            "roofline_fraction", "spread")
+            "roofline_fraction", "spread", "copy_fraction")
     return {**{k: head[k] for k in keys}, "headline": f"{head['shape']} {head['dtype']}",
             "shapes": per_shape, "ceilings": ceilings}
