@@ -1,0 +1,411 @@
+"""Cross-entropy of NanoGPT's logits: the mean over rows of logsumexp(logits[i]) - logits[i, targets[i]].
+
+Entry (fixed): cross_entropy(logits [M, V], targets [M] int64) -> 0-d float32 tensor, computed in float32
+from logits of any dtype. Rows whose target is -1 (NanoGPT's ignore_index) are left out of the sum and
+of the count. V = 50304 for GPT-2 does not fit one tile, so each row is read once in chunks with an
+online log-sum-exp: a running max and a running sum of exponentials, rescaled when the max grows.
+
+Two kernels: the first writes one float per row (its loss) or, when a row's V is split across
+programs, one partial log-sum-exp per split; the second reduces those in a fixed order to the mean, so
+two calls on the same input agree bit for bit (no float atomics).
+
+`cross_entropy_fused` is the training path: its forward also writes the gradient of the mean loss with
+respect to the logits, (softmax - onehot) / n_valid, in a second sweep over each row while the row is
+still in L2; its backward only scales that buffer by the incoming gradient, and skips even that when
+the incoming gradient is 1 (a plain loss.backward()), which it learns on the GPU without a host sync.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .candidate import render_candidate
+from .spec import OpSpec, Shape, TemplateSpace, Tolerance
+
+
+@triton.jit
+def _cross_entropy_fwd_kernel(
+    LOGITS,     # [M, V] logits, rows stride_l apart, columns contiguous
+    TARGETS,    # [M] int64 class of each row, or -1 for a row left out
+    LOSS,       # [M] float32 per-row loss, 0 for rows left out (written when SPLITS == 1)
+    PART,       # [M, SPLITS] float32 log-sum-exp of each split of a row (written when SPLITS > 1)
+    DLOGITS,    # [M, V] gradient of the mean loss, rows stride_d apart (written when GRAD)
+    N_VALID,    # [1] int32 number of rows whose target is not -1 (read when GRAD)
+    stride_l,   # elements between rows of LOGITS
+    stride_d,   # elements between rows of DLOGITS
+    M,          # rows
+    V,          # classes
+    chunks_per_split,           # chunks of BLOCK_V columns each split covers
+    BLOCK_V: tl.constexpr,      # columns per chunk
+    ROWS: tl.constexpr,         # rows per program
+    SPLITS: tl.constexpr,       # programs per row, each over its own range of columns
+    LSE: tl.constexpr,          # "chunk": reduce each chunk to one running (max, sum) per row;
+                                # "lane": keep a running (max, sum) per column lane, reduce once at the end
+    EVICTION: tl.constexpr,     # cache hint for the first read of the logits: "" or "evict_first"
+    GRAD: tl.constexpr,         # also write the gradient (needs SPLITS == 1: the whole row's lse)
+    INDEX_64: tl.constexpr,     # offsets in int64, needed only past 2**31 elements
+):
+    # a finite floor for the running max (the lowest float32): masked columns load -inf, and
+    # exp(-inf - floor) = 0 where exp(-inf - (-inf)) would be NaN
+    floor = -3.4028234663852886e38
+    pid = tl.program_id(0)
+    split = pid % SPLITS
+    rows = (pid // SPLITS) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < M
+    if INDEX_64:
+        rows = rows.to(tl.int64)  # rows * stride overflows int32 past 2**31 elements
+    cols = tl.arange(0, BLOCK_V)
+    row_ptr = LOGITS + rows[:, None] * stride_l
+    v_start = split * chunks_per_split * BLOCK_V
+    v_end = tl.minimum(V, v_start + chunks_per_split * BLOCK_V)
+    if LSE == "lane":
+        m_lane = tl.full([ROWS, BLOCK_V], floor, dtype=tl.float32)
+        s_lane = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
+    else:
+        m = tl.full([ROWS], floor, dtype=tl.float32)
+        s = tl.zeros([ROWS], dtype=tl.float32)
+    for start in range(v_start, v_end, BLOCK_V):
+        c = start + cols
+        mask = row_mask[:, None] & (c < v_end)[None, :]
+        x = tl.load(row_ptr + c[None, :], mask=mask, other=float("-inf"),
+                    eviction_policy=EVICTION).to(tl.float32)
+        if LSE == "lane":
+            # no reduction in the loop, at the price of a second exp per element
+            m_new = tl.maximum(m_lane, x)
+            s_lane = s_lane * tl.exp(m_lane - m_new) + tl.exp(x - m_new)
+            m_lane = m_new
+        else:
+            m_new = tl.maximum(m, tl.max(x, axis=1))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+            m = m_new
+    if LSE == "lane":
+        m = tl.max(m_lane, axis=1)
+        s = tl.sum(s_lane * tl.exp(m_lane - m[:, None]), axis=1)
+    lse = m + tl.log(s)
+    if SPLITS > 1:
+        tl.store(PART + rows * SPLITS + split, lse, mask=row_mask)
+    else:
+        t = tl.load(TARGETS + rows, mask=row_mask, other=-1)
+        valid = row_mask & (t != -1)
+        # a target outside [0, V) is the caller's error; the mask keeps it from reading out of bounds
+        x_t = tl.load(LOGITS + rows * stride_l + t, mask=valid & (t >= 0) & (t < V), other=0.0).to(tl.float32)
+        tl.store(LOSS + rows, tl.where(valid, lse - x_t, 0.0), mask=row_mask)
+        if GRAD:
+            scale = tl.where(valid, 1.0 / tl.load(N_VALID).to(tl.float32), 0.0)
+            d_ptr = DLOGITS + rows[:, None] * stride_d
+            # second sweep: the row was just read, so it comes back from L2
+            for start in range(0, V, BLOCK_V):
+                c = start + cols
+                mask = row_mask[:, None] & (c < V)[None, :]
+                x = tl.load(row_ptr + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                p = tl.exp(x - lse[:, None])
+                g = tl.where(c[None, :] == t[:, None], p - 1.0, p) * scale[:, None]
+                tl.store(d_ptr + c[None, :], g.to(DLOGITS.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _cross_entropy_mean_kernel(
+    LOSS,       # [M] float32 per-row loss (SPLITS == 1)
+    PART,       # [M, SPLITS] float32 per-split log-sum-exp (SPLITS > 1)
+    LOGITS,     # [M, V] logits, for the target logit when SPLITS > 1
+    TARGETS,    # [M] int64 class of each row, or -1
+    OUT,        # [] float32 mean loss over the rows whose target is not -1
+    stride_l,
+    M,
+    V,
+    SPLITS: tl.constexpr,
+    SPLITS_P2: tl.constexpr,    # next_pow2(SPLITS), the tile width over the splits
+    BLOCK_R: tl.constexpr,      # rows per step
+    INDEX_64: tl.constexpr,
+):
+    # one program, rows in a fixed order: the same sum on every call
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    count = tl.zeros([BLOCK_R], dtype=tl.int32)
+    for start in range(0, M, BLOCK_R):
+        rows = start + tl.arange(0, BLOCK_R)
+        row_mask = rows < M
+        t = tl.load(TARGETS + rows, mask=row_mask, other=-1)
+        valid = row_mask & (t != -1)
+        if SPLITS > 1:
+            sp = tl.arange(0, SPLITS_P2)
+            part = tl.load(PART + rows[:, None] * SPLITS + sp[None, :],
+                           mask=valid[:, None] & (sp < SPLITS)[None, :], other=float("-inf"))
+            # every split of a valid row covers at least one column, so its max is finite
+            top = tl.where(valid, tl.max(part, axis=1), 0.0)
+            lse = top + tl.log(tl.sum(tl.exp(part - top[:, None]), axis=1))
+            if INDEX_64:
+                rows = rows.to(tl.int64)
+            x_t = tl.load(LOGITS + rows * stride_l + t, mask=valid & (t >= 0) & (t < V), other=0.0)
+            loss = lse - x_t.to(tl.float32)
+        else:
+            loss = tl.load(LOSS + rows, mask=valid, other=0.0)
+        acc += tl.where(valid, loss, 0.0)
+        count += valid.to(tl.int32)
+    # with every row left out this is 0 / 0 = NaN, as in PyTorch
+    tl.store(OUT, tl.sum(acc, axis=0) / tl.sum(count, axis=0).to(tl.float32))
+
+
+def _cross_entropy_fwd(logits, targets, BLOCK_V, ROWS, NUM_WARPS, NUM_STAGES, SPLIT_V, LSE, EVICTION,
+                       dlogits=None, n_valid=None):
+    """Validate, allocate, launch. Parameters in capitals are the template's knobs; `dlogits` and
+    `n_valid` are given by the fused path only, which then gets the gradient written too."""
+    if logits.dim() != 2 or targets.shape != (logits.shape[0],):
+        raise ValueError(f"cross_entropy wants logits [M, V] and targets [M]; got {tuple(logits.shape)}, "
+                         f"{tuple(targets.shape)}")
+    if targets.dtype != torch.int64:
+        raise ValueError(f"targets must be int64, got {targets.dtype}")
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    if not targets.is_contiguous():
+        targets = targets.contiguous()
+    M, V = logits.shape
+    out = torch.empty((), dtype=torch.float32, device=logits.device)
+    grad = dlogits is not None
+    block_v = min(BLOCK_V, triton.next_power_of_2(V))
+    # narrow rows (V = 65) are packed so that a tile still holds about BLOCK_V elements
+    rows = max(ROWS, BLOCK_V // block_v)
+    n_chunks = triton.cdiv(V, block_v)
+    splits = 1 if grad else min(SPLIT_V, n_chunks)
+    chunks_per_split = triton.cdiv(n_chunks, splits)
+    splits = triton.cdiv(n_chunks, chunks_per_split)  # no split left without columns
+    loss = torch.empty((M,), dtype=torch.float32, device=logits.device)
+    part = torch.empty((M, splits), dtype=torch.float32, device=logits.device)
+    index_64 = M * max(logits.stride(0), dlogits.stride(0) if grad else 0) >= 2**31
+    if M > 0:
+        _cross_entropy_fwd_kernel[(triton.cdiv(M, rows) * splits,)](
+            logits, targets, loss, part, dlogits if grad else loss, n_valid if grad else targets,
+            logits.stride(0), dlogits.stride(0) if grad else 0, M, V, chunks_per_split,
+            BLOCK_V=block_v, ROWS=rows, SPLITS=splits, LSE=LSE, EVICTION=EVICTION, GRAD=grad,
+            INDEX_64=index_64, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        )
+    _cross_entropy_mean_kernel[(1,)](
+        loss, part, logits, targets, out, logits.stride(0), M, V,
+        SPLITS=splits, SPLITS_P2=triton.next_power_of_2(splits), BLOCK_R=1024, INDEX_64=index_64,
+        num_warps=4,
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------- fused forward + backward
+
+@triton.jit
+def _count_valid_kernel(
+    TARGETS,    # [M] int64 class of each row, or -1
+    N_VALID,    # [1] int32 number of rows whose target is not -1 (written)
+    M,
+    BLOCK_R: tl.constexpr,
+):
+    count = tl.zeros([BLOCK_R], dtype=tl.int32)
+    for start in range(0, M, BLOCK_R):
+        rows = start + tl.arange(0, BLOCK_R)
+        t = tl.load(TARGETS + rows, mask=rows < M, other=-1)
+        count += (t != -1).to(tl.int32)
+    tl.store(N_VALID, tl.sum(count, axis=0))
+
+
+@triton.jit
+def _scale_in_place_kernel(
+    G,          # [numel] gradient buffer, scaled in place
+    SCALE,      # [] the incoming gradient of the loss
+    numel,
+    BLOCK: tl.constexpr,
+):
+    scale = tl.load(SCALE).to(tl.float32)
+    # loss.backward() passes 1: the buffer already holds the answer, and every program leaves at once
+    if scale != 1.0:
+        for tile in range(tl.program_id(0), tl.cdiv(numel, BLOCK), tl.num_programs(0)):
+            offs = tl.cast(tile, tl.int64) * BLOCK + tl.arange(0, BLOCK)
+            mask = offs < numel
+            g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(G + offs, (g * scale).to(G.dtype.element_ty), mask=mask)
+
+
+# the fused path always keeps a row in one program (the gradient sweep needs the whole row's lse)
+FUSED_PARAMS = {
+    "BLOCK_V": 4096,
+    "ROWS": 1,
+    "NUM_WARPS": 8,
+    "NUM_STAGES": 2,
+    "SPLIT_V": 1,
+    "LSE": "chunk",
+    "EVICTION": "",
+}
+
+
+class CrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets):
+        if logits.stride(1) != 1:
+            logits = logits.contiguous()
+        M, V = logits.shape if logits.dim() == 2 else (0, 0)
+        dlogits = torch.empty((M, V), dtype=logits.dtype, device=logits.device)
+        n_valid = torch.empty((1,), dtype=torch.int32, device=logits.device)
+        _count_valid_kernel[(1,)](targets, n_valid, targets.numel(), BLOCK_R=1024)
+        loss = _cross_entropy_fwd(logits, targets, **FUSED_PARAMS, dlogits=dlogits, n_valid=n_valid)
+        ctx.save_for_backward(dlogits)
+        ctx.used = False
+        ctx.mark_non_differentiable(targets)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if ctx.used:
+            raise RuntimeError("the fused cross-entropy scales its saved gradient in place, so its backward "
+                               "runs once per forward (no retain_graph)")
+        ctx.used = True
+        (dlogits,) = ctx.saved_tensors
+        grad_loss = grad_loss.to(device=dlogits.device, dtype=torch.float32).contiguous()
+        numel = dlogits.numel()
+        if numel:
+            sms = torch.cuda.get_device_properties(dlogits.device).multi_processor_count if dlogits.is_cuda else 4
+            block = 4096
+            grid = max(1, min(triton.cdiv(numel, block), 4 * sms))
+            _scale_in_place_kernel[(grid,)](dlogits, grad_loss, numel, BLOCK=block, num_warps=8)
+        return dlogits, None
+
+
+def cross_entropy_fused(logits, targets):
+    """Mean cross-entropy (ignore_index -1), differentiable in logits; the gradient is made in the forward."""
+    return CrossEntropyFunction.apply(logits, targets)
+
+
+SEED_PARAMS = {
+    "BLOCK_V": 4096,
+    "ROWS": 1,
+    "NUM_WARPS": 8,
+    "NUM_STAGES": 1,
+    "SPLIT_V": 1,
+    "LSE": "chunk",
+    "EVICTION": "",
+}
+
+
+def cross_entropy(logits, targets):
+    """The seed kernel, forward only: the mean loss as a 0-d float32 tensor."""
+    return _cross_entropy_fwd(logits, targets, **SEED_PARAMS)
+
+
+# ----------------------------------------------------------------------------- spec
+
+def _make_inputs(shape: Shape, dtype: torch.dtype, seed: int, device: str):
+    M, V = shape.dims["M"], shape.dims["V"]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    logits = torch.randn((M, V), generator=gen, device=device) * 2.0
+    targets = torch.randint(0, V, (M,), generator=gen, device=device)
+    # one confident logit per row (15 to 25 above the rest): exp would overflow without the max shift;
+    # about a third of the rows are confident of their target, so their loss is near zero
+    top = torch.randint(0, V, (M,), generator=gen, device=device)
+    hit = torch.rand((M,), generator=gen, device=device) < 0.35
+    top = torch.where(hit, targets, top)
+    boost = 15.0 + 10.0 * torch.rand((M,), generator=gen, device=device)
+    logits[torch.arange(M, device=device), top] += boost
+    # about one row in ten is left out (target -1), always at least one when M > 1, never all of them
+    ignored = torch.rand((M,), generator=gen, device=device) < 0.1
+    if M > 1:
+        ignored[M - 1] = True
+    ignored[0] = False
+    targets = torch.where(ignored, torch.full_like(targets, -1), targets)
+    return logits.to(dtype), targets
+
+
+def _reference(logits, targets):
+    return torch.nn.functional.cross_entropy(logits.to(torch.float64), targets, ignore_index=-1)
+
+
+def _eager(logits, targets):
+    # NanoGPT's loss: the logits upcast to float32
+    return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=-1)
+
+
+def _bytes_moved(shape: Shape, dtype: torch.dtype) -> int:
+    M, V = shape.dims["M"], shape.dims["V"]
+    size = torch.tensor([], dtype=dtype).element_size()
+    return M * V * size + M * 8 + 4  # read the logits and the int64 targets, write the float32 loss
+
+
+def _flops(shape: Shape) -> int:
+    M, V = shape.dims["M"], shape.dims["V"]
+    return 4 * M * V  # max, subtract, exp, add per logit
+
+
+def _context(shape: Shape, sm_count: int) -> dict:
+    return {
+        "row_wise": True,
+        "rows_over_2x_sms": shape.dims["M"] > 2 * sm_count,
+        "width": shape.dims["V"],
+    }
+
+
+def _shape(name, m, v, origin, timed=False):
+    return Shape(name=name, dims={"M": m, "V": v}, origin=origin, timed=timed)
+
+
+TEMPLATE = TemplateSpace(
+    params={
+        "BLOCK_V": (256, 512, 1024, 2048, 4096, 8192),
+        "ROWS": (1, 2, 4),
+        "NUM_WARPS": (1, 2, 4, 8, 16),
+        "NUM_STAGES": (1, 2, 3, 4),
+        "SPLIT_V": (1, 2, 4, 8, 16),
+        "LSE": ("chunk", "lane"),
+        "EVICTION": ("", "evict_first"),
+    },
+    seed=SEED_PARAMS,
+    render=lambda params: render_candidate(
+        op="cross_entropy",
+        entry="cross_entropy",
+        entry_args=("logits", "targets"),
+        launcher=_cross_entropy_fwd,
+        kernels=(_cross_entropy_fwd_kernel, _cross_entropy_mean_kernel),
+        params=params,
+        title="Cross-entropy forward candidate",
+    ),
+)
+
+SPEC = OpSpec(
+    name="cross_entropy",
+    entry="cross_entropy",
+    signature="cross_entropy(logits: [M, V], targets: [M] int64) -> [] float32 mean loss, ignore_index -1",
+    description="mean cross-entropy of a [M, V] logits tensor against int64 targets; rows with target -1 "
+                "are left out (the rows are B*T tokens, V the vocabulary)",
+    make_inputs=_make_inputs,
+    reference=_reference,
+    eager=_eager,
+    shapes=(
+        _shape("gpt2-B8-T1024", 8192, 50304, "gpt2", timed=True),
+        _shape("shakespeare-B64-T256", 16384, 65, "shakespeare", timed=True),
+        _shape("gpt2-B1-T128", 128, 50304, "gpt2"),
+        _shape("one-row", 1, 50304, "edge"),
+        _shape("vocab-50257", 31, 50257, "edge"),  # GPT-2's own vocabulary: odd, a multiple of no chunk
+        _shape("odd-rows-383", 1001, 383, "edge"),
+        _shape("odd-rows-385", 257, 385, "edge"),
+        _shape("width-1023", 333, 1023, "edge"),
+        _shape("width-1025", 77, 1025, "edge"),
+    ),
+    interpreter_shapes=(
+        _shape("shakespeare-vocab", 16, 65, "shakespeare"),
+        _shape("gpt2-vocab", 2, 50304, "gpt2"),  # several chunks, the last one partial
+        _shape("one-row", 1, 1025, "edge"),
+        _shape("odd-rows-383", 13, 383, "edge"),
+        _shape("odd-rows-385", 9, 385, "edge"),
+        _shape("width-1023", 5, 1023, "edge"),
+        _shape("width-1025", 3, 1025, "edge"),
+    ),
+    gpu_dtypes=("bfloat16", "float16", "float32"),
+    cpu_dtypes=("float32", "float16"),
+    # the loss is computed in float32 whatever the logits' dtype, and compared with a float64 reference
+    # computed from the same (rounded) logits, so one tolerance fits every dtype
+    tolerances={
+        "float32": Tolerance(atol=1e-4, rtol=1e-5),
+        "float16": Tolerance(atol=1e-4, rtol=1e-5),
+        "bfloat16": Tolerance(atol=1e-4, rtol=1e-5),
+    },
+    bytes_moved=_bytes_moved,
+    flops=_flops,
+    bound="memory",
+    has_backward=True,
+    template=TEMPLATE,
+    context=_context,
+    tags=("row_wise", "reduction"),
+)
