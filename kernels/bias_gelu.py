@@ -70,10 +70,10 @@ def _bias_gelu_fwd_kernel(
         n_tiles = tl.cdiv(total, BLOCK)
         # one iteration per program unless the grid is persistent (fewer programs than tiles)
         for tile in range(pid, n_tiles, tl.num_programs(0)):
-            start = tile
+            first = tile
             if INDEX_64:
-                start = start.to(tl.int64)  # tile * BLOCK overflows int32 past 2**31 elements
-            offs = start * BLOCK + tl.arange(0, BLOCK)
+                first = tl.cast(tile, tl.int64)  # tile * BLOCK overflows int32 past 2**31 elements
+            offs = first * BLOCK + tl.arange(0, BLOCK)
             mask = offs < total
             x = tl.load(X + offs, mask=mask, other=0.0, eviction_policy=EVICTION).to(tl.float32)
             b = tl.load(B + offs % N, mask=mask, other=0.0).to(tl.float32)
@@ -225,9 +225,11 @@ def _bias_gelu_bwd(dy, x, bias):
     return dx, db
 
 
+# 2 x 1024 tiles on 4 warps: 16 elements a thread, two 16-byte loads in bf16; whole-row tiles (the
+# pow2-masking lesson) then hold 2 x next_pow2(N) elements, still within a thread's registers
 SEED_PARAMS = {
     "LAYOUT": "rows",
-    "BLOCK_M": 4,
+    "BLOCK_M": 2,
     "BLOCK_N": 1024,
     "FLAT_BLOCK": 4096,
     "SINGLE_TILE": False,

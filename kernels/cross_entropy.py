@@ -236,9 +236,13 @@ FUSED_PARAMS = {
 class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets):
+        if logits.dim() != 2 or targets.shape != (logits.shape[0],) or targets.dtype != torch.int64:
+            raise ValueError(f"cross_entropy wants logits [M, V] and int64 targets [M]; got {tuple(logits.shape)}, "
+                             f"{tuple(targets.shape)} {targets.dtype}")
         if logits.stride(1) != 1:
             logits = logits.contiguous()
-        M, V = logits.shape if logits.dim() == 2 else (0, 0)
+        targets = targets.contiguous()
+        M, V = logits.shape
         dlogits = torch.empty((M, V), dtype=logits.dtype, device=logits.device)
         n_valid = torch.empty((1,), dtype=torch.int32, device=logits.device)
         _count_valid_kernel[(1,)](targets, n_valid, targets.numel(), BLOCK_R=1024)

@@ -11,7 +11,7 @@ import torch
 from evaluators.checker import compare
 from evaluators.static import check_candidate
 from kernels import DTYPES, get_spec
-from kernels.bias_gelu import SEED_PARAMS, _bias_gelu_fwd, bias_gelu
+from kernels.bias_gelu import SEED_PARAMS, _bias_gelu_fwd, _bias_gelu_fwd_kernel, bias_gelu
 from kernels.spec import Shape
 
 SPEC = get_spec("bias_gelu")
@@ -98,7 +98,7 @@ def test_context_facts():
 
 POINTS = {
     "seed": {},
-    "single-tile": {"SINGLE_TILE": True, "BLOCK_M": 2},
+    "single-tile": {"SINGLE_TILE": True, "BLOCK_M": 4},
     "narrow-exp2": {"BLOCK_M": 1, "BLOCK_N": 256, "TANH": "exp2", "EVICTION": "evict_first"},
     "persistent-tanh": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "TANH": "tanh", "BLOCK_M": 8},
     "persistent-single-const": {"PERSISTENT": True, "SINGLE_TILE": True, "CONST_WIDTH": True},
@@ -147,6 +147,21 @@ def test_forward_non_contiguous_rows(point):
     out = _bias_gelu_fwd(x, b, **params)
     result = compare(out, SPEC.reference(x, b), 1e-5, 1e-5)
     assert result.ok, result.summary()
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["rows", "flat"])
+def test_64_bit_offsets_give_the_same_result(flat):
+    # the int64 path is only chosen past 2**31 elements; run it here on a small tensor
+    x, b = SPEC.make_inputs(shape(6, 385), torch.float32, 8, "cpu")
+    out = {}
+    for index_64 in (False, True):
+        y = torch.empty_like(x)
+        _bias_gelu_fwd_kernel[(3,)](x, b, y, x.stride(0), y.stride(0), 6, 385, BLOCK_M=2, BLOCK_N=512, BLOCK=256,
+                                    FLAT=flat, SINGLE_TILE=False, TANH="sigmoid", EVICTION="", WIDTH=0,
+                                    INDEX_64=index_64)
+        out[index_64] = y
+    assert torch.equal(out[False], out[True])
+    assert compare(out[True], SPEC.reference(x, b), 1e-5, 1e-5).ok
 
 
 def test_forward_rejects_bad_shapes():

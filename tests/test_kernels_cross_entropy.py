@@ -241,6 +241,14 @@ def test_fused_matches_the_forward_only_entry():
     assert compare(cross_entropy_fused(logits, targets), cross_entropy(logits, targets), 1e-6, 1e-6).ok
 
 
+def test_fused_rejects_bad_arguments():
+    logits, targets = SPEC.make_inputs(shape(4, 64), torch.float32, 0, "cpu")
+    with pytest.raises(ValueError):
+        cross_entropy_fused(logits, targets.to(torch.int32))
+    with pytest.raises(ValueError):
+        cross_entropy_fused(logits.reshape(2, 2, 64), targets)
+
+
 def test_fused_backward_refuses_a_second_pass():
     logits, targets = SPEC.make_inputs(shape(4, 100), torch.float32, 1, "cpu")
     x = logits.clone().requires_grad_()
