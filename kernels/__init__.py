@@ -4,11 +4,11 @@ This package stands alone: it imports nothing else of the project, so it can shi
 """
 from __future__ import annotations
 
-from . import layer_norm, bias_gelu, cross_entropy, attention
+from . import layer_norm, bias_gelu, add_layer_norm, embedding, cross_entropy, attention
 from .spec import DTYPES, OpSpec, Shape, TemplateSpace, Tolerance, dtype_name
 
 # one module per op, each defining SPEC
-_MODULES = (layer_norm, bias_gelu, cross_entropy, attention)
+_MODULES = (layer_norm, bias_gelu, add_layer_norm, embedding, cross_entropy, attention)
 
 OPS: dict[str, OpSpec] = {module.SPEC.name: module.SPEC for module in _MODULES}
 

@@ -1,0 +1,410 @@
+"""Residual add fused with the LayerNorm that follows it: s = x + residual, y = layer_norm(s).
+
+Entry (fixed): add_layer_norm(x [M, N], residual [M, N], weight [N], bias [N], eps) -> (s, y), both
+[M, N] in x's dtype. In NanoGPT this is `x = x + attn(ln_1(x)); h = ln_2(x)`: s is the new residual
+stream, y feeds the next sublayer. Unfused, PyTorch writes s and reads it back for the norm; here x and
+residual are read once and s and y written once. y is normalised from the fp32 sum before s is rounded
+to the output dtype, so it is closer to the wide reference than eager (which normalises the rounded s).
+The backward recomputes the statistics from the saved s instead of storing mean and rstd: it must read
+s anyway, and that saves a write and a read of two [M] vectors.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .candidate import render_candidate
+from .spec import OpSpec, Shape, TemplateSpace, Tolerance
+
+
+@triton.jit
+def _add_layer_norm_fwd_kernel(
+    X,          # [M, N] input, rows stride_x apart, columns contiguous
+    R,          # [M, N] residual added to X, rows stride_r apart, columns contiguous
+    W,          # [N] scale
+    B,          # [N] shift
+    S,          # [M, N] output X + R (the new residual stream), rows stride_s apart
+    Y,          # [M, N] output layer_norm(X + R), rows stride_y apart
+    stride_x,   # elements between rows of X
+    stride_r,   # elements between rows of R
+    stride_s,   # elements between rows of S
+    stride_y,   # elements between rows of Y
+    M,          # rows
+    N,          # width
+    eps,        # added to the variance
+    BLOCK_N: tl.constexpr,      # columns per tile: next_pow2(N) for one tile, else the chunk width
+    ROWS: tl.constexpr,         # rows per tile
+    SINGLE_TILE: tl.constexpr,  # the whole row in one masked tile (inputs read once) or a chunked loop
+    EVICTION: tl.constexpr,     # cache hint for the last loads of X and R: "" or "evict_first" (streamed)
+    WIDTH: tl.constexpr,        # N baked in as a compile-time constant, or 0 to read it at run time
+    INDEX_64: tl.constexpr,     # offsets in int64, needed only past 2**31 elements (int32 saves registers)
+):
+    if WIDTH > 0:
+        N = WIDTH  # a constant width lets the compiler fold the column mask and the divisions
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(M, ROWS)
+    cols = tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    # one iteration per program unless the grid is persistent (fewer programs than tiles)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        rows = tile * ROWS + tl.arange(0, ROWS)
+        row_mask = rows < M
+        if INDEX_64:
+            rows = rows.to(tl.int64)  # rows * stride would overflow int32 past 2**31 elements
+        if SINGLE_TILE:
+            mask = row_mask[:, None] & col_mask[None, :]
+            x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0,
+                        eviction_policy=EVICTION).to(tl.float32)
+            r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0,
+                        eviction_policy=EVICTION).to(tl.float32)
+            s = x + r
+            # stored before the reductions so the write drains while they run
+            tl.store(S + rows[:, None] * stride_s + cols[None, :], s.to(S.dtype.element_ty), mask=mask)
+            mean = tl.sum(s, axis=1) / N
+            sc = tl.where(mask, s - mean[:, None], 0.0)
+            var = tl.sum(sc * sc, axis=1) / N
+            rstd = 1.0 / tl.sqrt(var + eps)
+            # scale and shift loaded after the reductions: held across them they cost registers
+            w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+            b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
+            y = sc * rstd[:, None] * w[None, :] + b[None, :]
+            tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        else:
+            # pass 1: shifted sums of x + r (shifting by the row's first sum keeps E[s^2]-E[s]^2 well
+            # conditioned on a residual stream with a large offset)
+            shift = (tl.load(X + rows * stride_x, mask=row_mask, other=0.0).to(tl.float32)
+                     + tl.load(R + rows * stride_r, mask=row_mask, other=0.0).to(tl.float32))
+            acc = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+            acc_sq = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+            for start in range(0, N, BLOCK_N):
+                c = start + cols
+                mask = row_mask[:, None] & (c < N)[None, :]
+                x = tl.load(X + rows[:, None] * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                r = tl.load(R + rows[:, None] * stride_r + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                ss = tl.where(mask, x + r - shift[:, None], 0.0)
+                acc += ss
+                acc_sq += ss * ss
+            mean_s = tl.sum(acc, axis=1) / N
+            var = tl.maximum(tl.sum(acc_sq, axis=1) / N - mean_s * mean_s, 0.0)
+            mean = mean_s + shift
+            rstd = 1.0 / tl.sqrt(var + eps)
+            # pass 2: x and r come back from L2 (not s from memory: a program reading its own stores
+            # would need a barrier, and y stays computed from the unrounded sum); s and y are written
+            for start in range(0, N, BLOCK_N):
+                c = start + cols
+                cmask = c < N
+                mask = row_mask[:, None] & cmask[None, :]
+                x = tl.load(X + rows[:, None] * stride_x + c[None, :], mask=mask, other=0.0,
+                            eviction_policy=EVICTION).to(tl.float32)
+                r = tl.load(R + rows[:, None] * stride_r + c[None, :], mask=mask, other=0.0,
+                            eviction_policy=EVICTION).to(tl.float32)
+                s = x + r
+                tl.store(S + rows[:, None] * stride_s + c[None, :], s.to(S.dtype.element_ty), mask=mask)
+                wc = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)
+                bc = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)
+                y = (s - mean[:, None]) * rstd[:, None] * wc[None, :] + bc[None, :]
+                tl.store(Y + rows[:, None] * stride_y + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+def _add_layer_norm_fwd(x, residual, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TILE, CHUNK_N,
+                        PERSISTENT, PROGRAMS_PER_SM, NUM_STAGES, EVICTION, CONST_WIDTH):
+    """Validate, allocate, launch. Parameters in capitals are the template's knobs."""
+    if (x.dim() != 2 or residual.shape != x.shape or weight.shape != (x.shape[1],)
+            or bias.shape != (x.shape[1],)):
+        raise ValueError(f"add_layer_norm wants x [M, N], residual [M, N], weight [N], bias [N]; got "
+                         f"{tuple(x.shape)}, {tuple(residual.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}")
+    if residual.dtype != x.dtype:
+        raise ValueError(f"residual is {residual.dtype}, x is {x.dtype}; both must have one dtype")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if residual.stride(1) != 1:
+        residual = residual.contiguous()
+    M, N = x.shape
+    s = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M == 0:
+        return s, y
+    block_n = triton.next_power_of_2(N) if SINGLE_TILE else min(CHUNK_N, triton.next_power_of_2(N))
+    n_tiles = triton.cdiv(M, ROWS_PER_PROGRAM)
+    grid = n_tiles
+    if PERSISTENT:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+        grid = min(n_tiles, sms * PROGRAMS_PER_SM)
+    largest = max(M * x.stride(0), M * residual.stride(0), M * N)
+    _add_layer_norm_fwd_kernel[(grid,)](
+        x, residual, weight, bias, s, y, x.stride(0), residual.stride(0), s.stride(0), y.stride(0),
+        M, N, eps,
+        BLOCK_N=block_n, ROWS=ROWS_PER_PROGRAM, SINGLE_TILE=SINGLE_TILE, EVICTION=EVICTION,
+        WIDTH=N if CONST_WIDTH else 0, INDEX_64=largest >= 2**31,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+    )
+    return s, y
+
+
+@triton.jit
+def _add_layer_norm_bwd_kernel(
+    S,          # [M, N] forward sum x + residual (the saved output), rows stride_s apart
+    W,          # [N] scale
+    DY,         # [M, N] gradient of y, rows stride_dy apart
+    DS,         # [M, N] gradient of s, rows stride_ds apart (read only when HAS_DS)
+    DX,         # [M, N] gradient of x and of residual alike (written), rows stride_dx apart
+    DW_PART,    # [G, N] float32 per-program partial sums of dy * shat
+    DB_PART,    # [G, N] float32 per-program partial sums of dy
+    stride_s,
+    stride_dy,
+    stride_ds,
+    stride_dx,
+    M,
+    N,
+    eps,
+    BLOCK_N: tl.constexpr,
+    HAS_DS: tl.constexpr,       # s has a gradient of its own (it is None when s feeds nothing)
+):
+    # int64 row index: row * stride overflows int32 past 2**31 elements
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # each program owns rows pid, pid + G, ...: its dw/db partials need no atomics
+    for row in range(pid, M, tl.num_programs(0)):
+        s = tl.load(S + row * stride_s + cols, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(s, axis=0) / N
+        sc = tl.where(mask, s - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(sc * sc, axis=0) / N + eps)
+        shat = sc * rstd
+        wdy = w * dy
+        c1 = tl.sum(shat * wdy, axis=0) / N
+        c2 = tl.sum(wdy, axis=0) / N
+        dx = (wdy - (shat * c1 + c2)) * rstd
+        if HAS_DS:
+            dx += tl.load(DS + row * stride_ds + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        dw += dy * shat
+        db += dy
+    tl.store(DW_PART + pid * N + cols, dw, mask=mask)
+    tl.store(DB_PART + pid * N + cols, db, mask=mask)
+
+
+@triton.jit
+def _column_sums_kernel(
+    DW_PART,    # [G, N] float32 partial sums for the scale
+    DB_PART,    # [G, N] float32 partial sums for the shift
+    DW,         # [N] scale gradient, in the parameter's dtype
+    DB,         # [N] shift gradient, in the parameter's dtype
+    G,
+    N,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc_w = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, G, BLOCK_G):
+        rows = start + tl.arange(0, BLOCK_G)
+        mask = (rows < G)[:, None] & (cols < N)[None, :]
+        offs = rows[:, None] * N + cols[None, :]
+        acc_w += tl.sum(tl.load(DW_PART + offs, mask=mask, other=0.0), axis=0)
+        acc_b += tl.sum(tl.load(DB_PART + offs, mask=mask, other=0.0), axis=0)
+    tl.store(DW + cols, acc_w.to(DW.dtype.element_ty), mask=cols < N)
+    tl.store(DB + cols, acc_b.to(DB.dtype.element_ty), mask=cols < N)
+
+
+def _add_layer_norm_bwd(ds, dy, s, weight, eps):
+    """Gradients (d x = d residual, d weight, d bias) from the saved sum s; ds may be None."""
+    M, N = s.shape
+    if dy.stride(1) != 1:
+        dy = dy.contiguous()
+    if ds is not None and ds.stride(1) != 1:
+        ds = ds.contiguous()
+    dx = torch.empty((M, N), dtype=s.dtype, device=s.device)
+    dw = torch.empty_like(weight)
+    db = torch.empty_like(weight)
+    sms = torch.cuda.get_device_properties(s.device).multi_processor_count if s.is_cuda else 4
+    groups = max(1, min(M, 4 * sms))
+    dw_part = torch.empty((groups, N), dtype=torch.float32, device=s.device)
+    db_part = torch.empty((groups, N), dtype=torch.float32, device=s.device)
+    block_n = triton.next_power_of_2(N)
+    has_ds = ds is not None
+    _add_layer_norm_bwd_kernel[(groups,)](
+        s, weight, dy, ds if has_ds else dy, dx, dw_part, db_part,
+        s.stride(0), dy.stride(0), ds.stride(0) if has_ds else 0, dx.stride(0), M, N, eps,
+        BLOCK_N=block_n, HAS_DS=has_ds, num_warps=4 if block_n <= 1024 else 8)
+    _column_sums_kernel[(triton.cdiv(N, 128),)](dw_part, db_part, dw, db, groups, N, BLOCK_G=32, BLOCK_N=128)
+    return dx, dw, db
+
+
+SEED_PARAMS = {
+    # the seed starts where LayerNorm's own search ended on an H100 (memory/promoted/layer_norm): a few
+    # rows per program, a chunked loop the compiler can pipeline and unroll over a constant width
+    "ROWS_PER_PROGRAM": 4,
+    "NUM_WARPS": 1,
+    "SINGLE_TILE": False,
+    "CHUNK_N": 256,
+    "PERSISTENT": False,
+    "PROGRAMS_PER_SM": 4,
+    "NUM_STAGES": 3,
+    "EVICTION": "",
+    "CONST_WIDTH": True,
+}
+
+
+class AddLayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, eps):
+        s, y = _add_layer_norm_fwd(x, residual, weight, bias, eps, **SEED_PARAMS)
+        # an unused output gets None instead of a tensor of zeros: no zeros to write and read back
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(s, weight)
+        ctx.eps = eps
+        return s, y
+
+    @staticmethod
+    def backward(ctx, ds, dy):
+        s, weight = ctx.saved_tensors
+        if dy is None:
+            # y feeds nothing: s's gradient passes straight to both summands, the norm has none
+            return ds, ds, None, None, None
+        dx, dw, db = _add_layer_norm_bwd(ds, dy, s, weight, ctx.eps)
+        # one tensor for both summands, as autograd's own add does
+        return dx, dx, dw, db, None
+
+
+def add_layer_norm(x, residual, weight, bias, eps=1e-5):
+    """The seed kernel, differentiable: (x + residual, LayerNorm(x + residual)) of [M, N] tensors over N."""
+    return AddLayerNormFunction.apply(x, residual, weight, bias, eps)
+
+
+# ----------------------------------------------------------------------------- spec
+
+def _make_inputs(shape: Shape, dtype: torch.dtype, seed: int, device: str):
+    M, N = shape.dims["M"], shape.dims["N"]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    # x like a residual stream (rows with their own offset and scale), residual like a sublayer's output
+    offset = torch.randn((M, 1), generator=gen, device=device)
+    scale = torch.rand((M, 1), generator=gen, device=device) * 2.0 + 0.5
+    x = (torch.randn((M, N), generator=gen, device=device) * scale + offset).to(dtype)
+    residual = (0.5 * torch.randn((M, N), generator=gen, device=device)).to(dtype)
+    weight = (1.0 + 0.2 * torch.randn((N,), generator=gen, device=device)).to(dtype)
+    bias = (0.2 * torch.randn((N,), generator=gen, device=device)).to(dtype)
+    return x, residual, weight, bias, 1e-5
+
+
+def _reference(x, residual, weight, bias, eps):
+    wide = torch.float64 if x.dtype == torch.float32 else torch.float32
+    s = x.to(wide) + residual.to(wide)  # the unrounded sum
+    return s, torch.nn.functional.layer_norm(s, (x.shape[-1],), weight.to(wide), bias.to(wide), eps)
+
+
+def _eager(x, residual, weight, bias, eps):
+    s = x + residual
+    return s, torch.nn.functional.layer_norm(s, (x.shape[-1],), weight, bias, eps)
+
+
+def _bytes_moved(shape: Shape, dtype: torch.dtype) -> int:
+    M, N = shape.dims["M"], shape.dims["N"]
+    size = torch.tensor([], dtype=dtype).element_size()
+    return (4 * M * N + 2 * N) * size  # read x and residual, write s and y, read weight and bias
+
+
+def _flops(shape: Shape) -> int:
+    M, N = shape.dims["M"], shape.dims["N"]
+    return 9 * M * N  # the add, then LayerNorm's 8 per element
+
+
+def _context(shape: Shape, sm_count: int) -> dict:
+    return {
+        "row_wise": True,
+        "normalization": True,
+        "rows_over_2x_sms": shape.dims["M"] > 2 * sm_count,
+        "width": shape.dims["N"],
+    }
+
+
+def _shape(name, m, n, origin, timed=False):
+    return Shape(name=name, dims={"M": m, "N": n}, origin=origin, timed=timed)
+
+
+def _canonical(point: dict) -> dict:
+    # the chunk width only matters for the chunked loop, programs per SM only for a persistent grid
+    if point["SINGLE_TILE"]:
+        point["CHUNK_N"] = SEED_PARAMS["CHUNK_N"]
+    if not point["PERSISTENT"]:
+        point["PROGRAMS_PER_SM"] = SEED_PARAMS["PROGRAMS_PER_SM"]
+    # software pipelining needs a loop: the persistent grid's or the chunked one's
+    if point["SINGLE_TILE"] and not point["PERSISTENT"]:
+        point["NUM_STAGES"] = 1
+    return point
+
+
+TEMPLATE = TemplateSpace(
+    params={
+        "ROWS_PER_PROGRAM": (1, 2, 4, 8),
+        "NUM_WARPS": (1, 2, 4, 8, 16),
+        "SINGLE_TILE": (True, False),
+        "CHUNK_N": (128, 256, 512),
+        "PERSISTENT": (False, True),
+        "PROGRAMS_PER_SM": (2, 4, 8, 16),
+        "NUM_STAGES": (1, 2, 3),
+        "EVICTION": ("", "evict_first"),
+        "CONST_WIDTH": (False, True),
+    },
+    seed=SEED_PARAMS,
+    render=lambda params: render_candidate(
+        op="add_layer_norm",
+        entry="add_layer_norm",
+        entry_args=("x", "residual", "weight", "bias", "eps"),
+        launcher=_add_layer_norm_fwd,
+        kernels=(_add_layer_norm_fwd_kernel,),
+        params=params,
+        title="Residual add + LayerNorm forward candidate",
+    ),
+    canonical=_canonical,
+)
+
+SPEC = OpSpec(
+    name="add_layer_norm",
+    entry="add_layer_norm",
+    signature=("add_layer_norm(x: [M, N], residual: [M, N], weight: [N], bias: [N], eps: float) -> "
+               "(s = x + residual, y = layer_norm(s)), both [M, N] in x.dtype"),
+    description="Residual add fused with the LayerNorm that follows it (rows are B*T tokens)",
+    make_inputs=_make_inputs,
+    reference=_reference,
+    eager=_eager,
+    shapes=(
+        _shape("gpt2-B8-T1024", 8192, 768, "gpt2", timed=True),
+        _shape("shakespeare-B64-T256", 16384, 384, "shakespeare", timed=True),
+        _shape("gpt2-B1-T128", 128, 768, "gpt2"),
+        _shape("one-row", 1, 768, "edge"),
+        _shape("odd-rows-383", 1001, 383, "edge"),
+        _shape("odd-rows-385", 257, 385, "edge"),
+        _shape("width-1023", 333, 1023, "edge"),
+        _shape("width-1025", 77, 1025, "edge"),
+    ),
+    interpreter_shapes=(
+        _shape("gpt2-width", 16, 768, "gpt2"),
+        _shape("shakespeare-width", 16, 384, "shakespeare"),
+        _shape("one-row", 1, 768, "edge"),
+        _shape("odd-rows-383", 13, 383, "edge"),
+        _shape("odd-rows-385", 9, 385, "edge"),
+        _shape("width-1023", 5, 1023, "edge"),
+        _shape("width-1025", 3, 1025, "edge"),
+    ),
+    gpu_dtypes=("bfloat16", "float16", "float32"),
+    cpu_dtypes=("float32", "float16"),
+    tolerances={
+        "float32": Tolerance(atol=1e-4, rtol=1e-4),
+        "float16": Tolerance(atol=1e-2, rtol=1e-2),
+        "bfloat16": Tolerance(atol=4e-2, rtol=2e-2),
+    },
+    bytes_moved=_bytes_moved,
+    flops=_flops,
+    bound="memory",
+    has_backward=True,
+    template=TEMPLATE,
+    context=_context,
+    tags=("row_wise", "normalization"),
+)

@@ -1,0 +1,399 @@
+"""Token plus position embedding: out[b, t] = wte[idx[b, t]] + wpe[t].
+
+Entry (fixed): embedding(idx [B, T] int64, wte [V, C], wpe [P, C]) -> [B, T, C] in wte's dtype, with
+P >= T (the position table has block_size rows; only the first T are used). Memory-bound: each token's
+row of wte is gathered once, the T rows of wpe are read once per program that needs them (held in
+registers across the batch entries of a tile), and the output is written once; PyTorch eager writes the
+gathered rows and reads them back for the add.
+
+Token ids outside [0, V) are out of contract: like an out-of-range gather they read memory outside wte.
+Checking them on the device would cost a reduction and a host sync per call, so the kernel does not.
+
+The backward scatters each output row's gradient into its token's row of dwte with fp32 atomics (then
+casts to wte's dtype), and sums it over the batch into wpe's first T rows. Atomics make dwte's last bits
+depend on the order in which rows arrive; the forward is deterministic.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .candidate import render_candidate
+from .spec import OpSpec, Shape, TemplateSpace, Tolerance
+
+
+@triton.jit
+def _embedding_fwd_kernel(
+    IDX,        # [B, T] token ids (int64 or int32), strides stride_ib, stride_it
+    WTE,        # [V, C] token table, rows stride_wte apart, columns contiguous
+    WPE,        # [P, C] position table, rows stride_wpe apart, columns contiguous; rows 0..T-1 are read
+    OUT,        # [B, T, C] output, contiguous
+    stride_ib,  # elements between batch entries of IDX
+    stride_it,  # elements between positions of IDX
+    stride_wte, # elements between rows of WTE
+    stride_wpe, # elements between rows of WPE
+    B,          # batch
+    T,          # sequence length
+    C,          # width
+    BLOCK_C: tl.constexpr,      # columns per tile: next_pow2(C) for one tile, else the chunk width
+    ROWS: tl.constexpr,         # positions per tile
+    BATCH: tl.constexpr,        # batch entries per tile, sharing the tile's rows of WPE
+    SINGLE_TILE: tl.constexpr,  # the whole row in one masked tile or a loop over column chunks
+    EVICTION: tl.constexpr,     # cache hint for the gathered rows of WTE: "" or "evict_first"
+    WIDTH: tl.constexpr,        # C baked in as a compile-time constant, or 0 to read it at run time
+    INDEX_64: tl.constexpr,     # offsets in int64, needed only past 2**31 elements (int32 saves registers)
+):
+    if WIDTH > 0:
+        C = WIDTH  # a constant width folds the column mask and unrolls the chunk loop
+    pid = tl.program_id(0)
+    n_t = tl.cdiv(T, ROWS)
+    n_tiles = n_t * tl.cdiv(B, BATCH)
+    cols = tl.arange(0, BLOCK_C)
+    # one iteration per program unless the grid is persistent (fewer programs than tiles)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        # neighbouring tiles take neighbouring positions of one batch group: their writes are contiguous
+        t = (tile % n_t) * ROWS + tl.arange(0, ROWS)
+        b = (tile // n_t) * BATCH + tl.arange(0, BATCH)
+        tok_mask = (b < B)[:, None] & (t < T)[None, :]              # [BATCH, ROWS]
+        if INDEX_64:
+            t = t.to(tl.int64)
+            b = b.to(tl.int64)
+        tok = tl.load(IDX + b[:, None] * stride_ib + t[None, :] * stride_it, mask=tok_mask, other=0)
+        if INDEX_64:
+            tok = tok.to(tl.int64)
+        else:
+            tok = tok.to(tl.int32)  # the launcher checked that V * stride_wte fits
+        tok_row = tok * stride_wte
+        out_row = (b[:, None] * T + t[None, :]) * C
+        if SINGLE_TILE:
+            _embedding_columns(WTE, WPE, OUT, tok_row, out_row, tok_mask, t, stride_wpe, T, cols, cols < C,
+                               EVICTION)
+        else:
+            for start in range(0, C, BLOCK_C):
+                c = start + cols
+                _embedding_columns(WTE, WPE, OUT, tok_row, out_row, tok_mask, t, stride_wpe, T, c, c < C,
+                                   EVICTION)
+
+
+@triton.jit
+def _embedding_columns(WTE, WPE, OUT, tok_row, out_row, tok_mask, t, stride_wpe, T, c, c_mask,
+                       EVICTION: tl.constexpr):
+    """One column block of a [BATCH, ROWS] tile of tokens: gather, add the positions, store."""
+    pos_mask = (t < T)[:, None] & c_mask[None, :]
+    # the position rows are reused by every batch entry (here and in other programs): keep them cached
+    pos = tl.load(WPE + t[:, None] * stride_wpe + c[None, :], mask=pos_mask, other=0.0,
+                  eviction_policy="evict_last").to(tl.float32)
+    mask = tok_mask[:, :, None] & c_mask[None, None, :]
+    emb = tl.load(WTE + tok_row[:, :, None] + c[None, None, :], mask=mask, other=0.0,
+                  eviction_policy=EVICTION).to(tl.float32)
+    out = emb + pos[None, :, :]
+    tl.store(OUT + out_row[:, :, None] + c[None, None, :], out.to(OUT.dtype.element_ty), mask=mask)
+
+
+def _embedding_fwd(idx, wte, wpe, ROWS_PER_PROGRAM, BATCH_PER_PROGRAM, NUM_WARPS, SINGLE_TILE, CHUNK_C,
+                   PERSISTENT, PROGRAMS_PER_SM, NUM_STAGES, EVICTION, CONST_WIDTH):
+    """Validate, allocate, launch. Parameters in capitals are the template's knobs."""
+    if idx.dim() != 2 or wte.dim() != 2 or wpe.dim() != 2 or wpe.shape[1] != wte.shape[1]:
+        raise ValueError(f"embedding wants idx [B, T], wte [V, C], wpe [P, C]; got {tuple(idx.shape)}, "
+                         f"{tuple(wte.shape)}, {tuple(wpe.shape)}")
+    if idx.dtype != torch.int64 and idx.dtype != torch.int32:
+        raise ValueError(f"idx must hold int64 or int32 token ids, not {idx.dtype}")
+    if wpe.dtype != wte.dtype:
+        raise ValueError(f"wpe is {wpe.dtype}, wte is {wte.dtype}; both tables must have one dtype")
+    B, T = idx.shape
+    V, C = wte.shape
+    if wpe.shape[0] < T:
+        raise ValueError(f"{T} positions but the position table has only {wpe.shape[0]} rows")
+    if wte.stride(1) != 1:
+        wte = wte.contiguous()
+    if wpe.stride(1) != 1:
+        wpe = wpe.contiguous()
+    out = torch.empty((B, T, C), dtype=wte.dtype, device=wte.device)
+    if B * T == 0 or C == 0:
+        return out
+    block_c = triton.next_power_of_2(C) if SINGLE_TILE else min(CHUNK_C, triton.next_power_of_2(C))
+    n_tiles = triton.cdiv(T, ROWS_PER_PROGRAM) * triton.cdiv(B, BATCH_PER_PROGRAM)
+    grid = n_tiles
+    if PERSISTENT:
+        sms = torch.cuda.get_device_properties(wte.device).multi_processor_count if wte.is_cuda else 4
+        grid = min(n_tiles, sms * PROGRAMS_PER_SM)
+    largest = max(V * wte.stride(0), wpe.shape[0] * wpe.stride(0), B * T * C,
+                  B * abs(idx.stride(0)) + T * abs(idx.stride(1)))
+    _embedding_fwd_kernel[(grid,)](
+        idx, wte, wpe, out, idx.stride(0), idx.stride(1), wte.stride(0), wpe.stride(0), B, T, C,
+        BLOCK_C=block_c, ROWS=ROWS_PER_PROGRAM, BATCH=BATCH_PER_PROGRAM, SINGLE_TILE=SINGLE_TILE,
+        EVICTION=EVICTION, WIDTH=C if CONST_WIDTH else 0, INDEX_64=largest >= 2**31,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+    )
+    return out
+
+
+@triton.jit
+def _embedding_bwd_wte_kernel(
+    IDX,        # [B, T] token ids, strides stride_ib, stride_it
+    DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
+    ACC,        # [V, C] float32 accumulator, zeroed, contiguous
+    stride_ib,
+    stride_it,
+    stride_db,
+    stride_dt,
+    B,
+    T,
+    C,
+    BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr,         # tokens per program
+):
+    # int64 token index: (b * stride_db) and (tok * C) overflow int32 on large tables
+    r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    live = r < B * T
+    b = r // T
+    t = r % T
+    tok = tl.load(IDX + b * stride_ib + t * stride_it, mask=live, other=0).to(tl.int64)
+    for start in range(0, C, BLOCK_C):
+        c = start + tl.arange(0, BLOCK_C)
+        mask = live[:, None] & (c < C)[None, :]
+        g = tl.load(DY + (b * stride_db + t * stride_dt)[:, None] + c[None, :], mask=mask, other=0.0)
+        # a token that occurs several times adds into its row from several programs
+        tl.atomic_add(ACC + tok[:, None] * C + c[None, :], g.to(tl.float32), mask=mask)
+
+
+@triton.jit
+def _cast_kernel(
+    SRC,        # [n] float32
+    DST,        # [n] in the destination dtype
+    n,
+    BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(DST + offs, tl.load(SRC + offs, mask=mask).to(DST.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _embedding_bwd_wpe_kernel(
+    DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
+    DWPE,       # [P, C] gradient of the position table (written whole: rows T.. are zero), contiguous
+    stride_db,
+    stride_dt,
+    B,
+    T,
+    P,
+    C,
+    BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr,         # positions per program
+):
+    first = tl.program_id(0) * ROWS
+    p = first + tl.arange(0, ROWS)
+    live = p < T
+    p64 = p.to(tl.int64)
+    # programs past the sequence only write zeros: no batch loop for them
+    n_b = (first < T).to(tl.int32) * B
+    for start in range(0, C, BLOCK_C):
+        c = start + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        mask = live[:, None] & cmask[None, :]
+        acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
+        # the pointer advances by a batch entry each step; pointer arithmetic is 64-bit
+        ptrs = DY + (p64 * stride_dt)[:, None] + c[None, :]
+        for _ in range(0, n_b):
+            acc += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+            ptrs += stride_db
+        tl.store(DWPE + p64[:, None] * C + c[None, :], acc.to(DWPE.dtype.element_ty),
+                 mask=(p < P)[:, None] & cmask[None, :])
+
+
+def _embedding_bwd(dy, idx, V, P, dtype):
+    """(d wte [V, C], d wpe [P, C]) in the tables' dtype from the output's gradient [B, T, C]."""
+    B, T, C = dy.shape
+    if dy.stride(2) != 1:
+        dy = dy.contiguous()
+    block_c = min(512, triton.next_power_of_2(C))
+    # fp32 tables take the atomics directly; others accumulate in fp32 and are cast once at the end
+    acc = torch.zeros((V, C), dtype=torch.float32, device=dy.device)
+    rows = 4
+    _embedding_bwd_wte_kernel[(triton.cdiv(B * T, rows),)](
+        idx, dy, acc, idx.stride(0), idx.stride(1), dy.stride(0), dy.stride(1), B, T, C,
+        BLOCK_C=block_c, ROWS=rows)
+    if dtype == torch.float32:
+        dwte = acc
+    else:
+        dwte = torch.empty((V, C), dtype=dtype, device=dy.device)
+        _cast_kernel[(triton.cdiv(V * C, 1024),)](acc, dwte, V * C, BLOCK=1024)
+    dwpe = torch.empty((P, C), dtype=dtype, device=dy.device)
+    _embedding_bwd_wpe_kernel[(triton.cdiv(P, rows),)](
+        dy, dwpe, dy.stride(0), dy.stride(1), B, T, P, C, BLOCK_C=block_c, ROWS=rows)
+    return dwte, dwpe
+
+
+SEED_PARAMS = {
+    "ROWS_PER_PROGRAM": 4,
+    "BATCH_PER_PROGRAM": 1,
+    "NUM_WARPS": 4,
+    # no reduction over the row, so chunks cost no second pass, and 256 divides 384 and 768 exactly
+    # where one pow2 tile would mask a quarter of its lanes at 768
+    "SINGLE_TILE": False,
+    "CHUNK_C": 256,
+    "PERSISTENT": False,
+    "PROGRAMS_PER_SM": 4,
+    "NUM_STAGES": 1,
+    "EVICTION": "",
+    "CONST_WIDTH": True,
+}
+
+
+class EmbeddingFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, idx, wte, wpe):
+        ctx.save_for_backward(idx)
+        ctx.tables = (wte.shape[0], wpe.shape[0], wte.dtype)
+        return _embedding_fwd(idx, wte, wpe, **SEED_PARAMS)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (idx,) = ctx.saved_tensors
+        V, P, dtype = ctx.tables
+        dwte, dwpe = _embedding_bwd(dy, idx, V, P, dtype)
+        return None, dwte, dwpe
+
+
+def embedding(idx, wte, wpe):
+    """The seed kernel, differentiable in wte and wpe: wte[idx] + wpe[:T] as a [B, T, C] tensor."""
+    return EmbeddingFunction.apply(idx, wte, wpe)
+
+
+# ----------------------------------------------------------------------------- spec
+
+def _make_inputs(shape: Shape, dtype: torch.dtype, seed: int, device: str):
+    B, T, V, C, P = (shape.dims[k] for k in ("B", "T", "V", "C", "P"))
+    gen = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.randint(0, V, (B, T), generator=gen, device=device, dtype=torch.int64)
+    if B * T >= 2 and V >= 2:
+        # the first and the last row of the table, at random places: the gather's address extremes
+        where = torch.randperm(B * T, generator=gen, device=device)[:2]
+        flat = idx.view(-1)
+        flat[where[0]] = 0
+        flat[where[1]] = V - 1
+    wte = torch.randn((V, C), generator=gen, device=device).to(dtype)
+    wpe = (0.5 * torch.randn((P, C), generator=gen, device=device)).to(dtype)
+    return idx, wte, wpe
+
+
+def _reference(idx, wte, wpe):
+    wide = torch.float64 if wte.dtype == torch.float32 else torch.float32
+    return wte.to(wide)[idx] + wpe.to(wide)[: idx.shape[1]]
+
+
+def _eager(idx, wte, wpe):
+    return wte[idx] + wpe[: idx.shape[1]]
+
+
+def _bytes_moved(shape: Shape, dtype: torch.dtype) -> int:
+    B, T, C = shape.dims["B"], shape.dims["T"], shape.dims["C"]
+    size = torch.tensor([], dtype=dtype).element_size()
+    # read the int64 ids, the B*T gathered rows of wte and T rows of wpe; write the output
+    return B * T * 8 + (2 * B * T * C + T * C) * size
+
+
+def _flops(shape: Shape) -> int:
+    return shape.dims["B"] * shape.dims["T"] * shape.dims["C"]
+
+
+def _context(shape: Shape, sm_count: int) -> dict:
+    tokens = shape.dims["B"] * shape.dims["T"]
+    return {
+        "row_wise": True,
+        "normalization": False,
+        "rows_over_2x_sms": tokens > 2 * sm_count,
+        "width": shape.dims["C"],
+        "tokens": tokens,
+    }
+
+
+def _shape(name, b, t, v, c, p, origin, timed=False):
+    return Shape(name=name, dims={"B": b, "T": t, "V": v, "C": c, "P": p}, origin=origin, timed=timed)
+
+
+def _canonical(point: dict) -> dict:
+    # the chunk width only matters for the chunked loop, programs per SM only for a persistent grid
+    if point["SINGLE_TILE"]:
+        point["CHUNK_C"] = SEED_PARAMS["CHUNK_C"]
+    if not point["PERSISTENT"]:
+        point["PROGRAMS_PER_SM"] = SEED_PARAMS["PROGRAMS_PER_SM"]
+    # software pipelining needs a loop: the persistent grid's or the chunked one's
+    if point["SINGLE_TILE"] and not point["PERSISTENT"]:
+        point["NUM_STAGES"] = 1
+    return point
+
+
+TEMPLATE = TemplateSpace(
+    params={
+        "ROWS_PER_PROGRAM": (1, 2, 4, 8, 16),
+        "BATCH_PER_PROGRAM": (1, 2, 4, 8),
+        "NUM_WARPS": (1, 2, 4, 8, 16),
+        "SINGLE_TILE": (True, False),
+        "CHUNK_C": (128, 256, 512),
+        "PERSISTENT": (False, True),
+        "PROGRAMS_PER_SM": (2, 4, 8, 16),
+        "NUM_STAGES": (1, 2, 3),
+        "EVICTION": ("", "evict_first"),
+        "CONST_WIDTH": (False, True),
+    },
+    seed=SEED_PARAMS,
+    render=lambda params: render_candidate(
+        op="embedding",
+        entry="embedding",
+        entry_args=("idx", "wte", "wpe"),
+        launcher=_embedding_fwd,
+        kernels=(_embedding_columns, _embedding_fwd_kernel),
+        params=params,
+        title="Token + position embedding forward candidate",
+    ),
+    canonical=_canonical,
+)
+
+SPEC = OpSpec(
+    name="embedding",
+    entry="embedding",
+    signature="embedding(idx: [B, T] int64, wte: [V, C], wpe: [P, C] with P >= T) -> [B, T, C] in wte.dtype",
+    description="Token embedding gathered by id plus the position embedding of the first T positions",
+    make_inputs=_make_inputs,
+    reference=_reference,
+    eager=_eager,
+    shapes=(
+        _shape("gpt2-B8-T1024", 8, 1024, 50304, 768, 1024, "gpt2", timed=True),
+        _shape("shakespeare-B64-T256", 64, 256, 65, 384, 256, "shakespeare", timed=True),
+        _shape("gpt2-B1-T128", 1, 128, 50304, 768, 1024, "gpt2"),
+        _shape("one-token", 1, 1, 50304, 768, 1024, "edge"),
+        _shape("odd-T-7", 3, 7, 65, 383, 256, "edge"),
+        _shape("odd-T-129", 2, 129, 1000, 385, 1024, "edge"),
+        _shape("width-1023", 2, 33, 517, 1023, 64, "edge"),
+        _shape("width-1025", 3, 17, 257, 1025, 32, "edge"),
+        _shape("vocab-1", 2, 9, 1, 768, 16, "edge"),
+    ),
+    interpreter_shapes=(
+        _shape("gpt2-width", 2, 8, 300, 768, 16, "gpt2"),
+        _shape("shakespeare-width", 3, 8, 65, 384, 8, "shakespeare"),
+        _shape("one-token", 1, 1, 50, 768, 8, "edge"),
+        _shape("odd-T-7", 3, 7, 65, 383, 16, "edge"),
+        _shape("odd-T-5", 2, 5, 40, 385, 9, "edge"),
+        _shape("width-1023", 1, 5, 17, 1023, 8, "edge"),
+        _shape("width-1025", 2, 3, 9, 1025, 4, "edge"),
+        _shape("vocab-1", 2, 3, 1, 128, 4, "edge"),
+    ),
+    gpu_dtypes=("bfloat16", "float16", "float32"),
+    cpu_dtypes=("float32", "float16"),
+    tolerances={
+        # one rounding of a sum of two table entries: half an ulp of the output
+        "float32": Tolerance(atol=1e-5, rtol=1e-5),
+        "float16": Tolerance(atol=2e-3, rtol=2e-3),
+        "bfloat16": Tolerance(atol=1.6e-2, rtol=1.6e-2),
+    },
+    bytes_moved=_bytes_moved,
+    flops=_flops,
+    bound="memory",
+    has_backward=True,
+    template=TEMPLATE,
+    context=_context,
+    tags=("row_wise", "gather"),
+)

@@ -1,0 +1,372 @@
+"""kernels/embedding.py: the spec (shapes with P >= T, ids that reach both ends of the table), the seed
+forward kernel at several template points and on strided inputs, the differentiable embedding() against
+float64 autograd (repeated tokens through the atomics, unused positions), and the template space.
+All on the CPU through Triton's interpreter (conftest sets TRITON_INTERPRET=1)."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from evaluators.checker import compare
+from evaluators.static import check_candidate
+from kernels import DTYPES, get_spec
+from kernels.embedding import SEED_PARAMS, _embedding_fwd, embedding
+from kernels.spec import Shape
+from memory import Rulebook
+
+SPEC = get_spec("embedding")
+SPACE = SPEC.template
+EDGE_WIDTHS = {383, 385, 1023, 1025}
+KEYS = ("B", "T", "V", "C", "P")
+
+
+def dims(shapes) -> set[tuple[int, ...]]:
+    return {tuple(s.dims[k] for k in KEYS) for s in shapes}
+
+
+def shape(b, t, v, c, p) -> Shape:
+    return Shape(name=f"{b}x{t}x{v}x{c}x{p}", dims=dict(zip(KEYS, (b, t, v, c, p))), origin="edge")
+
+
+def check_output(out, inputs, dtype_key):
+    """The output against the wide reference, with the layout of PyTorch's own result."""
+    like = SPEC.eager(*inputs)
+    assert (out.dtype, out.shape, out.stride()) == (like.dtype, like.shape, like.stride())
+    tol = SPEC.tolerances[dtype_key]
+    return compare(out, SPEC.reference(*inputs), tol.atol, tol.rtol)
+
+
+# ----------------------------------------------------------------------------- spec
+
+def test_spec_names_and_entry():
+    assert SPEC.name == "embedding" and SPEC.entry == "embedding"
+    assert SPEC.signature.startswith("embedding(idx")
+    assert "wte" in SPEC.signature and "wpe" in SPEC.signature
+    assert SPEC.has_backward and SPEC.bound == "memory"
+
+
+def test_shapes_cover_both_models_and_edges():
+    gpu = dims(SPEC.shapes)
+    assert {(8, 1024, 50304, 768, 1024), (64, 256, 65, 384, 256), (1, 128, 50304, 768, 1024)} <= gpu
+    assert SPEC.headline_shape().dims == dict(zip(KEYS, (8, 1024, 50304, 768, 1024)))
+    assert {tuple(s.dims.values()) for s in SPEC.timed_shapes()} == {(8, 1024, 50304, 768, 1024),
+                                                                     (64, 256, 65, 384, 256)}
+    for shapes in (SPEC.shapes, SPEC.interpreter_shapes):
+        d = dims(shapes)
+        assert all(p >= t for _, t, _, _, p in d)
+        assert any(t == 1 for _, t, _, _, _ in d)
+        assert any(t % 2 == 1 and t > 1 and p > t for _, t, _, _, p in d)
+        assert any(v == 1 for _, _, v, _, _ in d)
+        assert EDGE_WIDTHS <= {c for _, _, _, c, _ in d}
+    assert all(b * t <= 32 and v <= 300 for b, t, v, _, _ in dims(SPEC.interpreter_shapes))
+
+
+def test_tolerances_order():
+    tol = SPEC.tolerances
+    assert tol["float32"].atol < tol["float16"].atol <= tol["bfloat16"].atol
+
+
+@pytest.mark.parametrize("dtype,size", [(torch.float32, 4), (torch.float16, 2), (torch.bfloat16, 2)])
+def test_bytes_moved(dtype, size):
+    b, t, c = 8, 1024, 768
+    expected = b * t * 8 + (b * t * c + t * c + b * t * c) * size
+    assert SPEC.bytes_moved(shape(b, t, 50304, c, 1024), dtype) == expected
+    # neither the vocabulary nor the unused positions are read
+    assert SPEC.bytes_moved(shape(b, t, 65, c, 4096), dtype) == expected
+
+
+def test_flops_scale_with_tokens():
+    assert SPEC.flops(shape(2, 8, 65, 384, 8)) == 2 * SPEC.flops(shape(1, 8, 65, 384, 8)) > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_make_inputs(dtype):
+    s = shape(3, 7, 40, 383, 16)
+    idx, wte, wpe = SPEC.make_inputs(s, DTYPES[dtype], 1, "cpu")
+    assert idx.shape == (3, 7) and idx.dtype == torch.int64
+    assert wte.shape == (40, 383) and wpe.shape == (16, 383) and wte.dtype == wpe.dtype == DTYPES[dtype]
+    assert int(idx.min()) == 0 and int(idx.max()) == 39, "both ends of the table are gathered"
+    assert len(idx.unique()) > 3
+    for t in (wte, wpe):
+        assert torch.isfinite(t).all() and t.abs().sum() > 0
+    idx2, wte2, wpe2 = SPEC.make_inputs(s, DTYPES[dtype], 2, "cpu")
+    assert not torch.equal(idx, idx2) and not torch.equal(wte, wte2) and not torch.equal(wpe, wpe2)
+
+
+def test_make_inputs_extremes_move_and_tiny_shapes_work():
+    places = set()
+    for seed in range(6):
+        idx = SPEC.make_inputs(shape(2, 9, 1000, 8, 9), torch.float32, seed, "cpu")[0].view(-1)
+        assert (idx == 0).any() and (idx == 999).any()
+        places.add(int((idx == 999).nonzero()[0]))
+    assert len(places) > 1, "the extremes sit at random places"
+    one = SPEC.make_inputs(shape(1, 1, 50, 8, 4), torch.float32, 0, "cpu")[0]
+    assert one.shape == (1, 1) and 0 <= int(one) < 50
+    only_row = SPEC.make_inputs(shape(2, 3, 1, 8, 4), torch.float32, 0, "cpu")[0]
+    assert torch.equal(only_row, torch.zeros(2, 3, dtype=torch.int64))
+
+
+def test_reference_is_wide_and_correct():
+    idx, wte, wpe = SPEC.make_inputs(shape(2, 5, 30, 64, 9), torch.float16, 3, "cpu")
+    ref = SPEC.reference(idx, wte, wpe)
+    assert ref.dtype == torch.float32 and ref.shape == (2, 5, 64)
+    for b in range(2):
+        for t in range(5):
+            assert torch.equal(ref[b, t], wte[idx[b, t]].float() + wpe[t].float())
+    eager = SPEC.eager(idx, wte, wpe)
+    assert eager.dtype == torch.float16 and eager.is_contiguous()
+    idx32, wte32, wpe32 = SPEC.make_inputs(shape(2, 5, 30, 64, 9), torch.float32, 3, "cpu")
+    assert SPEC.reference(idx32, wte32, wpe32).dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_eager_passes_the_tolerances(dtype):
+    for i, s in enumerate(SPEC.shapes):
+        inputs = SPEC.make_inputs(s, DTYPES[dtype], 40 + i, "cpu")
+        tol = SPEC.tolerances[dtype]
+        result = compare(SPEC.eager(*inputs), SPEC.reference(*inputs), tol.atol, tol.rtol)
+        assert result.ok, f"{s.name}: {result.summary()}"
+
+
+def test_context_facts(memory_root):
+    ctx = SPEC.context(SPEC.headline_shape(), 132)
+    assert ctx["row_wise"] is True and ctx["normalization"] is False
+    assert ctx["width"] == 768 and ctx["tokens"] == 8192 and ctx["rows_over_2x_sms"] is True
+    assert SPEC.context(shape(2, 132, 65, 384, 256), 132)["rows_over_2x_sms"] is False
+    assert SPEC.context(shape(1, 265, 65, 384, 512), 132)["rows_over_2x_sms"] is True
+    # the pow2 rule reaches a knob; the persistent-grid rule is about normalisations, not gathers
+    rules = {r.id: r for r in Rulebook.load(memory_root).query(SPEC.name, ctx)}
+    assert SPACE.knobs_for(rules["rowwise.pow2-masking"].suggests) == {"SINGLE_TILE": True}
+    assert "rowwise.persistent-grid" not in rules
+    assert SPACE.knobs_for({"PERSISTENT": True}) == {"PERSISTENT": True}
+
+
+# ----------------------------------------------------------------------------- seed forward kernel
+
+POINTS = {
+    "seed": {},
+    "single-tile": {"SINGLE_TILE": True, "ROWS_PER_PROGRAM": 1},
+    "batch-4": {"BATCH_PER_PROGRAM": 4, "ROWS_PER_PROGRAM": 2, "EVICTION": "evict_first"},
+    "chunked-128": {"CHUNK_C": 128, "ROWS_PER_PROGRAM": 16, "CONST_WIDTH": False},
+    "chunked-512": {"CHUNK_C": 512, "BATCH_PER_PROGRAM": 2, "ROWS_PER_PROGRAM": 8},
+    "persistent-2": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "SINGLE_TILE": True, "BATCH_PER_PROGRAM": 8},
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("point", list(POINTS), ids=list(POINTS))
+def test_seed_kernel_matches_reference(point, dtype):
+    params = SPACE.validate(POINTS[point])
+    failures = []
+    for i, s in enumerate(SPEC.interpreter_shapes):
+        inputs = SPEC.make_inputs(s, DTYPES[dtype], 100 + i, "cpu")
+        originals = [t.clone() for t in inputs]
+        out = _embedding_fwd(*inputs, **params)
+        for before, after in zip(originals, inputs):
+            assert torch.equal(before, after), "the kernel changed its inputs"
+        result = check_output(out, inputs, dtype)
+        if not result.ok:
+            failures.append(f"{s.name}: {result.summary()}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("point", ["seed", "batch-4"])
+def test_seed_kernel_bfloat16(point):
+    # elementwise bfloat16 is exact in the interpreter (only tl.dot is not), so the GPU dtype runs here too
+    params = SPACE.validate(POINTS[point])
+    for i, s in enumerate(SPEC.interpreter_shapes[:4]):
+        inputs = SPEC.make_inputs(s, torch.bfloat16, 7 + i, "cpu")
+        result = check_output(_embedding_fwd(*inputs, **params), inputs, "bfloat16")
+        assert result.ok, f"{s.name}: {result.summary()}"
+
+
+@pytest.mark.parametrize("batch", [2, 4, 8])
+@pytest.mark.parametrize("persistent", [False, True])
+def test_batch_groups_cover_every_batch_entry(batch, persistent):
+    # more batch entries than one group holds, and a count that no group size divides
+    params = SPACE.validate({"BATCH_PER_PROGRAM": batch, "ROWS_PER_PROGRAM": 2, "PERSISTENT": persistent,
+                             "PROGRAMS_PER_SM": 2})
+    inputs = SPEC.make_inputs(shape(19, 3, 50, 128, 4), torch.float32, batch, "cpu")
+    result = check_output(_embedding_fwd(*inputs, **params), inputs, "float32")
+    assert result.ok, result.summary()
+
+
+@pytest.mark.parametrize("point", ["seed", "single-tile", "batch-4", "persistent-2"])
+def test_seed_kernel_strided_inputs(point):
+    params = SPACE.validate(POINTS[point])
+    B, T, V, C, P = 3, 5, 20, 129, 11
+    wide = shape(B, 2 * T + 1, V, 2 * C + 3, P + 2)
+    idx_wide, wte_wide, wpe_wide = SPEC.make_inputs(wide, torch.float32, 5, "cpu")
+    idx = idx_wide.t()[1:2 * T + 1:2].t()          # [B, T] with neither stride 1
+    wte, wpe = wte_wide[:, 3:3 + C], wpe_wide[2:, C:2 * C]
+    assert idx.stride() != (T, 1) and wte.stride(0) > C and wpe.stride(0) > C
+    inputs = (idx, wte, wpe)
+    result = check_output(_embedding_fwd(*inputs, **params), inputs, "float32")
+    assert result.ok, result.summary()
+    as_int32 = (idx.to(torch.int32), wte, wpe)
+    result = check_output(_embedding_fwd(*as_int32, **params), inputs, "float32")
+    assert result.ok, result.summary()
+
+
+def test_seed_kernel_rejects_bad_inputs():
+    idx, wte, wpe = SPEC.make_inputs(shape(2, 6, 30, 64, 8), torch.float32, 0, "cpu")
+    with pytest.raises(ValueError, match="positions"):
+        _embedding_fwd(idx, wte, wpe[:5], **SEED_PARAMS)
+    with pytest.raises(ValueError):
+        _embedding_fwd(idx.view(-1), wte, wpe, **SEED_PARAMS)
+    with pytest.raises(ValueError):
+        _embedding_fwd(idx, wte, wpe[:, :32], **SEED_PARAMS)
+    with pytest.raises(ValueError, match="int64"):
+        _embedding_fwd(idx.float(), wte, wpe, **SEED_PARAMS)
+    with pytest.raises(ValueError, match="dtype"):
+        _embedding_fwd(idx, wte, wpe.half(), **SEED_PARAMS)
+
+
+def test_the_check_catches_wrong_positions():
+    inputs = SPEC.make_inputs(shape(2, 6, 30, 64, 8), torch.float32, 0, "cpu")
+    out = _embedding_fwd(*inputs, **SEED_PARAMS)
+    assert check_output(out, inputs, "float32").ok
+    idx, wte, wpe = inputs
+    # positions off by one (the table read from row 1) must fail the same check
+    shifted = _embedding_fwd(idx, wte, wpe[1:], **SEED_PARAMS)
+    assert not check_output(shifted, inputs, "float32").ok
+
+
+# ----------------------------------------------------------------------------- autograd
+
+def _grads(b, t, v, c, p, dtype, seed, dy_t=False):
+    idx, wte, wpe = SPEC.make_inputs(shape(b, t, v, c, p), dtype, seed, "cpu")
+    gen = torch.Generator().manual_seed(seed)
+    # a gradient whose column stride is not 1 takes the copy path
+    dy = torch.randn(b, c, t, generator=gen).transpose(1, 2) if dy_t else torch.randn(b, t, c, generator=gen)
+    dy = dy.to(dtype)
+    ours = [wte.clone().requires_grad_(), wpe.clone().requires_grad_()]
+    out = embedding(idx, *ours)
+    out.backward(dy)
+    ref = [wte.double().requires_grad_(), wpe.double().requires_grad_()]
+    (ref[0][idx] + ref[1][:t]).backward(dy.double())
+    return out, ours, ref, idx
+
+
+# observed max-abs errors on the interpreter: fp32 <= 1e-6, fp16 <= 4e-3 (sums of up to 40 rows)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)], ids=["float32", "float16"])
+@pytest.mark.parametrize("dims_", [(2, 7, 3, 383, 16), (4, 5, 300, 768, 5), (1, 1, 50, 1025, 8),
+                                   (8, 5, 1, 129, 9)], ids=["collisions", "wide-vocab", "one-token", "vocab-1"])
+def test_embedding_autograd(dims_, dtype, tol):
+    out, ours, ref, idx = _grads(*dims_, dtype, seed=sum(dims_))
+    assert out.dtype == dtype
+    for name, a, r in zip(("wte", "wpe"), ours, ref):
+        assert a.grad is not None and a.grad.dtype == dtype and a.grad.shape == r.grad.shape, name
+        result = compare(a.grad, r.grad, tol, tol)
+        assert result.ok, f"grad {name}: {result.summary()}"
+    B, T, V, C, P = dims_
+    assert torch.equal(ours[1].grad[T:], torch.zeros(P - T, C, dtype=dtype)), "unused positions get zeros"
+    unused = torch.ones(V, dtype=torch.bool)
+    unused[idx.view(-1)] = False
+    assert torch.equal(ours[0].grad[unused], torch.zeros(int(unused.sum()), C, dtype=dtype))
+
+
+def test_embedding_autograd_strided_gradient():
+    _, ours, ref, _ = _grads(2, 6, 10, 200, 8, torch.float32, seed=3, dy_t=True)
+    for a, r in zip(ours, ref):
+        assert compare(a.grad, r.grad, 1e-5, 1e-5).ok
+
+
+def test_embedding_autograd_repeats_agree_within_rounding():
+    # atomics may add a repeated token's rows in any order; results agree within fp32 rounding
+    first = _grads(4, 8, 2, 256, 8, torch.float32, seed=9)[1][0].grad
+    second = _grads(4, 8, 2, 256, 8, torch.float32, seed=9)[1][0].grad
+    assert compare(first, second, 1e-6, 1e-6).ok
+
+
+# ----------------------------------------------------------------------------- template space
+
+def test_template_seed_is_valid():
+    assert SPACE.validate({}) == dict(SEED_PARAMS)
+    assert set(SPACE.params) == set(SEED_PARAMS)
+    assert SPACE.normalize(dict(SEED_PARAMS)) == SEED_PARAMS
+
+
+@pytest.mark.parametrize("knob,value", [("ROWS_PER_PROGRAM", 3), ("BATCH_PER_PROGRAM", 16), ("NUM_WARPS", 32),
+                                        ("CHUNK_C", 100), ("PROGRAMS_PER_SM", 0), ("EVICTION", "evict_last")])
+def test_validate_rejects_out_of_range(knob, value):
+    with pytest.raises(ValueError, match=knob):
+        SPACE.validate({knob: value})
+    with pytest.raises(ValueError, match="BLOCK_Q"):
+        SPACE.validate({"BLOCK_Q": 64})
+
+
+def test_normalize_merges_switched_off_knobs():
+    single = {tuple(sorted(SPACE.normalize(SPACE.validate({"SINGLE_TILE": True, "CHUNK_C": c,
+                                                              "NUM_STAGES": st})).items()))
+              for c in (128, 256, 512) for st in (1, 2, 3)}
+    assert len(single) == 1
+    chunked = {tuple(sorted(SPACE.normalize(SPACE.validate({"CHUNK_C": c, "NUM_STAGES": st})).items()))
+               for c in (128, 256, 512) for st in (1, 2, 3)}
+    assert len(chunked) == 9
+    flat = {SPACE.normalize(SPACE.validate({"PROGRAMS_PER_SM": p}))["PROGRAMS_PER_SM"] for p in (2, 4, 8, 16)}
+    assert len(flat) == 1
+    grid = {SPACE.normalize(SPACE.validate({"PERSISTENT": True, "PROGRAMS_PER_SM": p}))["PROGRAMS_PER_SM"]
+            for p in (2, 4, 8, 16)}
+    assert len(grid) == 4
+    batches = {SPACE.normalize(SPACE.validate({"BATCH_PER_PROGRAM": b}))["BATCH_PER_PROGRAM"]
+               for b in (1, 2, 4, 8)}
+    assert len(batches) == 4
+    point = SPACE.validate({"SINGLE_TILE": True, "CHUNK_C": 512})
+    SPACE.normalize(point)
+    assert point["CHUNK_C"] == 512, "normalize must not mutate its argument"
+
+
+def test_normalize_is_a_projection():
+    keys = set()
+    for p in SPACE.all_points()[::7]:
+        n = SPACE.normalize(p)
+        assert SPACE.validate(n) == n and SPACE.normalize(n) == n
+        keys.add(tuple(sorted(n.items())))
+    assert len(keys) < len(SPACE.all_points()[::7])
+
+
+def test_neighbours_differ_in_exactly_one_knob():
+    point = SPACE.validate({"SINGLE_TILE": True, "PERSISTENT": True})
+    neighbours = SPACE.neighbours(point)
+    assert len(neighbours) == sum(len(v) - 1 for v in SPACE.params.values())
+    for n in neighbours:
+        assert SPACE.validate(n) == n and sum(n[k] != point[k] for k in point) == 1
+
+
+RENDER_POINTS = [
+    {},
+    {"SINGLE_TILE": True, "ROWS_PER_PROGRAM": 1, "NUM_WARPS": 8},
+    {"BATCH_PER_PROGRAM": 8, "CHUNK_C": 128, "CONST_WIDTH": False, "EVICTION": "evict_first"},
+    {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "NUM_STAGES": 3},
+]
+
+
+@pytest.mark.parametrize("point", RENDER_POINTS, ids=["seed", "single", "batch", "persistent"])
+def test_rendered_source_passes_static_policy(point):
+    params = SPACE.validate(point)
+    source = SPACE.render(params)
+    violations = check_candidate(source, SPEC.entry)
+    assert violations == [], [v.detail for v in violations]
+    assert "def embedding(idx, wte, wpe)" in source
+    assert "def _embedding_columns(" in source, "the kernel's helper travels with it"
+    assert "_embedding_bwd" not in source, "a candidate is the forward only"
+    for knob, value in params.items():
+        assert f"{knob!r}: {value!r}" in source
+    assert SPACE.render(dict(params)) == source
+
+
+def test_rendered_candidate_runs(tmp_path):
+    """The rendered file works on its own: imported as a module, its entry matches the reference."""
+    params = SPACE.validate({"BATCH_PER_PROGRAM": 2, "CHUNK_C": 128})
+    path = tmp_path / "cand.py"
+    path.write_text(SPACE.render(params))
+    spec = importlib.util.spec_from_file_location("rendered_embedding_candidate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.PARAMS == params
+    inputs = SPEC.make_inputs(shape(3, 5, 40, 385, 8), torch.float32, 9, "cpu")
+    result = check_output(module.embedding(*inputs), inputs, "float32")
+    assert result.ok, result.summary()
