@@ -150,8 +150,8 @@ def _cross_entropy_fwd(logits, targets, BLOCK_V, ROWS, NUM_WARPS, NUM_STAGES, SP
                        dlogits=None, n_valid=None):
     """Validate, allocate, launch. Parameters in capitals are the template's knobs; `dlogits` and
     `n_valid` are given by the fused path only, which then gets the gradient written too."""
-    if logits.dim() != 2 or targets.shape != (logits.shape[0],):
-        raise ValueError(f"cross_entropy wants logits [M, V] and targets [M]; got {tuple(logits.shape)}, "
+    if logits.dim() != 2 or logits.shape[1] == 0 or targets.shape != (logits.shape[0],):
+        raise ValueError(f"cross_entropy wants logits [M, V > 0] and targets [M]; got {tuple(logits.shape)}, "
                          f"{tuple(targets.shape)}")
     if targets.dtype != torch.int64:
         raise ValueError(f"targets must be int64, got {targets.dtype}")

@@ -204,6 +204,8 @@ def test_forward_rejects_bad_arguments():
         _cross_entropy_fwd(logits, targets.to(torch.int32), **SEED_PARAMS)
     with pytest.raises(ValueError):
         _cross_entropy_fwd(logits.reshape(2, 2, 64), targets, **SEED_PARAMS)
+    with pytest.raises(ValueError):
+        _cross_entropy_fwd(logits[:, :0], targets, **SEED_PARAMS)
 
 
 def test_compare_catches_a_slightly_wrong_loss():
