@@ -1,7 +1,8 @@
 """The `evolve` command.
 
 Exit codes: 0 success (for `eval`: accepted), 1 a rejected or failed candidate or a failed run,
-2 bad input (unknown op or target, missing file, malformed config, no GPU for --device cuda).
+2 bad input (unknown op or target, missing file, malformed config, no GPU for --device cuda, no usable
+LLM server for --coder llm|mixed).
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ def _message(exc: Exception) -> str:
 
 
 def _config(ctx: typer.Context) -> Config:
+    # the LLM endpoint is checked by `run` for the coder it ends up with (--coder), never for reports
     try:
-        return load_config(find_config(ctx.obj))
+        return load_config(find_config(ctx.obj), check_llm=False)
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -57,17 +59,26 @@ def run(ctx: typer.Context,
         target: str = typer.Argument(..., help="what to evolve: nanogpt"),
         ops: Optional[str] = typer.Option(None, "--ops", help="comma-separated subset of the target's ops"),
         budget: Optional[int] = typer.Option(None, "--budget", help="candidates per op"),
-        coder: Optional[str] = typer.Option(None, "--coder", help="template"),
+        coder: Optional[str] = typer.Option(None, "--coder", help="template | llm | mixed (the model writes "
+                                                                  "candidates; mixed shares the budget by "
+                                                                  "[llm].mixed_share)"),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu"),
         no_memory: bool = typer.Option(False, "--no-memory", help="ignore rules and promoted kernels; write nothing "
                                                                   "to memory"),
         seed: Optional[int] = typer.Option(None, "--seed", help="seed of the coder's search choices (inputs stay "
-                                                                "random)")):
+                                                                "random)"),
+        llm_replay: Optional[str] = typer.Option(None, "--llm-replay", metavar="RUN",
+                                                 help="re-run RUN with its recorded LLM answers; no server needed")):
     """Evolve the target's ops: plan, propose, evaluate, select, promote."""
     config = _config(ctx)
     try:
-        config = config.with_run(budget=budget, coder=coder, device=device)
-        folder = run_target(config, target, ops, not no_memory, console, seed=seed)
+        if llm_replay is not None:
+            config = config.with_run(check_llm=False, device=device)
+            folder = run_target(config, target, ops, not no_memory, console, seed=seed, replay=llm_replay,
+                                replay_flags={"coder": coder, "budget": budget})
+        else:
+            config = config.with_run(budget=budget, coder=coder, device=device)
+            folder = run_target(config, target, ops, not no_memory, console, seed=seed)
     except (UsageError, ConfigError, KeyError) as exc:
         _fail(_message(exc))
     except KeyboardInterrupt:

@@ -5,8 +5,9 @@ live in a RunContext the nodes close over, so the state stays plain data.
 """
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -15,12 +16,16 @@ from langgraph.graph import END, START, StateGraph
 
 from evaluators import Evaluator, Verdict
 from kernels import get_spec
-from memory import CandidateArchive, Evidence, KernelStore, Rulebook
+from memory import CandidateArchive, Evidence, KernelStore, Rulebook, source_sha
 
 from .coder import TemplateCoder
 from .config import Config
 from .lessons import judge_rule
+from .llm import ChatModel
+from .llm_coder import LLMCoder
+from .llm_planner import LLMPlanner
 from .planner import OpPlan, Planner
+from .reflector import Reflector
 from .run_folder import RunFolder
 from .state import Candidate, RunState, best_of
 
@@ -44,6 +49,23 @@ class RunContext:
     rng: random.Random = field(default_factory=random.Random)
     plan: OpPlan | None = None
     coder: TemplateCoder | None = None
+    # the LLM agents: all None for a template run
+    model: ChatModel | None = None
+    llm_planner: LLMPlanner | None = None
+    reflector: Reflector | None = None
+    llm_coder: LLMCoder | None = None
+    replay_of: str | None = None               # the run whose recorded answers this run replays
+    replay_plans: dict[str, dict] = field(default_factory=dict)   # op -> that run's plan event
+    fallback_noted: bool = False
+
+    def llm_slot(self, slot: int) -> bool:
+        """Whether the model writes candidate `slot` (0-based) of an op; mixed runs interleave by share."""
+        if self.model is None:
+            return False
+        if self.config.run.coder == "llm":
+            return True
+        share = self.config.llm.mixed_share
+        return math.floor((slot + 1) * share + 1e-9) > math.floor(slot * share + 1e-9)
 
     @property
     def timed(self) -> bool:
@@ -67,8 +89,25 @@ def _candidate_from(pending: Candidate, verdict: Verdict) -> Candidate:
     }
 
 
+def _replayed_plan(ctx: RunContext, plan: OpPlan, recorded: dict) -> OpPlan:
+    """The plan the replayed run followed, rebuilt from its plan event: the memory may have moved on since
+    (the run's own promotion, learned rules), and a replay must start where that run started."""
+    rules = {r.id: r for r in (ctx.rulebook.rules if ctx.rulebook else [])}
+    kept = tuple(replace(rules[r["id"]], suggests=r["suggests"]) for r in recorded["rules"] if r["id"] in rules)
+    incumbent = None
+    if recorded.get("incumbent_sha") and ctx.store is not None:
+        for kernel in [ctx.store.best(plan.op, ctx.gpu), *ctx.store.history(plan.op, ctx.gpu)]:
+            if kernel is not None and source_sha(kernel.source()) == recorded["incumbent_sha"]:
+                incumbent = kernel
+                break
+    ids = {r.id for r in kept}
+    return replace(plan, rules=kept, suggestions=dict(recorded["suggestions"]),
+                   tests=tuple(t for t in recorded["tests"] if t in ids), incumbent=incumbent)
+
+
 def build_graph(ctx: RunContext):
     folder = ctx.folder
+    history_of: dict[str, list[Candidate]] = {}
 
     def emit(kind: str, **data: Any) -> None:
         _emit(ctx, kind, **data)
@@ -76,33 +115,75 @@ def build_graph(ctx: RunContext):
     def plan(state: RunState) -> dict:
         if not state["queue"]:
             return {"op": None}
-        op = state["queue"][0]
+        queue = state["queue"]
+        if ctx.model is None:
+            op = queue[0]
+            ctx.plan = ctx.planner.plan(get_spec(op))
+            emit("plan", **ctx.plan.to_event())
+            ctx.coder = TemplateCoder(get_spec(op), ctx.plan, ctx.config.coder.explore, ctx.rng)
+            return {"queue": queue[1:], "op": op, "proposed": 0, "pending": None, "history": [], "exhausted": False}
+        strategy, extra = "", {"planner": "rules"}
+        if ctx.llm_planner is not None and ctx.model.available:
+            choice = ctx.llm_planner.choose(queue, folder.summary)
+            op, ctx.plan, strategy = choice.op, choice.plan, choice.strategy
+            extra = {"planner": choice.planner, "strategy": strategy, "fallback": choice.fallback}
+        else:
+            op = queue[0]
+            ctx.plan = ctx.planner.plan(get_spec(op))
+        if op in ctx.replay_plans:
+            ctx.plan = _replayed_plan(ctx, ctx.plan, ctx.replay_plans[op])
         spec = get_spec(op)
-        ctx.plan = ctx.planner.plan(spec)
+        incumbent = ctx.plan.incumbent
+        extra["incumbent_sha"] = source_sha(incumbent.source()) if incumbent else None
+        emit("plan", **ctx.plan.to_event(), **extra)
         ctx.coder = TemplateCoder(spec, ctx.plan, ctx.config.coder.explore, ctx.rng)
-        emit("plan", **ctx.plan.to_event())
-        return {"queue": state["queue"][1:], "op": op, "proposed": 0, "pending": None, "history": [],
+        context = spec.context(spec.headline_shape(), ctx.planner.sm_count)
+        lessons = ctx.rulebook.query(op, context) if ctx.rulebook else []
+        ctx.llm_coder = LLMCoder(spec, ctx.model, ctx.config.run.device, lessons, strategy,
+                                 (incumbent.source(), incumbent.metrics) if incumbent else None,
+                                 ctx.config.llm.repairs)
+        return {"queue": [q for q in queue if q != op], "op": op, "proposed": 0, "pending": None, "history": [],
                 "exhausted": False}
 
     def propose(state: RunState) -> dict:
-        proposal = ctx.coder.propose(state["history"], ctx.plan.budget - state["proposed"])
+        proposal = None
+        if ctx.llm_slot(state["proposed"]):
+            if ctx.model.available:
+                proposal = ctx.llm_coder.propose(state["history"])
+            if proposal is None and not ctx.fallback_noted:
+                ctx.fallback_noted = True
+                emit("llm", purpose="coder", op=state["op"], outcome="fallback",
+                     error=f"{ctx.model.why_unavailable()}; the template coder takes the remaining slots")
+        if proposal is None:
+            proposal = ctx.coder.propose(state["history"], ctx.plan.budget - state["proposed"])
         if proposal is None:
             emit("plan", op=state["op"], note="template space exhausted before the budget")
             return {"pending": None, "exhausted": True}
         cid = f"c{state['proposed'] + 1:03d}"
-        path = folder.write_candidate(state["op"], cid, proposal.source)
         pending: Candidate = {"id": cid, "op": state["op"], "origin": proposal.origin, "params": proposal.params,
-                              "parents": list(proposal.parents), "path": str(path)}
+                              "parents": list(proposal.parents)}
+        unusable = getattr(proposal, "failure", None)
+        if unusable:
+            # no file to evaluate: the proposal is judged here, with the class its answer earned
+            pending["unusable"] = {"class": unusable[0], "detail": unusable[1]}
+        else:
+            pending["path"] = str(folder.write_candidate(state["op"], cid, proposal.source))
+        if getattr(proposal, "exchange", None):
+            pending["exchange"] = proposal.exchange
         emit("candidate", **pending, note=proposal.note)
         return {"pending": pending, "proposed": state["proposed"] + 1}
 
     def evaluate(state: RunState) -> dict:
         pending = state["pending"]
-        verdict = ctx.evaluator.evaluate(pending["op"], Path(pending["path"]),
-                                         on_message=lambda m: ctx.on_event("progress", {"message": m}))
+        if "unusable" in pending:
+            verdict = Verdict.failed(pending["op"], pending["unusable"]["class"], pending["unusable"]["detail"],
+                                     device=folder.summary["device"])
+        else:
+            verdict = ctx.evaluator.evaluate(pending["op"], Path(pending["path"]),
+                                             on_message=lambda m: ctx.on_event("progress", {"message": m}))
         candidate = _candidate_from(pending, verdict)
         emit("verdict", id=pending["id"], **verdict.to_dict())
-        if ctx.archive is not None:
+        if ctx.archive is not None and "path" in pending:
             ctx.archive.record(pending["op"], Path(pending["path"]).read_text(), {
                 "run": folder.run_id, "candidate": pending["id"], "gpu": ctx.gpu, "status": verdict.status,
                 "failure_class": verdict.failure_class, "speedup_eager": candidate.get("speedup_eager")})
@@ -116,6 +197,7 @@ def build_graph(ctx: RunContext):
         return {"history": state["history"] + [candidate], "pending": None}
 
     def select(state: RunState) -> dict:
+        history_of[state["op"]] = state["history"]
         best = best_of(state["history"])
         summary = folder.op_summary(state["op"])
         if best is not None:
@@ -138,7 +220,7 @@ def build_graph(ctx: RunContext):
             verdict, effect = judge_rule(rule, get_spec(op).template, state["history"],
                                          ctx.config.promotion.margin)
             recorded = False
-            if ctx.timed and ctx.rulebook is not None:
+            if ctx.timed and ctx.rulebook is not None and ctx.replay_of is None:
                 ctx.rulebook.record_evidence(rule.id, Evidence(run=folder.run_id, gpu=ctx.gpu, verdict=verdict,
                                                                effect=effect, date=date.today().isoformat()))
                 recorded = True
@@ -147,6 +229,31 @@ def build_graph(ctx: RunContext):
         summary["lessons"] = lessons
         folder.write_summary()
         return {"done": state["done"] + [op], "op": None}
+
+    def reflect(state: RunState) -> dict:
+        op = state["done"][-1]
+        if ctx.reflector is None or not ctx.model.available:
+            return {}
+        spec = get_spec(op)
+        summary = folder.op_summary(op)
+        result = ctx.reflector.reflect(spec, spec.context(spec.headline_shape(), ctx.planner.sm_count),
+                                       history_of.get(op, []), summary.get("lessons", []))
+        entries = []
+        if result.error:
+            emit("reflection", op=op, error=result.error)
+        for why in result.rejected:
+            emit("reflection", op=op, error=why)
+        for rule in result.lessons:
+            path = None
+            if ctx.rulebook is not None and ctx.replay_of is None:
+                path = str(ctx.rulebook.add_learned(rule))
+            entry = {"rule": rule.id, "statement": rule.statement, "when": rule.when, "suggests": rule.suggests,
+                     "confidence": rule.confidence, "learned_on": rule.learned_on, "path": path}
+            entries.append(entry)
+            emit("reflection", op=op, **entry)
+        summary["reflections"] = entries
+        folder.write_summary()
+        return {}
 
     def after_plan(state: RunState) -> Literal["propose", "__end__"]:
         return "propose" if state["op"] else END
@@ -159,14 +266,15 @@ def build_graph(ctx: RunContext):
 
     graph = StateGraph(RunState)
     for name, fn in (("plan", plan), ("propose", propose), ("evaluate", evaluate), ("select", select),
-                     ("promote", promote)):
+                     ("promote", promote), ("reflect", reflect)):
         graph.add_node(name, fn)
     graph.add_edge(START, "plan")
     graph.add_conditional_edges("plan", after_plan)
     graph.add_conditional_edges("propose", after_propose)
     graph.add_edge("evaluate", "select")
     graph.add_conditional_edges("select", after_select)
-    graph.add_edge("promote", "plan")
+    graph.add_edge("promote", "reflect")
+    graph.add_edge("reflect", "plan")
     return graph.compile()
 
 
@@ -177,6 +285,8 @@ def _promotion(ctx: RunContext, op: str, best: Candidate | None) -> tuple[bool, 
 
     if best is None:
         reason = "no accepted candidate"
+    elif ctx.replay_of is not None:
+        reason = f"a replay (of {ctx.replay_of}) writes nothing to memory"
     elif ctx.store is None:
         reason = "memory disabled (--no-memory)"
     elif best["origin"] == "incumbent":

@@ -48,6 +48,31 @@ def run_table(folder: RunFolder) -> Table:
     return table
 
 
+def _usage(u: dict) -> str:
+    failed = f" ({u['failed_calls']} without an answer)" if u.get("failed_calls") else ""
+    return (f"{u['calls']} calls{failed}, {u['prompt_tokens']:,} prompt + {u['completion_tokens']:,} completion "
+            f"tokens, cost {u['cost']:.4f}")
+
+
+def llm_lines(summary: dict) -> list[str]:
+    """The ledger of a run that used the model: the run's totals, its budget, and each op's share."""
+    llm = summary.get("llm")
+    if not llm:
+        return []
+    source = f"replay of {llm['replay_of']}" if llm.get("replay_of") else llm["model"]
+    lines = [f"LLM ({llm['coder']} coder, {source}): {_usage(llm)}"]
+    budget = llm.get("budget") or {}
+    limits = [f"{budget['tokens']:,} tokens" if budget.get("tokens") else "",
+              f"cost {budget['cost']:.4f}" if budget.get("cost") else ""]
+    if any(limits):
+        lines.append("  budget: " + ", ".join(x for x in limits if x)
+                     + (f"; {llm['budget_spent']}" if llm.get("budget_spent") else ""))
+    for op, o in summary["ops"].items():
+        if o.get("llm"):
+            lines.append(f"  {op}: {_usage(o['llm'])}")
+    return lines
+
+
 def print_run(console: Console, folder: RunFolder) -> None:
     console.print(run_table(folder))
     for op, o in folder.summary["ops"].items():
@@ -55,6 +80,11 @@ def print_run(console: Console, folder: RunFolder) -> None:
             console.print(f"  {op}: {o['promotion']}")
         for lesson in o.get("lessons", []):
             console.print(f"  {op}: rule {lesson['rule']} {lesson['verdict']} — {lesson['effect']}")
+        for learned in o.get("reflections", []):
+            console.print(f"  {op}: learned {learned['rule']} (confidence {learned['confidence']:.2f}) — "
+                          f"{learned['statement']}", highlight=False)
+    for line in llm_lines(folder.summary):
+        console.print(line, highlight=False)
 
 
 def runs_table(folders: list[RunFolder]) -> Table:

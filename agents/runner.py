@@ -5,6 +5,7 @@ the worker processes are stopped.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
 import threading
@@ -18,10 +19,13 @@ from evaluators import Evaluator, EvaluatorSettings, Timeouts, TimingSettings
 from kernels import TARGETS, get_spec
 from memory import INTERPRETER_GPU, CandidateArchive, KernelStore, Rulebook
 
-from .config import Config
+from .config import Config, load_config
 from .graph import RunContext, build_graph
+from .llm import ChatModel, LLMUnavailable, Recorder, preflight, read_exchanges, read_meta
+from .llm_planner import LLMPlanner
 from .planner import Planner
-from .run_folder import RunFolder
+from .reflector import Reflector
+from .run_folder import RunFolder, RunNotFound
 
 
 class UsageError(ValueError):
@@ -88,6 +92,10 @@ class RunDisplay:
             self.task = self.progress.add_task(f"[bold]{self.op}[/]", total=data["budget"])
             rules = ", ".join(r["id"] for r in data["rules"]) or "none"
             self.progress.console.print(f"[cyan]plan[/] {self.op}: rules applied: {rules}")
+            if data.get("planner") == "llm":
+                self.progress.console.print(f"  [cyan]strategy[/] {data['strategy']}", highlight=False)
+            elif data.get("fallback"):
+                self.progress.console.print(f"  [yellow]rule-based plan[/]: {data['fallback']}", highlight=False)
         elif kind == "candidate" and self.task is not None:
             self.progress.update(self.task, description=f"[bold]{self.op}[/] {data['id']} ({data['origin']})")
         elif kind == "progress" and self.task is not None and data["message"][0] == "phase":
@@ -101,6 +109,21 @@ class RunDisplay:
         elif kind == "promotion":
             word = "[bold green]promoted[/]" if data["promoted"] else "[yellow]not promoted[/]"
             self.progress.console.print(f"  {word} {data['op']}: {data['reason']}")
+        elif kind == "llm":
+            self.progress.console.print(_llm_line(data), highlight=False)
+        elif kind == "reflection":
+            text = (f"[yellow]no lesson[/]: {data['error']}" if data.get("error") else
+                    f"{data['rule']} (confidence {data['confidence']:.2f}): {data['statement']}")
+            self.progress.console.print(f"  [magenta]reflection[/] {data['op']}: {text}", highlight=False)
+
+
+def _llm_line(data: dict) -> str | None:
+    outcome = data["outcome"]
+    where = f"{data['purpose']}" + (f" {data['op']}" if data.get("op") else "")
+    if outcome == "ok":
+        return (f"  [blue]llm[/] {where}: {data['prompt_tokens']:,} + {data['completion_tokens']:,} tokens"
+                + (f", cost {data['cost']:.4f}" if data.get("cost") else ""))
+    return f"  [blue]llm[/] {where}: [yellow]{outcome}[/] {data.get('error', '')}"
 
 
 def _reason(verdict: dict) -> str:
@@ -109,20 +132,66 @@ def _reason(verdict: dict) -> str:
     return Verdict.from_dict(verdict).reason()
 
 
+def _replay_source(config: Config, replay: str, target: str, ops: str | None, seed: int | None,
+                   coder: str | None, budget: int | None) -> tuple[Config, dict, list[dict], RunFolder]:
+    """The recorded run, its meta and exchanges, and the config to replay it with: the [llm] settings
+    and the coder, budget, ops and seed that run used (flags that disagree are refused)."""
+    try:
+        past = RunFolder.open(config.run.runs_dir, replay)
+        meta = read_meta(past.path)
+    except (RunNotFound, FileNotFoundError) as exc:
+        raise UsageError(f"--llm-replay: {exc}") from None
+    wanted = {"target": target, "ops": ops and resolve_ops(target, ops), "seed": seed, "coder": coder,
+              "budget": budget}
+    for key, value in wanted.items():
+        if value is not None and value != meta[key]:
+            raise UsageError(f"--llm-replay {replay}: that run had {key} {meta[key]!r}, not {value!r}; "
+                             f"a replay re-runs it as it was")
+    recorded = load_config(past.path / "config.toml", check_llm=False)
+    config = dataclasses.replace(config, llm=recorded.llm).with_run(check_llm=False, coder=meta["coder"],
+                                                                     budget=meta["budget"])
+    return config, meta, read_exchanges(past.path), past
+
+
 def run_target(config: Config, target: str, ops: str | None, use_memory: bool, console: Console,
-               seed: int | None = None) -> RunFolder:
+               seed: int | None = None, replay: str | None = None, replay_flags: dict | None = None) -> RunFolder:
+    """`replay`: a past run whose recorded answers stand in for the server; `replay_flags` are the
+    command line's coder and budget, which must agree with that run's."""
+    meta = exchanges = past = None
+    if replay is not None:
+        flags = replay_flags or {}
+        config, meta, exchanges, past = _replay_source(config, replay, target, ops, seed, flags.get("coder"),
+                                                       flags.get("budget"))
+        ops, seed = ",".join(meta["ops"]), meta["seed"]
     op_names = resolve_ops(target, ops)
     for op in op_names:
         get_spec(op)
     device = resolve_device(config.run.device)
-    config = config.with_run(device=device)
+    config = config.with_run(check_llm=False, device=device)
+    endpoint = None
+    if config.run.coder != "template" and replay is None:
+        try:
+            endpoint = preflight(config.llm)
+        except LLMUnavailable as exc:
+            if config.llm.on_unavailable != "template":
+                raise UsageError(str(exc)) from None
+            console.print(f"[yellow]{exc}; the template coder writes every candidate ([llm].on_unavailable)[/]",
+                          highlight=False)
+            config = config.with_run(coder="template")
+    if config.run.coder != "template" and seed is None:
+        # the template coder's choices must be replayable beside the recorded answers
+        seed = random.SystemRandom().randrange(2**31)
     memory_dir = Path(config.run.memory_dir)
     console.print(f"[bold]evolve run {target}[/] ops={','.join(op_names)} budget={config.run.budget} "
                   f"device={device} memory={'off' if not use_memory else memory_dir}")
+    if config.run.coder != "template":
+        where = f"replaying {past.run_id}" if past else f"{config.llm.model} at {endpoint.base_url}"
+        console.print(f"[bold]LLM[/] coder={config.run.coder} ({where})", highlight=False)
     if device == "cpu":
         console.print("[yellow]No GPU: candidates run in Triton's interpreter. Correctness only; speed not measured.[/]")
     evaluator = Evaluator(evaluator_settings(config, device))
     folder = None
+    model = None
     previous = None
     if threading.current_thread() is threading.main_thread():
         # a kill (e.g. a job's time limit) ends the run as Ctrl-C does: the summary says "interrupted"
@@ -138,10 +207,12 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         store = KernelStore(memory_dir) if use_memory else None
         ctx = RunContext(
             config=config, folder=folder, evaluator=evaluator, gpu=gpu, rulebook=rulebook, store=store,
-            archive=CandidateArchive(memory_dir) if use_memory else None,
+            archive=CandidateArchive(memory_dir) if use_memory and replay is None else None,
             planner=Planner(rulebook, store, gpu, info["sm_count"], config.run.budget, config.coder.test_rules),
             rng=random.Random(seed),
         )
+        if config.run.coder != "template":
+            model = _llm_agents(ctx, config, target, op_names, seed, endpoint, meta, exchanges, past)
         graph = build_graph(ctx)
         state = {"queue": op_names, "op": None, "proposed": 0, "pending": None, "history": [], "exhausted": False,
                  "done": []}
@@ -163,9 +234,50 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
             folder.finish("failed")
         raise
     finally:
+        if model is not None:
+            model.close()
         evaluator.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _llm_agents(ctx: RunContext, config: Config, target: str, op_names: list[str], seed: int, endpoint,
+                meta: dict | None, exchanges: list[dict] | None, past: RunFolder | None) -> ChatModel:
+    """Set the model, the LLM planner and the reflector into the run's context; the ledger goes into
+    every llm event and into summary.json as it grows."""
+    folder = ctx.folder
+    recorder = Recorder(folder.path / "llm")
+    recorder.write_meta({"target": target, "ops": op_names, "budget": config.run.budget, "coder": config.run.coder,
+                         "seed": seed, "model": config.llm.model,
+                         "base_url": endpoint.base_url if endpoint else (meta or {}).get("base_url"),
+                         "replay_of": past.run_id if past else None})
+
+    def on_call(data: dict) -> None:
+        ledger = model.ledger
+        folder.summary["llm"] = {"model": config.llm.model, "coder": config.run.coder, **ledger.summary(),
+                                 "replay_of": past.run_id if past else None}
+        for op, usage in ledger.ops.items():
+            if op in folder.summary["ops"]:
+                folder.summary["ops"][op]["llm"] = usage.to_dict()
+        folder.log("llm", **data)
+        ctx.on_event("llm", data)
+        folder.write_summary()
+
+    model = ChatModel(config.llm, recorder, endpoint, exchanges, on_call)
+    ctx.model = model
+    folder.summary["llm"] = {"model": config.llm.model, "coder": config.run.coder, **model.ledger.summary(),
+                             "replay_of": past.run_id if past else None}
+    folder.write_summary()
+    if config.llm.planner:
+        ctx.llm_planner = LLMPlanner(model, ctx.planner, ctx.rulebook, {k: v for k, v in folder.summary["device"].items()
+                                                                         if k != "ceilings"})
+    if config.llm.reflector:
+        ctx.reflector = Reflector(model, ctx.rulebook, ctx.gpu, folder.run_id, config.llm.lesson_confidence,
+                                  past.run_id if past else None)
+    if past is not None:
+        ctx.replay_of = past.run_id
+        ctx.replay_plans = {e["op"]: e for e in past.events() if e["kind"] == "plan" and "budget" in e}
+    return model
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -21,6 +21,8 @@ class Candidate(TypedDict, total=False):
     candidate_ms: float | None
     eager_ms: float | None
     compile_ms: float | None
+    unusable: dict                    # {"class", "detail"}: an LLM answer that is no candidate file
+    exchange: str                     # the recorded LLM exchange it came from (llm/NNNN-coder.json)
 
 
 class RunState(TypedDict):

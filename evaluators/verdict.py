@@ -29,6 +29,10 @@ FAILURE_CLASSES: dict[str, tuple[str, str]] = {
     "crash": ("failed", "the worker process died"),
     "illegal_address": ("failed", "CUDA illegal memory access or another sticky device error"),
     "out_of_memory": ("failed", "the device ran out of memory"),
+    # a proposal that never became a candidate file: the coder's answer held no code, or several files
+    "no_code": ("rejected", "the coder's answer holds no code block"),
+    "several_files": ("rejected", "the coder's answer holds several code blocks; a candidate is one file"),
+    "llm_error": ("failed", "the coder got no answer from its model (server error, timeout) after retries"),
 }
 
 
