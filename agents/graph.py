@@ -123,7 +123,8 @@ def build_graph(ctx: RunContext):
             ctx.coder = TemplateCoder(get_spec(op), ctx.plan, ctx.config.coder.explore, ctx.rng)
             return {"queue": queue[1:], "op": op, "proposed": 0, "pending": None, "history": [], "exhausted": False}
         strategy, extra = "", {"planner": "rules"}
-        if ctx.llm_planner is not None and ctx.model.available:
+        # with one op left there is no choice to make: the request (and its tokens) would buy nothing
+        if ctx.llm_planner is not None and ctx.model.available and len(queue) > 1:
             choice = ctx.llm_planner.choose(queue, folder.summary)
             op, ctx.plan, strategy = choice.op, choice.plan, choice.strategy
             extra = {"planner": choice.planner, "strategy": strategy, "fallback": choice.fallback}

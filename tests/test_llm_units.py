@@ -21,7 +21,7 @@ from agents.llm_planner import Unusable, parse_json_object, validate
 from agents.planner import Planner
 from agents.reflector import lesson_rules
 from evaluators import FAILURE_CLASSES
-from kernels import get_spec
+from kernels import TARGETS, get_spec
 from memory import INTERPRETER_GPU, KernelStore, Rulebook
 
 from test_llm_server import ScriptedServer, answer, error
@@ -347,3 +347,43 @@ def test_llm_coder_needs_an_endpoint_unless_it_may_fall_back(tmp_path, monkeypat
     monkeypatch.delenv("OPENAI_BASE_URL")
     lenient = dataclasses.replace(config, llm=LLMConfig(on_unavailable="template"))
     assert lenient.with_run(coder="mixed").run.coder == "mixed"
+
+
+# ============================================================================ the planner and coder with a model
+
+def _summary(ops: list[str]) -> dict:
+    return {"ops": {op: {"candidates": 0, "accepted": 0, "failures": {}, "best": None, "promoted": False}
+                    for op in ops}}
+
+
+def test_llm_planner_picks_the_op_and_strategy(tmp_path, planner):
+    from agents.llm_planner import LLMPlanner
+
+    other = next(op for op in ("add_layer_norm", "bias_gelu", "embedding") if op in TARGETS["nanogpt"])
+    queue = ["layer_norm", other]
+    plan_answer = json.dumps({"op": other, "strategy": "fuse first", "rules": []})
+    with ScriptedServer([answer("```json\n" + plan_answer + "\n```"), answer("layer_norm, I think")]) as server:
+        model, _ = model_for(server, tmp_path)
+        llm_planner = LLMPlanner(model, planner, planner.rulebook, {"name": "cpu", "sm_count": 4})
+        choice = llm_planner.choose(queue, _summary(queue))
+        assert (choice.op, choice.planner, choice.strategy, choice.fallback) == (other, "llm", "fuse first", None)
+        assert choice.plan.op == other and choice.plan.rules == ()
+        prompt_text = server.chats[0]["body"]["messages"][1]["content"]
+        assert "layer_norm" in prompt_text and other in prompt_text and "rowwise.pow2-masking" in prompt_text
+        fallback = llm_planner.choose(queue, _summary(queue))
+    assert (fallback.op, fallback.planner) == ("layer_norm", "rules") and "JSON" in fallback.fallback
+    assert fallback.plan == planner.plan(SPEC)
+
+
+def test_llm_coder_prompt_carries_strategy_and_incumbent(tmp_path, memory_root):
+    from agents.llm_coder import LLMCoder
+
+    rules = Rulebook.load(memory_root).query("layer_norm", CONTEXT)
+    coder = LLMCoder(SPEC, None, "cpu", rules, "try two rows per program", ("# the incumbent\n", {"speedup_eager": 1.5,
+                                                                                                    "speedup_compile": 0.9,
+                                                                                                    "roofline_fraction": 0.6}),
+                     repairs=1)
+    system, task = (m["content"] for m in coder.task_messages([]))
+    assert "try two rows per program" in task
+    assert "# the incumbent" in task and "1.50x eager" in task and "60% of the roofline" in task
+    assert "(nothing yet)" in task and "imports only `torch`" in system
