@@ -21,6 +21,24 @@ import triton.language as tl
 from .candidate import render_candidate
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance
 
+
+@triton.jit
+def _attention_load_kv(
+    src,            # a tensor descriptor over this head's [T, D] keys or values, or a pointer to row start_n
+    tile,           # [BLOCK_N, D] element offsets of a tile from its first row
+    start_n, T,
+    BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
+    MASKED: tl.constexpr,   # the tile may pass row T (pointers only: a descriptor reads zeros there)
+):
+    if USE_TMA:
+        x = src.load([start_n, 0])
+    elif MASKED:
+        x = tl.load(src + tile, mask=(start_n + tl.arange(0, BLOCK_N))[:, None] < T, other=0.0)
+    else:
+        x = tl.load(src + tile)
+    return x
+
+
 @triton.jit
 def _attention_fwd_inner(
     acc, l_i, m_i,   # running output [BLOCK_M, D], row sums and row maxima [BLOCK_M], all fp32
@@ -30,16 +48,10 @@ def _attention_fwd_inner(
     stride_t,        # elements between tokens in qkv
     qk_scale,        # 1/sqrt(D) * log2(e)
     lo, hi,          # key range of this loop, lo a multiple of BLOCK_N
-    start_m,         # first query of the block
-    T,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    MASK_VALUE: tl.constexpr,
+    start_m, T,      # first query of the block, sequence length
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_VALUE: tl.constexpr,
     DIAGONAL: tl.constexpr,     # blocks that cross the diagonal: causal mask and key bounds needed
-    USE_TMA: tl.constexpr,
-    V_EARLY: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, V_EARLY: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -48,21 +60,9 @@ def _attention_fwd_inner(
     tile = offs_n[:, None] * stride_t + offs_d[None, :]
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
-        if DIAGONAL:
-            kv_mask = (start_n + offs_n)[:, None] < T
         if V_EARLY:
-            if USE_TMA:
-                v = V.load([start_n, 0])
-            elif DIAGONAL:
-                v = tl.load(V + tile, mask=kv_mask, other=0.0)
-            else:
-                v = tl.load(V + tile)
-        if USE_TMA:
-            k = K.load([start_n, 0])  # rows past T come back as zeros
-        elif DIAGONAL:
-            k = tl.load(K + tile, mask=kv_mask, other=0.0)
-        else:
-            k = tl.load(K + tile)
+            v = _attention_load_kv(V, tile, start_n, T, BLOCK_N, USE_TMA, DIAGONAL)
+        k = _attention_load_kv(K, tile, start_n, T, BLOCK_N, USE_TMA, DIAGONAL)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if DIAGONAL:
             # every query row keeps key start_m // BLOCK_N * BLOCK_N <= its own index unmasked in the
@@ -77,12 +77,7 @@ def _attention_fwd_inner(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if not V_EARLY:
-            if USE_TMA:
-                v = V.load([start_n, 0])
-            elif DIAGONAL:
-                v = tl.load(V + tile, mask=kv_mask, other=0.0)
-            else:
-                v = tl.load(V + tile)
+            v = _attention_load_kv(V, tile, start_n, T, BLOCK_N, USE_TMA, DIAGONAL)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         m_i = m_new
         if not USE_TMA:
@@ -96,12 +91,9 @@ def _attention_fwd_kernel(
     QKV,            # [B, T, 3C] packed q | k | v; columns contiguous
     Y,              # [B, T, C] output, head h at columns h*D
     LSE,            # [B*H, T] float32 log2-sum-exp of the scaled scores, written if STORE_LSE
-    stride_b,       # elements between batches of QKV
-    stride_t,       # elements between tokens of QKV
-    stride_yb,      # elements between batches of Y
-    stride_yt,      # elements between tokens of Y
-    T,              # sequence length
-    H,              # heads
+    stride_b, stride_t,     # elements between batches and between tokens of QKV
+    stride_yb, stride_yt,   # the same for Y
+    T, H,           # sequence length, heads
     C,              # model width H * D: the column offset from q to k and from k to v
     qk_scale,       # 1/sqrt(D) * log2(e): scores in log2 units, so exp2 replaces exp
     HEAD_DIM: tl.constexpr,
@@ -200,39 +192,19 @@ def _attention_fwd(qkv, n_head, BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES, MASK_VA
     # grid axis 1 holds at most 65535 programs: B*H beyond that goes on axis 0 whatever the order
     longest_first = LONGEST_FIRST or bh > 65535
     grid = (bh, m_blocks) if longest_first else (m_blocks, bh)
+    # float32 runs its dots on FMA units (no TF32) with tiles twice the size of 16-bit ones; the knobs
+    # are tuned for 16-bit, and multi-buffered fp32 K/V tiles at BLOCK_N = 128 would overflow shared
+    # memory, so float32 (checked, never timed) goes unpipelined
+    stages = NUM_STAGES if size < 4 else 1
     _attention_fwd_kernel[grid](
         qkv, y, y if lse is None else lse, qkv.stride(0), qkv.stride(1), y.stride(0), y.stride(1),
         T, n_head, C, math.log2(math.e) / math.sqrt(D),
         HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASK_VALUE=float(MASK_VALUE), USE_TMA=tma,
         V_EARLY=V_EARLY, LONGEST_FIRST=longest_first, STORE_LSE=lse is not None,
         DOT_PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        num_warps=NUM_WARPS, num_stages=stages,
     )
     return y
-
-
-@triton.jit
-def _attention_bwd_delta_kernel(
-    Y,              # [B, T, C] forward output
-    DY,             # [B, T, C] gradient of the output
-    DELTA,          # [B*H, T] float32 rowsum(dy * y) per head (written)
-    stride_yb, stride_yt, stride_db, stride_dt,
-    T, H,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-):
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    mask = offs_m[:, None] < T
-    rows = offs_m.to(tl.int64)[:, None]
-    y = tl.load(Y + b.to(tl.int64) * stride_yb + rows * stride_yt + h * HEAD_DIM + offs_d[None, :],
-                mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(DY + b.to(tl.int64) * stride_db + rows * stride_dt + h * HEAD_DIM + offs_d[None, :],
-                 mask=mask, other=0.0).to(tl.float32)
-    tl.store(DELTA + bh.to(tl.int64) * T + offs_m, tl.sum(y * dy, axis=1), mask=offs_m < T)
 
 
 @triton.jit
@@ -240,13 +212,12 @@ def _attention_bwd_dkdv_kernel(
     QKV,            # [B, T, 3C] forward input, contiguous
     DY,             # [B, T, C] gradient of the output
     LSE,            # [B*H, T] float32 log2-sum-exp from the forward
-    DELTA,          # [B*H, T] float32 rowsum(dy * y)
+    DELTA,          # [B*H, T] float32 rowsum(dy * y), written by the dQ kernel
     DQKV,           # [B, T, 3C] gradient of qkv, laid out like QKV; this kernel writes the k and v columns
     stride_b, stride_t,     # of QKV and DQKV
     stride_db, stride_dt,   # of DY
     T, H, C,
-    qk_scale,       # 1/sqrt(D) * log2(e)
-    sm_scale,       # 1/sqrt(D)
+    qk_scale, sm_scale,     # 1/sqrt(D) * log2(e) and 1/sqrt(D)
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,  # queries per step
     BLOCK_N: tl.constexpr,  # keys per program
@@ -295,15 +266,16 @@ def _attention_bwd_dkdv_kernel(
 @triton.jit
 def _attention_bwd_dq_kernel(
     QKV,            # [B, T, 3C] forward input, contiguous
+    Y,              # [B, T, C] forward output, contiguous
     DY,             # [B, T, C] gradient of the output
     LSE,            # [B*H, T] float32 log2-sum-exp from the forward
-    DELTA,          # [B*H, T] float32 rowsum(dy * y)
+    DELTA,          # [B*H, T] float32 rowsum(dy * y) (written here for the dK/dV kernel, run after)
     DQKV,           # [B, T, 3C] gradient of qkv; this kernel writes the q columns
     stride_b, stride_t,     # of QKV and DQKV
     stride_db, stride_dt,   # of DY
+    stride_yb, stride_yt,   # of Y
     T, H, C,
-    qk_scale,
-    sm_scale,
+    qk_scale, sm_scale,     # 1/sqrt(D) * log2(e) and 1/sqrt(D)
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,  # queries per program
     BLOCK_N: tl.constexpr,  # keys per step
@@ -316,14 +288,18 @@ def _attention_bwd_dq_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < T
+    rows = offs_m.to(tl.int64)[:, None]
     head = b.to(tl.int64) * stride_b + h * HEAD_DIM
-    q_rows = offs_m.to(tl.int64)[:, None] * stride_t + offs_d[None, :]
-    q = tl.load(QKV + head + q_rows, mask=row_ok[:, None], other=0.0)
-    dy = tl.load(DY + b.to(tl.int64) * stride_db + offs_m.to(tl.int64)[:, None] * stride_dt + h * HEAD_DIM
-                 + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    q = tl.load(QKV + head + rows * stride_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    dy = tl.load(DY + b.to(tl.int64) * stride_db + rows * stride_dt + h * HEAD_DIM + offs_d[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    # delta here rather than in a kernel of its own: this program reads its dy rows anyway
+    y = tl.load(Y + b.to(tl.int64) * stride_yb + rows * stride_yt + h * HEAD_DIM + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    delta = tl.sum(y.to(tl.float32) * dy.to(tl.float32), axis=1)
     stats = bh.to(tl.int64) * T
+    tl.store(DELTA + stats + offs_m, delta, mask=row_ok)
     lse = tl.load(LSE + stats + offs_m, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA + stats + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     kv_tile = tl.arange(0, BLOCK_N)[:, None] * stride_t + offs_d[None, :]
     k_ptrs = QKV + head + C + kv_tile
@@ -340,7 +316,8 @@ def _attention_bwd_dq_kernel(
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
         k_ptrs += BLOCK_N * stride_t
         v_ptrs += BLOCK_N * stride_t
-    tl.store(DQKV + head + q_rows, (dq * sm_scale).to(DQKV.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(DQKV + head + rows * stride_t + offs_d[None, :], (dq * sm_scale).to(DQKV.dtype.element_ty),
+             mask=row_ok[:, None])
 
 
 # the backward is not a template point: fixed tiles that suit head_dim 64 on the GPU
@@ -362,22 +339,27 @@ def _attention_bwd(dy, qkv, y, lse, n_head):
         return dqkv
     delta = torch.empty((B * n_head, T), dtype=torch.float32, device=qkv.device)
     grid = (triton.cdiv(T, _BWD_BLOCK), B * n_head)
-    _attention_bwd_delta_kernel[grid](y, dy, delta, y.stride(0), y.stride(1), dy.stride(0), dy.stride(1),
-                                      T, n_head, HEAD_DIM=D, BLOCK_M=_BWD_BLOCK)
-    args = (qkv, dy, lse, delta, dqkv, qkv.stride(0), qkv.stride(1), dy.stride(0), dy.stride(1), T, n_head, C,
-            math.log2(math.e) / math.sqrt(D), 1.0 / math.sqrt(D))
+    scales = (math.log2(math.e) / math.sqrt(D), 1.0 / math.sqrt(D))
     meta = dict(HEAD_DIM=D, BLOCK_M=_BWD_BLOCK, BLOCK_N=_BWD_BLOCK,
                 DOT_PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
                 num_warps=_BWD_WARPS, num_stages=_BWD_STAGES)
-    _attention_bwd_dkdv_kernel[grid](*args, **meta)
-    _attention_bwd_dq_kernel[grid](*args, **meta)
+    _attention_bwd_dq_kernel[grid](qkv, y, dy, lse, delta, dqkv, qkv.stride(0), qkv.stride(1), dy.stride(0),
+                                   dy.stride(1), y.stride(0), y.stride(1), T, n_head, C, *scales, **meta)
+    _attention_bwd_dkdv_kernel[grid](qkv, dy, lse, delta, dqkv, qkv.stride(0), qkv.stride(1), dy.stride(0),
+                                     dy.stride(1), T, n_head, C, *scales, **meta)
     return dqkv
 
 
+# The seed, reasoned for Hopper (compiled with Triton 3.6 for sm_90, not timed): 128 query rows on 8 warps
+# give two warpgroups of 64 rows each (wgmma's height), 112 registers a thread and 64 KiB of shared memory,
+# so two programs share an SM with four warpgroups between them; Triton issues each wgmma and waits for it,
+# so the tensor cores stay busy only by switching warpgroups. On 4 warps the same tile needs 254 of the 255
+# registers. 3 stages keep two K/V tiles in flight. Pointer loads, not descriptors: the kernel then needs
+# no scratch allocator, and descriptors save registers, not traffic; USE_TMA is for the search to judge.
 SEED_PARAMS = {
     "BLOCK_M": 128,
     "BLOCK_N": 64,
-    "NUM_WARPS": 4,
+    "NUM_WARPS": 8,
     "NUM_STAGES": 3,
     "MASK_VALUE": -1e20,
     "USE_TMA": False,
@@ -477,6 +459,12 @@ def _translate(suggests: dict) -> dict:
         out.setdefault("NUM_STAGES", int(suggests["K_LAT"]) + 1)
         if "V_LAT" in suggests:
             out.setdefault("V_EARLY", suggests["V_LAT"] > suggests["K_LAT"])
+    # A tile of at most 64 query rows is one warpgroup's work (Hopper's wgmma is 64 rows tall); with 8
+    # warps Triton splits its key columns over two warpgroups and reduces every row through shared
+    # memory (seen in the compiled layouts), a different kernel from the tile the lesson measured. So a
+    # lesson that names such a tile and no warp count gets the 4 warps that keep whole rows in a warpgroup.
+    if "BLOCK_M" in suggests and suggests["BLOCK_M"] <= 64:
+        out.setdefault("NUM_WARPS", 4)
     return out
 
 
@@ -488,7 +476,7 @@ def _render(params):
         entry="attention",
         entry_args=("qkv", "n_head"),
         launcher=_attention_fwd,
-        kernels=(_attention_fwd_inner, _attention_fwd_kernel),
+        kernels=(_attention_load_kv, _attention_fwd_inner, _attention_fwd_kernel),
         params=baked,
         title="Causal self-attention forward candidate",
     )
