@@ -191,5 +191,28 @@ def memory(ctx: typer.Context,
         _fail(f"unknown memory action {action!r}: list or show")
 
 
+@app.command()
+def bench(ctx: typer.Context,
+          target: str = typer.Argument(..., help="what to measure: nanogpt"),
+          ops: Optional[str] = typer.Option(None, "--ops", help="comma-separated subset of the target's ops"),
+          device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu"),
+          as_json: bool = typer.Option(False, "--json", help="print the rows as one JSON object")):
+    """Per op, the kernel in use (promoted for this GPU, else the seed) against eager and torch.compile."""
+    from .bench import bench_table, bench_target
+
+    config = _config(ctx)
+    try:
+        config = config.with_run(device=device)
+        quiet = Console(file=sys.stderr) if as_json else console
+        rows, info = bench_target(config, target, ops, quiet)
+    except (UsageError, ConfigError, KeyError) as exc:
+        _fail(_message(exc))
+    if as_json:
+        sys.stdout.write(json.dumps({"device": info, "rows": [r.to_dict() for r in rows]}, indent=2) + "\n")
+    else:
+        console.print(bench_table(rows, info))
+    raise typer.Exit(0 if all(r.verdict.accepted for r in rows) else 1)
+
+
 if __name__ == "__main__":
     app()
