@@ -6,6 +6,7 @@ inputs compared with clones, storage overlap, layout, a second set of inputs, a 
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Callable
 
@@ -38,6 +39,36 @@ def poison_free_memory(like: torch.Tensor, copies: int = 4, value: float = float
     if like.is_cuda:
         torch.cuda.synchronize(like.device)
     del blocks
+
+
+_ALLOCATORS = ("empty", "empty_like", "empty_strided")
+
+
+@contextlib.contextmanager
+def poisoned_allocations(value: float):
+    """While a candidate runs, torch's uninitialised allocations come back filled with `value`.
+
+    The allocator poisoning above depends on which freed block the allocator hands out, which on the CPU
+    (plain malloc) is not reliable; this makes every `torch.empty*` output the candidate leaves unwritten
+    read as the poison on any device. Integer tensors are left alone: NaN has no integer form.
+    """
+    originals = {name: getattr(torch, name) for name in _ALLOCATORS}
+
+    def poisoning(original):
+        def allocate(*args, **kwargs):
+            out = original(*args, **kwargs)
+            if out.is_floating_point():
+                out.fill_(value)
+            return out
+        return allocate
+
+    for name, original in originals.items():
+        setattr(torch, name, poisoning(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch, name, original)
 
 
 def _sync(device: str) -> None:
@@ -77,8 +108,9 @@ class CorrectnessSuite:
         for like in expected:
             poison_free_memory(like, value=poison)
         before = self.counter.count
-        out = self.entry(*inputs)
-        _sync(self.device)
+        with poisoned_allocations(poison):
+            out = self.entry(*inputs)
+            _sync(self.device)
         if self.counter.count == before:
             raise CandidateFailure("no_kernel", "the call returned without launching a Triton kernel")
         for i, (arg, clone) in enumerate(zip(inputs, clones)):
