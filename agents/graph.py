@@ -31,8 +31,8 @@ from .state import Candidate, RunState, best_of
 
 
 # the numbers of a verdict's headline timing that candidates, summaries and promotions carry
-TIMING_KEYS = ("speedup_eager", "speedup_compile", "roofline_fraction", "gbps", "candidate_ms", "eager_ms",
-               "compile_ms")
+TIMING_KEYS = ("speedup_eager", "speedup_compile", "roofline_fraction", "gbps", "tflops", "candidate_ms",
+               "eager_ms", "compile_ms")
 
 
 @dataclass

@@ -15,6 +15,20 @@ def _fraction(value: float | None) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
+def _rate(op: str, best: dict) -> str:
+    """GB/s for a memory-bound op, TFLOP/s for a compute-bound one (what its roofline is measured by)."""
+    from kernels import get_spec
+
+    try:
+        compute = get_spec(op).bound == "compute"
+    except KeyError:  # an op of an older version of the project
+        compute = False
+    value = best.get("tflops") if compute else best.get("gbps")
+    if value is None:
+        return "—"
+    return f"{value:,.0f} TF/s" if compute else f"{value:,.0f} GB/s"
+
+
 def run_table(folder: RunFolder) -> Table:
     s = folder.summary
     device = s.get("device") or {}
@@ -23,18 +37,17 @@ def run_table(folder: RunFolder) -> Table:
              f"({device.get('arch', '?')}, torch {device.get('torch', '?')}, triton {device.get('triton', '?')})")
     table = Table(title=title, title_justify="left")
     # short headers: the table fits an 80-column terminal (the caption says what the ratios are)
-    for column in ("op", "tried", "ok", "best", "×eager", "×compile", "roofline", "GB/s", "failures", "promoted"):
+    for column in ("op", "tried", "ok", "best", "×eager", "×compile", "roofline", "rate", "failures", "promoted"):
         table.add_column(column, justify="left" if column in ("op", "failures", "best") else "right",
                          no_wrap=column in ("op", "best"))
     for op, o in s["ops"].items():
         best = o.get("best") or {}
         failures = ", ".join(f"{k} {v}" for k, v in sorted(o["failures"].items())) or "—"
-        gbps = best.get("gbps")
         table.add_row(
             op, str(o["candidates"]), str(o["accepted"]),
             best.get("candidate", "—") + (f" {best['origin']}" if best.get("origin") else ""),
             _ratio(best.get("speedup_eager")), _ratio(best.get("speedup_compile")),
-            _fraction(best.get("roofline_fraction")), "—" if gbps is None else f"{gbps:,.0f}",
+            _fraction(best.get("roofline_fraction")), _rate(op, best),
             failures, "yes" if o.get("promoted") else "no",
         )
     if not timed:

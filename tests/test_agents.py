@@ -683,6 +683,17 @@ def test_run_table_gpu(tmp_path):
     assert "NVIDIA H100" in text
 
 
+def test_run_table_rate_follows_the_roofline(tmp_path):
+    # a memory-bound op reports GB/s, a compute-bound one TFLOP/s
+    summary = gpu_summary()
+    best = dict(summary["ops"]["layer_norm"]["best"], gbps=1115.0, tflops=285.4)
+    summary["ops"] = {"layer_norm": summary["ops"]["layer_norm"],
+                      "attention": {**summary["ops"]["layer_norm"], "best": best}}
+    text = render_text(run_table(folder_with(tmp_path, summary)))
+    assert "285 TF/s" in text and "1,115" not in text
+    assert "2,456 GB/s" in text
+
+
 def test_print_run_and_runs_table(tmp_path):
     folder = folder_with(tmp_path, cpu_summary())
     text = render_text(lambda c: print_run(c, folder))
