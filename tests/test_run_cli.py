@@ -399,3 +399,26 @@ def test_runs_ids_readable_at_80_columns(ws, first_run):
     proc = evolve(ws.config, "runs", env={"COLUMNS": "80"})
     assert proc.returncode == 0, describe(proc)
     assert first_run[1].name in proc.stdout
+
+
+# ----------------------------------------------------------------------------- every op of the target
+
+@pytest.mark.slow
+def test_a_whole_target_run_evolves_every_op(tmp_path, config_file):
+    """`evolve run nanogpt --device cpu --budget 2`: each of the six ops gets an accepted, promoted best."""
+    from kernels import TARGETS
+
+    proc = evolve(config_file, "run", "nanogpt", "--budget", "2", "--device", "cpu", timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, describe(proc)
+    (folder,) = run_folders(tmp_path / "runs")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    assert list(summary["ops"]) == list(TARGETS["nanogpt"])
+    assert set(TARGETS["nanogpt"]) == {"embedding", "layer_norm", "attention", "add_layer_norm", "bias_gelu",
+                                       "cross_entropy"}
+    for op, result in summary["ops"].items():
+        assert result["candidates"] == 2, op
+        assert result["accepted"] >= 1 and result["best"] is not None, op
+        assert result["promoted"], op
+        assert (tmp_path / "memory" / "promoted" / op / "interpreter" / "kernel.py").is_file(), op
+        assert len(list((folder / "candidates" / op).glob("*.py"))) == 2, op
