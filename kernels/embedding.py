@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .candidate import render_candidate
-from .spec import OpSpec, Shape, TemplateSpace, Tolerance
+from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
 
 
 @triton.jit
@@ -330,16 +330,6 @@ def _shape(name, b, t, v, c, p, origin, timed=False):
     return Shape(name=name, dims={"B": b, "T": t, "V": v, "C": c, "P": p}, origin=origin, timed=timed)
 
 
-def _canonical(point: dict) -> dict:
-    # the chunk width only matters for the chunked loop, programs per SM only for a persistent grid
-    if point["SINGLE_TILE"]:
-        point["CHUNK_C"] = SEED_PARAMS["CHUNK_C"]
-    if not point["PERSISTENT"]:
-        point["PROGRAMS_PER_SM"] = SEED_PARAMS["PROGRAMS_PER_SM"]
-    # software pipelining needs a loop: the persistent grid's or the chunked one's
-    if point["SINGLE_TILE"] and not point["PERSISTENT"]:
-        point["NUM_STAGES"] = 1
-    return point
 
 
 TEMPLATE = TemplateSpace(
@@ -365,7 +355,7 @@ TEMPLATE = TemplateSpace(
         params=params,
         title="Token + position embedding forward candidate",
     ),
-    canonical=_canonical,
+    canonical=row_tile_canonical(SEED_PARAMS, "CHUNK_C"),
 )
 
 SPEC = OpSpec(

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .candidate import render_candidate
-from .spec import OpSpec, Shape, TemplateSpace, Tolerance
+from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
 
 
 @triton.jit
@@ -272,16 +272,6 @@ def _shape(name, m, n, origin, timed=False):
     return Shape(name=name, dims={"M": m, "N": n}, origin=origin, timed=timed)
 
 
-def _canonical(point: dict) -> dict:
-    # the chunk width only matters for the chunked loop, programs per SM only for a persistent grid
-    if point["SINGLE_TILE"]:
-        point["CHUNK_N"] = SEED_PARAMS["CHUNK_N"]
-    if not point["PERSISTENT"]:
-        point["PROGRAMS_PER_SM"] = SEED_PARAMS["PROGRAMS_PER_SM"]
-    # software pipelining needs a loop: the persistent grid's or the chunked one's
-    if point["SINGLE_TILE"] and not point["PERSISTENT"]:
-        point["NUM_STAGES"] = SEED_PARAMS["NUM_STAGES"]
-    return point
 
 
 TEMPLATE = TemplateSpace(
@@ -306,7 +296,7 @@ TEMPLATE = TemplateSpace(
         params=params,
         title="LayerNorm forward candidate",
     ),
-    canonical=_canonical,
+    canonical=row_tile_canonical(SEED_PARAMS, "CHUNK_N"),
 )
 
 SPEC = OpSpec(

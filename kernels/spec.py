@@ -105,6 +105,24 @@ class TemplateSpace:
         return [dict(zip(names, combo)) for combo in itertools.product(*self.params.values())]
 
 
+def row_tile_canonical(seed: Mapping[str, Any], chunk_knob: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The canonical map of the row-tiled templates (a whole row in one masked tile, or a chunked loop;
+    optionally a persistent grid): the knobs that the others switch off are set to the seed's value."""
+
+    def canonical(point: dict[str, Any]) -> dict[str, Any]:
+        # the chunk width only matters for the chunked loop, programs per SM only for a persistent grid
+        if point["SINGLE_TILE"]:
+            point[chunk_knob] = seed[chunk_knob]
+        if not point["PERSISTENT"]:
+            point["PROGRAMS_PER_SM"] = seed["PROGRAMS_PER_SM"]
+        # software pipelining needs a loop: the persistent grid's or the chunked one's
+        if point["SINGLE_TILE"] and not point["PERSISTENT"]:
+            point["NUM_STAGES"] = 1
+        return point
+
+    return canonical
+
+
 @dataclass(frozen=True)
 class OpSpec:
     name: str
