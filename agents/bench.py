@@ -19,6 +19,7 @@ from kernels import get_spec
 from memory import INTERPRETER_GPU, KernelStore
 
 from .config import Config
+from .report import rate_text
 from .runner import evaluator_settings, resolve_device, resolve_ops
 
 
@@ -117,17 +118,16 @@ def bench_table(rows: list[BenchRow], device: dict) -> Table:
                          no_wrap=True)
     for row in rows:
         v = row.verdict
-        spec = get_spec(row.op)
         if not v.accepted or not v.timing:
             table.add_row(row.op, "—", f"{v.status}: {v.reason()}"[:60], *(["—"] * 9))
             continue
         for shape in v.timing["shapes"]:
-            rate = (f"{shape['tflops']:,.1f} TFLOP/s" if spec.bound == "compute" else f"{shape['gbps']:,.0f} GB/s")
             other = ", ".join(f"{name} {_us(b['ms'])} ({b['speedup']:.2f}x)"
                               for name, b in shape.get("baselines", {}).items()) or "—"
             table.add_row(row.op, f"{shape['shape']} {shape['dtype']}", v.status, _us(shape["eager_ms"]),
                           _us(shape["compile_ms"]), _us(shape["candidate_ms"]), f"{shape['speedup_eager']:.2f}x",
-                          f"{shape['speedup_compile']:.2f}x", other, rate, f"{shape['roofline_fraction']:.0%}",
+                          f"{shape['speedup_compile']:.2f}x", other, rate_text(row.op, shape),
+                          f"{shape['roofline_fraction']:.0%}",
                           "—" if shape.get("copy_fraction") is None else f"{shape['copy_fraction']:.0%}")
     c = device.get("ceilings") or {}
     table.caption = (f"×eager, ×compile: speedup over PyTorch eager and torch.compile, interleaved in one process. "

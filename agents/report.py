@@ -15,7 +15,7 @@ def _fraction(value: float | None) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
-def _rate(op: str, best: dict) -> str:
+def rate_text(op: str, best: dict) -> str:
     """GB/s for a memory-bound op, TFLOP/s for a compute-bound one (what its roofline is measured by)."""
     from kernels import get_spec
 
@@ -47,7 +47,7 @@ def run_table(folder: RunFolder) -> Table:
             op, str(o["candidates"]), str(o["accepted"]),
             best.get("candidate", "—") + (f" {best['origin']}" if best.get("origin") else ""),
             _ratio(best.get("speedup_eager")), _ratio(best.get("speedup_compile")),
-            _fraction(best.get("roofline_fraction")), _rate(op, best),
+            _fraction(best.get("roofline_fraction")), rate_text(op, best),
             failures, "yes" if o.get("promoted") else "no",
         )
     if not timed:
