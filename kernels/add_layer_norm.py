@@ -19,6 +19,43 @@ from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
 
 
 @triton.jit
+def _aln_load_tile(X, R, tile, M, stride_x, stride_r, cols, col_mask, ROWS: tl.constexpr,
+                   INDEX_64: tl.constexpr, EVICTION: tl.constexpr):
+    """Rows [tile * ROWS, tile * ROWS + ROWS) of X and of R as masked [ROWS, BLOCK_N] tiles, in their dtype."""
+    rows = tile * ROWS + tl.arange(0, ROWS)
+    mask = (rows < M)[:, None] & col_mask[None, :]
+    if INDEX_64:
+        rows = rows.to(tl.int64)  # rows * stride would overflow int32 past 2**31 elements
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0, eviction_policy=EVICTION)
+    r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0, eviction_policy=EVICTION)
+    return x, r
+
+
+@triton.jit
+def _aln_finish_tile(x, r, tile, W, B, S, Y, M, N, stride_s, stride_y, eps, cols, col_mask,
+                     ROWS: tl.constexpr, INDEX_64: tl.constexpr, STORE_CACHE: tl.constexpr):
+    """Add the tiles loaded by _aln_load_tile, store the sum to S and its LayerNorm to Y."""
+    rows = tile * ROWS + tl.arange(0, ROWS)
+    mask = (rows < M)[:, None] & col_mask[None, :]
+    if INDEX_64:
+        rows = rows.to(tl.int64)
+    s = x.to(tl.float32) + r.to(tl.float32)
+    # stored before the reductions so the write drains while they run
+    tl.store(S + rows[:, None] * stride_s + cols[None, :], s.to(S.dtype.element_ty), mask=mask,
+             cache_modifier=STORE_CACHE)
+    mean = tl.sum(s, axis=1) / N
+    sc = tl.where(mask, s - mean[:, None], 0.0)
+    var = tl.sum(sc * sc, axis=1) / N
+    rstd = tl.rsqrt(var + eps)
+    # scale and shift loaded after the reductions: held across them they cost registers
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
+    y = sc * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask,
+             cache_modifier=STORE_CACHE)
+
+
+@triton.jit
 def _add_layer_norm_fwd_kernel(
     X,          # [M, N] input, rows stride_x apart, columns contiguous
     R,          # [M, N] residual added to X, rows stride_r apart, columns contiguous
@@ -36,41 +73,47 @@ def _add_layer_norm_fwd_kernel(
     BLOCK_N: tl.constexpr,      # columns per tile: next_pow2(N) for one tile, else the chunk width
     ROWS: tl.constexpr,         # rows per tile
     SINGLE_TILE: tl.constexpr,  # the whole row in one masked tile (inputs read once) or a chunked loop
+    PERSISTENT: tl.constexpr,   # fewer programs than tiles, each striding over tiles, or one tile each
+    PREFETCH: tl.constexpr,     # persistent single tile: load the next tile before finishing this one
     EVICTION: tl.constexpr,     # cache hint for the last loads of X and R: "" or "evict_first" (streamed)
+    STORE_CACHE: tl.constexpr,  # cache modifier of the stores of S and Y: "" (default) or ".cs" (streamed)
     WIDTH: tl.constexpr,        # N baked in as a compile-time constant, or 0 to read it at run time
     INDEX_64: tl.constexpr,     # offsets in int64, needed only past 2**31 elements (int32 saves registers)
 ):
     if WIDTH > 0:
         N = WIDTH  # a constant width lets the compiler fold the column mask and the divisions
     pid = tl.program_id(0)
+    step = tl.num_programs(0)
     n_tiles = tl.cdiv(M, ROWS)
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < N
-    # one iteration per program unless the grid is persistent (fewer programs than tiles)
-    for tile in range(pid, n_tiles, tl.num_programs(0)):
-        rows = tile * ROWS + tl.arange(0, ROWS)
-        row_mask = rows < M
-        if INDEX_64:
-            rows = rows.to(tl.int64)  # rows * stride would overflow int32 past 2**31 elements
-        if SINGLE_TILE:
-            mask = row_mask[:, None] & col_mask[None, :]
-            x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0,
-                        eviction_policy=EVICTION).to(tl.float32)
-            r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0,
-                        eviction_policy=EVICTION).to(tl.float32)
-            s = x + r
-            # stored before the reductions so the write drains while they run
-            tl.store(S + rows[:, None] * stride_s + cols[None, :], s.to(S.dtype.element_ty), mask=mask)
-            mean = tl.sum(s, axis=1) / N
-            sc = tl.where(mask, s - mean[:, None], 0.0)
-            var = tl.sum(sc * sc, axis=1) / N
-            rstd = 1.0 / tl.sqrt(var + eps)
-            # scale and shift loaded after the reductions: held across them they cost registers
-            w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-            b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
-            y = sc * rstd[:, None] * w[None, :] + b[None, :]
-            tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    if SINGLE_TILE:
+        if PREFETCH:
+            # the next tile's loads are in flight while this one is reduced and stored
+            x, r = _aln_load_tile(X, R, pid, M, stride_x, stride_r, cols, col_mask, ROWS, INDEX_64, EVICTION)
+            for tile in range(pid, n_tiles, step):
+                x_next, r_next = _aln_load_tile(X, R, tile + step, M, stride_x, stride_r, cols, col_mask, ROWS,
+                                                INDEX_64, EVICTION)
+                _aln_finish_tile(x, r, tile, W, B, S, Y, M, N, stride_s, stride_y, eps, cols, col_mask, ROWS,
+                                 INDEX_64, STORE_CACHE)
+                x = x_next
+                r = r_next
+        elif PERSISTENT:
+            for tile in range(pid, n_tiles, step):
+                x, r = _aln_load_tile(X, R, tile, M, stride_x, stride_r, cols, col_mask, ROWS, INDEX_64, EVICTION)
+                _aln_finish_tile(x, r, tile, W, B, S, Y, M, N, stride_s, stride_y, eps, cols, col_mask, ROWS,
+                                 INDEX_64, STORE_CACHE)
         else:
+            # straight-line code, no loop of one iteration
+            x, r = _aln_load_tile(X, R, pid, M, stride_x, stride_r, cols, col_mask, ROWS, INDEX_64, EVICTION)
+            _aln_finish_tile(x, r, pid, W, B, S, Y, M, N, stride_s, stride_y, eps, cols, col_mask, ROWS,
+                             INDEX_64, STORE_CACHE)
+    else:
+        for tile in range(pid, n_tiles, step):
+            rows = tile * ROWS + tl.arange(0, ROWS)
+            row_mask = rows < M
+            if INDEX_64:
+                rows = rows.to(tl.int64)
             # pass 1: shifted sums of x + r (shifting by the row's first sum keeps E[s^2]-E[s]^2 well
             # conditioned on a residual stream with a large offset)
             shift = (tl.load(X + rows * stride_x, mask=row_mask, other=0.0).to(tl.float32)
@@ -88,7 +131,7 @@ def _add_layer_norm_fwd_kernel(
             mean_s = tl.sum(acc, axis=1) / N
             var = tl.maximum(tl.sum(acc_sq, axis=1) / N - mean_s * mean_s, 0.0)
             mean = mean_s + shift
-            rstd = 1.0 / tl.sqrt(var + eps)
+            rstd = tl.rsqrt(var + eps)
             # pass 2: x and r come back from L2 (not s from memory: a program reading its own stores
             # would need a barrier, and y stays computed from the unrounded sum); s and y are written
             for start in range(0, N, BLOCK_N):
@@ -100,15 +143,17 @@ def _add_layer_norm_fwd_kernel(
                 r = tl.load(R + rows[:, None] * stride_r + c[None, :], mask=mask, other=0.0,
                             eviction_policy=EVICTION).to(tl.float32)
                 s = x + r
-                tl.store(S + rows[:, None] * stride_s + c[None, :], s.to(S.dtype.element_ty), mask=mask)
+                tl.store(S + rows[:, None] * stride_s + c[None, :], s.to(S.dtype.element_ty), mask=mask,
+                         cache_modifier=STORE_CACHE)
                 wc = tl.load(W + c, mask=cmask, other=0.0).to(tl.float32)
                 bc = tl.load(B + c, mask=cmask, other=0.0).to(tl.float32)
                 y = (s - mean[:, None]) * rstd[:, None] * wc[None, :] + bc[None, :]
-                tl.store(Y + rows[:, None] * stride_y + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
+                tl.store(Y + rows[:, None] * stride_y + c[None, :], y.to(Y.dtype.element_ty), mask=mask,
+                         cache_modifier=STORE_CACHE)
 
 
 def _add_layer_norm_fwd(x, residual, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TILE, CHUNK_N,
-                        PERSISTENT, PROGRAMS_PER_SM, NUM_STAGES, EVICTION, CONST_WIDTH):
+                        PERSISTENT, PROGRAMS_PER_SM, PREFETCH, NUM_STAGES, EVICTION, STORE_CACHE, CONST_WIDTH):
     """Validate, allocate, launch. Parameters in capitals are the template's knobs."""
     if (x.dim() != 2 or residual.shape != x.shape or weight.shape != (x.shape[1],)
             or bias.shape != (x.shape[1],)):
@@ -135,7 +180,8 @@ def _add_layer_norm_fwd(x, residual, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WA
     _add_layer_norm_fwd_kernel[(grid,)](
         x, residual, weight, bias, s, y, x.stride(0), residual.stride(0), s.stride(0), y.stride(0),
         M, N, eps,
-        BLOCK_N=block_n, ROWS=ROWS_PER_PROGRAM, SINGLE_TILE=SINGLE_TILE, EVICTION=EVICTION,
+        BLOCK_N=block_n, ROWS=ROWS_PER_PROGRAM, SINGLE_TILE=SINGLE_TILE, PERSISTENT=grid < n_tiles,
+        PREFETCH=PREFETCH and SINGLE_TILE and grid < n_tiles, EVICTION=EVICTION, STORE_CACHE=STORE_CACHE,
         WIDTH=N if CONST_WIDTH else 0, INDEX_64=largest >= 2**31,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
@@ -246,8 +292,10 @@ SEED_PARAMS = {
     "CHUNK_N": 256,
     "PERSISTENT": False,
     "PROGRAMS_PER_SM": 4,
+    "PREFETCH": False,
     "NUM_STAGES": 3,
     "EVICTION": "",
+    "STORE_CACHE": "",
     "CONST_WIDTH": True,
 }
 
@@ -337,9 +385,11 @@ TEMPLATE = TemplateSpace(
         "SINGLE_TILE": (True, False),
         "CHUNK_N": (128, 256, 512),
         "PERSISTENT": (False, True),
-        "PROGRAMS_PER_SM": (2, 4, 8, 16),
+        "PROGRAMS_PER_SM": (2, 4, 8, 16, 32),
+        "PREFETCH": (False, True),
         "NUM_STAGES": (1, 2, 3),
         "EVICTION": ("", "evict_first"),
+        "STORE_CACHE": ("", ".cs"),
         "CONST_WIDTH": (False, True),
     },
     seed=SEED_PARAMS,
@@ -348,7 +398,7 @@ TEMPLATE = TemplateSpace(
         entry="add_layer_norm",
         entry_args=("x", "residual", "weight", "bias", "eps"),
         launcher=_add_layer_norm_fwd,
-        kernels=(_add_layer_norm_fwd_kernel,),
+        kernels=(_aln_load_tile, _aln_finish_tile, _add_layer_norm_fwd_kernel),
         params=params,
         title="Residual add + LayerNorm forward candidate",
     ),

@@ -115,6 +115,9 @@ def row_tile_canonical(seed: Mapping[str, Any], chunk_knob: str) -> Callable[[di
             point[chunk_knob] = seed[chunk_knob]
         if not point["PERSISTENT"]:
             point["PROGRAMS_PER_SM"] = seed["PROGRAMS_PER_SM"]
+        # loading the next tile ahead exists only in the persistent single-tile loop
+        if "PREFETCH" in point and not (point["SINGLE_TILE"] and point["PERSISTENT"]):
+            point["PREFETCH"] = seed["PREFETCH"]
         # software pipelining needs a loop: the persistent grid's or the chunked one's
         if point["SINGLE_TILE"] and not point["PERSISTENT"]:
             point["NUM_STAGES"] = 1

@@ -159,6 +159,12 @@ POINTS = {
     "chunked-128": {"CHUNK_N": 128, "ROWS_PER_PROGRAM": 2, "CONST_WIDTH": False},
     "chunked-512": {"CHUNK_N": 512, "ROWS_PER_PROGRAM": 8},
     "persistent-2": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "SINGLE_TILE": True},
+    # 8 programs on the CPU's assumed 4 SMs: each strides over two or more tiles, loading the next ahead
+    "prefetch": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "SINGLE_TILE": True, "ROWS_PER_PROGRAM": 1,
+                 "PREFETCH": True, "STORE_CACHE": ".cs"},
+    "prefetch-rows-2": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "SINGLE_TILE": True, "ROWS_PER_PROGRAM": 2,
+                        "PREFETCH": True, "CONST_WIDTH": False},
+    "straight-line": {"SINGLE_TILE": True, "ROWS_PER_PROGRAM": 2, "STORE_CACHE": ".cs"},
 }
 
 
@@ -215,18 +221,21 @@ def test_seed_kernel_non_contiguous_rows(point):
     assert not check_outputs(outs, (x, r, w, b, eps), "float32")
 
 
-@pytest.mark.parametrize("single_tile", [True, False])
-def test_int64_offsets_give_the_same_result(single_tile):
+@pytest.mark.parametrize("single_tile, grid, prefetch", [(True, 4, False), (True, 2, False), (True, 2, True),
+                                                          (False, 4, False)],
+                         ids=["one-tile-each", "persistent", "persistent-prefetch", "chunked"])
+def test_int64_offsets_give_the_same_result(single_tile, grid, prefetch):
     # the launcher picks int64 offsets only past 2**31 elements, too large for a CPU test: launch the
-    # kernel directly both ways on a small problem
+    # kernel directly both ways on a small problem (7 rows, 2 per tile: 4 tiles)
     inputs = SPEC.make_inputs(shape(7, 200), torch.float32, 6, "cpu")
     x, r, w, b, eps = inputs
     results = []
     for index_64 in (False, True):
         s, y = torch.empty_like(x), torch.empty_like(x)
-        _add_layer_norm_fwd_kernel[(4,)](x, r, w, b, s, y, 200, 200, 200, 200, 7, 200, eps,
-                                         BLOCK_N=256 if single_tile else 64, ROWS=2, SINGLE_TILE=single_tile,
-                                         EVICTION="", WIDTH=0, INDEX_64=index_64)
+        _add_layer_norm_fwd_kernel[(grid,)](x, r, w, b, s, y, 200, 200, 200, 200, 7, 200, eps,
+                                            BLOCK_N=256 if single_tile else 64, ROWS=2, SINGLE_TILE=single_tile,
+                                            PERSISTENT=grid < 4, PREFETCH=prefetch, EVICTION="", STORE_CACHE="",
+                                            WIDTH=0, INDEX_64=index_64)
         results.append((s, y))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
     assert not check_outputs(results[1], inputs, "float32")

@@ -12,7 +12,7 @@ import torch
 from evaluators.checker import compare
 from evaluators.static import check_candidate
 from kernels import DTYPES, get_spec
-from kernels.layer_norm import SEED_PARAMS, _layer_norm_fwd, layer_norm
+from kernels.layer_norm import SEED_PARAMS, _layer_norm_fwd, _layer_norm_fwd_kernel, layer_norm
 from kernels.spec import Shape
 
 SPEC = get_spec("layer_norm")
@@ -167,6 +167,10 @@ POINTS = {
     "chunked-128": {"SINGLE_TILE": False, "CHUNK_N": 128},
     "chunked-256": {"SINGLE_TILE": False, "CHUNK_N": 256},
     "persistent-2": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2},
+    # 2 programs per (CPU-assumed) 4 SMs: 8 programs, so each strides over two or more tiles
+    "prefetch": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "PREFETCH": True, "CONST_WIDTH": True},
+    "prefetch-rows-2": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "PREFETCH": True, "ROWS_PER_PROGRAM": 2},
+    "streamed-stores": {"STORE_CACHE": ".cs", "EVICTION": "evict_first"},
     "rows-4": {"ROWS_PER_PROGRAM": 4},
     "rows-8": {"ROWS_PER_PROGRAM": 8},
 }
@@ -191,7 +195,7 @@ def test_seed_kernel_matches_reference(point, dtype):
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize("point", ["seed", "chunked-128", "persistent-2", "rows-4"])
+@pytest.mark.parametrize("point", ["seed", "chunked-128", "persistent-2", "prefetch-rows-2", "rows-4"])
 def test_seed_kernel_non_contiguous_rows(point):
     params = SPACE.validate(POINTS[point])
     M, N = 13, 385
@@ -311,6 +315,11 @@ def test_normalize_merges_switched_off_knobs():
     assert all(p == flat[0] for p in flat)
     grid = [SPACE.normalize(SPACE.validate({"PERSISTENT": True, "PROGRAMS_PER_SM": p})) for p in (2, 4, 8, 16)]
     assert len({tuple(sorted(p.items())) for p in grid}) == 4
+    # the next tile is loaded ahead only in the persistent single-tile loop
+    ahead = {"PREFETCH": True, "PERSISTENT": True}
+    assert SPACE.normalize(SPACE.validate(ahead))["PREFETCH"] is True
+    assert SPACE.normalize(SPACE.validate({**ahead, "PERSISTENT": False}))["PREFETCH"] is False
+    assert SPACE.normalize(SPACE.validate({**ahead, "SINGLE_TILE": False}))["PREFETCH"] is False
     # the other knobs survive normalisation
     p = SPACE.normalize(SPACE.validate({"ROWS_PER_PROGRAM": 8, "NUM_WARPS": 2}))
     assert p["ROWS_PER_PROGRAM"] == 8 and p["NUM_WARPS"] == 2
@@ -397,3 +406,23 @@ def test_rendered_candidate_runs(tmp_path):
     result = compare(out, SPEC.reference(x, w, b, eps), tol.atol, tol.rtol)
     assert result.ok, result.summary()
     assert not math.isnan(result.max_abs)
+
+
+@pytest.mark.parametrize("single_tile, grid, prefetch", [(True, 4, False), (True, 2, False), (True, 2, True),
+                                                          (False, 2, False)],
+                         ids=["one-tile-each", "persistent", "persistent-prefetch", "chunked"])
+def test_int64_offsets_give_the_same_result(single_tile, grid, prefetch):
+    # the launcher picks int64 offsets only past 2**31 elements, too large for a CPU test: launch the
+    # kernel directly both ways on a small problem (7 rows, 2 per tile: 4 tiles)
+    x, w, b, eps = SPEC.make_inputs(shape(7, 200), torch.float32, 6, "cpu")
+    results = []
+    for index_64 in (False, True):
+        y = torch.empty_like(x)
+        _layer_norm_fwd_kernel[(grid,)](x, w, b, y, 200, 200, 7, 200, eps, BLOCK_N=256 if single_tile else 64,
+                                        ROWS=2, SINGLE_TILE=single_tile, PERSISTENT=grid < 4, PREFETCH=prefetch,
+                                        EVICTION="", STORE_CACHE="", WIDTH=0, INDEX_64=index_64)
+        results.append(y)
+    assert torch.equal(results[0], results[1])
+    tol = SPEC.tolerances["float32"]
+    result = compare(results[1], SPEC.reference(x, w, b, eps), tol.atol, tol.rtol)
+    assert result.ok, result.summary()
