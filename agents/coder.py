@@ -69,10 +69,22 @@ class TemplateCoder:
     def _point(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.space.normalize(self.space.validate(params))
 
+    def _known_point(self, params: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A promoted kernel's parameters as a point of today's template: knobs added since it was promoted
+        take their seed value (which keeps the old behaviour); a knob or value since removed makes it
+        a kernel that can be re-measured but not mutated (None)."""
+        if params is None:
+            return None
+        try:
+            return self._point(params)
+        except ValueError:
+            return None
+
     def _fill_opening(self) -> None:
         incumbent = self.plan.incumbent
         if incumbent is not None:
-            self.queue.append(("incumbent", incumbent.lineage.get("params"), "the promoted kernel, re-measured"))
+            params = self._known_point(incumbent.lineage.get("params"))
+            self.queue.append(("incumbent", params, "the promoted kernel, re-measured"))
         first = self._point({**self.space.seed, **self.plan.suggestions})
         origin = "rules" if self.plan.suggestions else "seed"
         self.queue.append((origin, first, ", ".join(f"{k}={v}" for k, v in self.plan.suggestions.items())))

@@ -19,6 +19,14 @@ from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
 
 
 @triton.jit
+def _aln_scale_shift(W, B, cols, col_mask):
+    """Scale and shift of the row in float32."""
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
+    return w, b
+
+
+@triton.jit
 def _aln_load_tile(X, R, tile, M, stride_x, stride_r, cols, col_mask, ROWS: tl.constexpr,
                    INDEX_64: tl.constexpr, EVICTION: tl.constexpr):
     """Rows [tile * ROWS, tile * ROWS + ROWS) of X and of R as masked [ROWS, BLOCK_N] tiles, in their dtype."""
@@ -32,8 +40,9 @@ def _aln_load_tile(X, R, tile, M, stride_x, stride_r, cols, col_mask, ROWS: tl.c
 
 
 @triton.jit
-def _aln_finish_tile(x, r, tile, W, B, S, Y, M, N, stride_s, stride_y, eps, cols, col_mask,
-                     ROWS: tl.constexpr, INDEX_64: tl.constexpr, STORE_CACHE: tl.constexpr):
+def _aln_finish_tile(x, r, w, b, tile, W, B, S, Y, M, N, stride_s, stride_y, eps, cols, col_mask,
+                     ROWS: tl.constexpr, INDEX_64: tl.constexpr, STORE_CACHE: tl.constexpr,
+                     SCALE_EARLY: tl.constexpr):
     """Add the tiles loaded by _aln_load_tile, store the sum to S and its LayerNorm to Y."""
     rows = tile * ROWS + tl.arange(0, ROWS)
     mask = (rows < M)[:, None] & col_mask[None, :]
@@ -47,9 +56,9 @@ def _aln_finish_tile(x, r, tile, W, B, S, Y, M, N, stride_s, stride_y, eps, cols
     sc = tl.where(mask, s - mean[:, None], 0.0)
     var = tl.sum(sc * sc, axis=1) / N
     rstd = tl.rsqrt(var + eps)
-    # scale and shift loaded after the reductions: held across them they cost registers
-    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-    b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
+    if not SCALE_EARLY:
+        # loaded after the reductions: held across them they cost registers
+        w, b = _aln_scale_shift(W, B, cols, col_mask)
     y = sc * rstd[:, None] * w[None, :] + b[None, :]
     tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask,
              cache_modifier=STORE_CACHE)
@@ -75,6 +84,7 @@ def _add_layer_norm_fwd_kernel(
     SINGLE_TILE: tl.constexpr,  # the whole row in one masked tile (inputs read once) or a chunked loop
     PERSISTENT: tl.constexpr,   # fewer programs than tiles, each striding over tiles, or one tile each
     PREFETCH: tl.constexpr,     # persistent single tile: load the next tile before finishing this one
+    SCALE_EARLY: tl.constexpr,  # single tile: scale and shift loaded once per program, before any tile
     EVICTION: tl.constexpr,     # cache hint for the last loads of X and R: "" or "evict_first" (streamed)
     STORE_CACHE: tl.constexpr,  # cache modifier of the stores of S and Y: "" (default) or ".cs" (streamed)
     WIDTH: tl.constexpr,        # N baked in as a compile-time constant, or 0 to read it at run time
@@ -88,26 +98,31 @@ def _add_layer_norm_fwd_kernel(
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < N
     if SINGLE_TILE:
+        if SCALE_EARLY:
+            # loaded once, their latency overlapping the first tile's: what torch.compile's kernel does
+            w, b = _aln_scale_shift(W, B, cols, col_mask)
+        else:
+            w, b = 0.0, 0.0  # placeholders: each tile loads them after its reductions
         if PREFETCH:
             # the next tile's loads are in flight while this one is reduced and stored
             x, r = _aln_load_tile(X, R, pid, M, stride_x, stride_r, cols, col_mask, ROWS, INDEX_64, EVICTION)
             for tile in range(pid, n_tiles, step):
                 x_next, r_next = _aln_load_tile(X, R, tile + step, M, stride_x, stride_r, cols, col_mask, ROWS,
                                                 INDEX_64, EVICTION)
-                _aln_finish_tile(x, r, tile, W, B, S, Y, M, N, stride_s, stride_y, eps, cols, col_mask, ROWS,
-                                 INDEX_64, STORE_CACHE)
+                _aln_finish_tile(x, r, w, b, tile, W, B, S, Y, M, N, stride_s, stride_y, eps, cols, col_mask, ROWS,
+                                 INDEX_64, STORE_CACHE, SCALE_EARLY)
                 x = x_next
                 r = r_next
         elif PERSISTENT:
             for tile in range(pid, n_tiles, step):
                 x, r = _aln_load_tile(X, R, tile, M, stride_x, stride_r, cols, col_mask, ROWS, INDEX_64, EVICTION)
-                _aln_finish_tile(x, r, tile, W, B, S, Y, M, N, stride_s, stride_y, eps, cols, col_mask, ROWS,
-                                 INDEX_64, STORE_CACHE)
+                _aln_finish_tile(x, r, w, b, tile, W, B, S, Y, M, N, stride_s, stride_y, eps, cols, col_mask, ROWS,
+                                 INDEX_64, STORE_CACHE, SCALE_EARLY)
         else:
             # straight-line code, no loop of one iteration
             x, r = _aln_load_tile(X, R, pid, M, stride_x, stride_r, cols, col_mask, ROWS, INDEX_64, EVICTION)
-            _aln_finish_tile(x, r, pid, W, B, S, Y, M, N, stride_s, stride_y, eps, cols, col_mask, ROWS,
-                             INDEX_64, STORE_CACHE)
+            _aln_finish_tile(x, r, w, b, pid, W, B, S, Y, M, N, stride_s, stride_y, eps, cols, col_mask, ROWS,
+                             INDEX_64, STORE_CACHE, SCALE_EARLY)
     else:
         for tile in range(pid, n_tiles, step):
             rows = tile * ROWS + tl.arange(0, ROWS)
@@ -153,7 +168,8 @@ def _add_layer_norm_fwd_kernel(
 
 
 def _add_layer_norm_fwd(x, residual, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TILE, CHUNK_N,
-                        PERSISTENT, PROGRAMS_PER_SM, PREFETCH, NUM_STAGES, EVICTION, STORE_CACHE, CONST_WIDTH):
+                        PERSISTENT, PROGRAMS_PER_SM, PREFETCH, SCALE_EARLY, NUM_STAGES, EVICTION, STORE_CACHE,
+                        CONST_WIDTH):
     """Validate, allocate, launch. Parameters in capitals are the template's knobs."""
     if (x.dim() != 2 or residual.shape != x.shape or weight.shape != (x.shape[1],)
             or bias.shape != (x.shape[1],)):
@@ -181,7 +197,8 @@ def _add_layer_norm_fwd(x, residual, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WA
         x, residual, weight, bias, s, y, x.stride(0), residual.stride(0), s.stride(0), y.stride(0),
         M, N, eps,
         BLOCK_N=block_n, ROWS=ROWS_PER_PROGRAM, SINGLE_TILE=SINGLE_TILE, PERSISTENT=grid < n_tiles,
-        PREFETCH=PREFETCH and SINGLE_TILE and grid < n_tiles, EVICTION=EVICTION, STORE_CACHE=STORE_CACHE,
+        PREFETCH=PREFETCH and SINGLE_TILE and grid < n_tiles, SCALE_EARLY=SCALE_EARLY and SINGLE_TILE,
+        EVICTION=EVICTION, STORE_CACHE=STORE_CACHE,
         WIDTH=N if CONST_WIDTH else 0, INDEX_64=largest >= 2**31,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
@@ -293,6 +310,7 @@ SEED_PARAMS = {
     "PERSISTENT": False,
     "PROGRAMS_PER_SM": 4,
     "PREFETCH": False,
+    "SCALE_EARLY": False,
     "NUM_STAGES": 3,
     "EVICTION": "",
     "STORE_CACHE": "",
@@ -387,6 +405,7 @@ TEMPLATE = TemplateSpace(
         "PERSISTENT": (False, True),
         "PROGRAMS_PER_SM": (2, 4, 8, 16, 32),
         "PREFETCH": (False, True),
+        "SCALE_EARLY": (False, True),
         "NUM_STAGES": (1, 2, 3),
         "EVICTION": ("", "evict_first"),
         "STORE_CACHE": ("", ".cs"),
@@ -398,7 +417,7 @@ TEMPLATE = TemplateSpace(
         entry="add_layer_norm",
         entry_args=("x", "residual", "weight", "bias", "eps"),
         launcher=_add_layer_norm_fwd,
-        kernels=(_aln_load_tile, _aln_finish_tile, _add_layer_norm_fwd_kernel),
+        kernels=(_aln_scale_shift, _aln_load_tile, _aln_finish_tile, _add_layer_norm_fwd_kernel),
         params=params,
         title="Residual add + LayerNorm forward candidate",
     ),

@@ -16,6 +16,14 @@ from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
 
 
 @triton.jit
+def _ln_scale_shift(W, B, cols, col_mask):
+    """Scale and shift of the row in float32."""
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
+    return w, b
+
+
+@triton.jit
 def _ln_load_tile(X, tile, M, stride_x, cols, col_mask, ROWS: tl.constexpr, INDEX_64: tl.constexpr,
                   EVICTION: tl.constexpr):
     """Rows [tile * ROWS, tile * ROWS + ROWS) of X as one masked [ROWS, BLOCK_N] tile, in X's dtype."""
@@ -27,8 +35,8 @@ def _ln_load_tile(X, tile, M, stride_x, cols, col_mask, ROWS: tl.constexpr, INDE
 
 
 @triton.jit
-def _ln_finish_tile(x, tile, W, B, Y, M, N, stride_y, eps, cols, col_mask, ROWS: tl.constexpr,
-                    INDEX_64: tl.constexpr, STORE_CACHE: tl.constexpr):
+def _ln_finish_tile(x, w, b, tile, W, B, Y, M, N, stride_y, eps, cols, col_mask, ROWS: tl.constexpr,
+                    INDEX_64: tl.constexpr, STORE_CACHE: tl.constexpr, SCALE_EARLY: tl.constexpr):
     """Normalise a tile loaded by _ln_load_tile and store it to the same rows of Y."""
     rows = tile * ROWS + tl.arange(0, ROWS)
     mask = (rows < M)[:, None] & col_mask[None, :]
@@ -39,11 +47,10 @@ def _ln_finish_tile(x, tile, W, B, Y, M, N, stride_y, eps, cols, col_mask, ROWS:
     xc = tl.where(mask, x - mean[:, None], 0.0)
     var = tl.sum(xc * xc, axis=1) / N
     rstd = tl.rsqrt(var + eps)
-    # scale and shift loaded late, not hoisted out of a persistent loop: held across the reductions they
-    # cost registers (a profile on H100 showed 128 per thread and 25% occupancy when hoisted), and a
-    # persistent program re-reads them from L1
-    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-    b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
+    if not SCALE_EARLY:
+        # loaded late: held across the reductions they cost registers (a profile on H100 showed 128 per
+        # thread and 25% occupancy for 4-row tiles), and a persistent program re-reads them from L1
+        w, b = _ln_scale_shift(W, B, cols, col_mask)
     y = xc * rstd[:, None] * w[None, :] + b[None, :]
     tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask,
              cache_modifier=STORE_CACHE)
@@ -65,6 +72,7 @@ def _layer_norm_fwd_kernel(
     SINGLE_TILE: tl.constexpr,  # the whole row in one masked tile (x read once) or a chunked loop
     PERSISTENT: tl.constexpr,   # fewer programs than tiles, each striding over tiles, or one tile each
     PREFETCH: tl.constexpr,     # persistent single tile: load the next tile before normalising this one
+    SCALE_EARLY: tl.constexpr,  # single tile: scale and shift loaded once per program, before any tile
     EVICTION: tl.constexpr,     # cache hint for the loads of x: "" (default) or "evict_first" (streamed once)
     STORE_CACHE: tl.constexpr,  # cache modifier of the stores of y: "" (default) or ".cs" (streamed)
     WIDTH: tl.constexpr,        # N baked in as a compile-time constant, or 0 to read it at run time
@@ -78,24 +86,30 @@ def _layer_norm_fwd_kernel(
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < N
     if SINGLE_TILE:
+        if SCALE_EARLY:
+            # loaded once, their latency overlapping the first tile's: what torch.compile's kernel does
+            w, b = _ln_scale_shift(W, B, cols, col_mask)
+        else:
+            w, b = 0.0, 0.0  # placeholders: each tile loads them after its reductions
         if PREFETCH:
             # the next tile's load is in flight while this one is reduced and stored: a warp keeps
             # memory busy across its own arithmetic instead of relying on other warps to cover it
             x = _ln_load_tile(X, pid, M, stride_x, cols, col_mask, ROWS, INDEX_64, EVICTION)
             for tile in range(pid, n_tiles, step):
                 x_next = _ln_load_tile(X, tile + step, M, stride_x, cols, col_mask, ROWS, INDEX_64, EVICTION)
-                _ln_finish_tile(x, tile, W, B, Y, M, N, stride_y, eps, cols, col_mask, ROWS, INDEX_64,
-                                STORE_CACHE)
+                _ln_finish_tile(x, w, b, tile, W, B, Y, M, N, stride_y, eps, cols, col_mask, ROWS, INDEX_64,
+                                STORE_CACHE, SCALE_EARLY)
                 x = x_next
         elif PERSISTENT:
             for tile in range(pid, n_tiles, step):
                 x = _ln_load_tile(X, tile, M, stride_x, cols, col_mask, ROWS, INDEX_64, EVICTION)
-                _ln_finish_tile(x, tile, W, B, Y, M, N, stride_y, eps, cols, col_mask, ROWS, INDEX_64,
-                                STORE_CACHE)
+                _ln_finish_tile(x, w, b, tile, W, B, Y, M, N, stride_y, eps, cols, col_mask, ROWS, INDEX_64,
+                                STORE_CACHE, SCALE_EARLY)
         else:
             # straight-line code, no loop: measured about 1% faster than a loop of one iteration
             x = _ln_load_tile(X, pid, M, stride_x, cols, col_mask, ROWS, INDEX_64, EVICTION)
-            _ln_finish_tile(x, pid, W, B, Y, M, N, stride_y, eps, cols, col_mask, ROWS, INDEX_64, STORE_CACHE)
+            _ln_finish_tile(x, w, b, pid, W, B, Y, M, N, stride_y, eps, cols, col_mask, ROWS, INDEX_64,
+                            STORE_CACHE, SCALE_EARLY)
     else:
         for tile in range(pid, n_tiles, step):
             rows = tile * ROWS + tl.arange(0, ROWS)
@@ -132,7 +146,8 @@ def _layer_norm_fwd_kernel(
 
 
 def _layer_norm_fwd(x, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TILE, CHUNK_N,
-                    PERSISTENT, PROGRAMS_PER_SM, PREFETCH, NUM_STAGES, EVICTION, STORE_CACHE, CONST_WIDTH):
+                    PERSISTENT, PROGRAMS_PER_SM, PREFETCH, SCALE_EARLY, NUM_STAGES, EVICTION, STORE_CACHE,
+                    CONST_WIDTH):
     """Validate, allocate, launch. Parameters in capitals are the template's knobs."""
     if x.dim() != 2 or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],):
         raise ValueError(f"layer_norm wants x [M, N], weight [N], bias [N]; got {tuple(x.shape)}, "
@@ -152,7 +167,8 @@ def _layer_norm_fwd(x, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TI
     _layer_norm_fwd_kernel[(grid,)](
         x, weight, bias, y, x.stride(0), y.stride(0), M, N, eps,
         BLOCK_N=block_n, ROWS=ROWS_PER_PROGRAM, SINGLE_TILE=SINGLE_TILE, PERSISTENT=grid < n_tiles,
-        PREFETCH=PREFETCH and SINGLE_TILE and grid < n_tiles, EVICTION=EVICTION, STORE_CACHE=STORE_CACHE,
+        PREFETCH=PREFETCH and SINGLE_TILE and grid < n_tiles, SCALE_EARLY=SCALE_EARLY and SINGLE_TILE,
+        EVICTION=EVICTION, STORE_CACHE=STORE_CACHE,
         WIDTH=N if CONST_WIDTH else 0, INDEX_64=max(M * x.stride(0), M * y.stride(0)) >= 2**31,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
@@ -245,6 +261,7 @@ SEED_PARAMS = {
     "PERSISTENT": False,
     "PROGRAMS_PER_SM": 4,
     "PREFETCH": False,
+    "SCALE_EARLY": False,
     "NUM_STAGES": 1,
     "EVICTION": "",
     "STORE_CACHE": "",
@@ -329,6 +346,7 @@ TEMPLATE = TemplateSpace(
         "PERSISTENT": (False, True),
         "PROGRAMS_PER_SM": (2, 4, 8, 16, 32),
         "PREFETCH": (False, True),
+        "SCALE_EARLY": (False, True),
         "NUM_STAGES": (1, 2, 3),
         "EVICTION": ("", "evict_first"),
         "STORE_CACHE": ("", ".cs"),
@@ -340,7 +358,7 @@ TEMPLATE = TemplateSpace(
         entry="layer_norm",
         entry_args=("x", "weight", "bias", "eps"),
         launcher=_layer_norm_fwd,
-        kernels=(_ln_load_tile, _ln_finish_tile, _layer_norm_fwd_kernel),
+        kernels=(_ln_scale_shift, _ln_load_tile, _ln_finish_tile, _layer_norm_fwd_kernel),
         params=params,
         title="LayerNorm forward candidate",
     ),

@@ -118,6 +118,9 @@ def row_tile_canonical(seed: Mapping[str, Any], chunk_knob: str) -> Callable[[di
         # loading the next tile ahead exists only in the persistent single-tile loop
         if "PREFETCH" in point and not (point["SINGLE_TILE"] and point["PERSISTENT"]):
             point["PREFETCH"] = seed["PREFETCH"]
+        # so do the early scale and shift in the single-tile paths
+        if "SCALE_EARLY" in point and not point["SINGLE_TILE"]:
+            point["SCALE_EARLY"] = seed["SCALE_EARLY"]
         # software pipelining needs a loop: the persistent grid's or the chunked one's
         if point["SINGLE_TILE"] and not point["PERSISTENT"]:
             point["NUM_STAGES"] = 1

@@ -275,6 +275,32 @@ def test_incumbent_point_is_not_proposed_again(memory_root):
     assert key(second.params) != key(rules_point)
 
 
+@pytest.mark.parametrize("age", ["older-template", "removed-knob"])
+def test_incumbent_from_another_template_version(memory_root, age):
+    # promoted before the template gained a knob: the missing knob takes its seed value and the kernel can
+    # be mutated; promoted with a knob since removed: it is re-measured but never used as a parent
+    params = point(ROWS_PER_PROGRAM=2)
+    if age == "older-template":
+        del params["NUM_STAGES"]
+    else:
+        params["UNROLL"] = 4
+    promote_incumbent(memory_root, params)
+    plan = rules_plan(memory_root)
+    coder = TemplateCoder(SPEC, plan, 0.0, random.Random(3))
+    first = coder.propose([], plan.budget)
+    assert first.origin == "incumbent"
+    assert first.params == (point(ROWS_PER_PROGRAM=2) if age == "older-template" else None)
+    history = [entry("c001", first.params, 2.0)]
+    second = coder.propose(history, plan.budget - 1)
+    history.append(entry("c002", second.params, 1.0))
+    third = coder.propose(history, plan.budget - 2)
+    assert third is not None and third.params is not None
+    if age == "older-template":
+        assert third.origin == "mutation" and third.parents == ("c001",)
+    else:
+        assert third.parents != ("c001",)
+
+
 def test_never_proposes_a_point_twice(memory_root):
     promote_incumbent(memory_root, point(ROWS_PER_PROGRAM=2))
     plan = rules_plan(memory_root)

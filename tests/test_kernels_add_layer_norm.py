@@ -161,10 +161,10 @@ POINTS = {
     "persistent-2": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "SINGLE_TILE": True},
     # 8 programs on the CPU's assumed 4 SMs: each strides over two or more tiles, loading the next ahead
     "prefetch": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "SINGLE_TILE": True, "ROWS_PER_PROGRAM": 1,
-                 "PREFETCH": True, "STORE_CACHE": ".cs"},
+                 "PREFETCH": True, "STORE_CACHE": ".cs", "SCALE_EARLY": True},
     "prefetch-rows-2": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "SINGLE_TILE": True, "ROWS_PER_PROGRAM": 2,
                         "PREFETCH": True, "CONST_WIDTH": False},
-    "straight-line": {"SINGLE_TILE": True, "ROWS_PER_PROGRAM": 2, "STORE_CACHE": ".cs"},
+    "straight-line": {"SINGLE_TILE": True, "ROWS_PER_PROGRAM": 2, "STORE_CACHE": ".cs", "SCALE_EARLY": True},
 }
 
 
@@ -234,7 +234,8 @@ def test_int64_offsets_give_the_same_result(single_tile, grid, prefetch):
         s, y = torch.empty_like(x), torch.empty_like(x)
         _add_layer_norm_fwd_kernel[(grid,)](x, r, w, b, s, y, 200, 200, 200, 200, 7, 200, eps,
                                             BLOCK_N=256 if single_tile else 64, ROWS=2, SINGLE_TILE=single_tile,
-                                            PERSISTENT=grid < 4, PREFETCH=prefetch, EVICTION="", STORE_CACHE="",
+                                            PERSISTENT=grid < 4, PREFETCH=prefetch, SCALE_EARLY=prefetch,
+                                            EVICTION="", STORE_CACHE="",
                                             WIDTH=0, INDEX_64=index_64)
         results.append((s, y))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

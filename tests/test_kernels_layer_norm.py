@@ -168,7 +168,10 @@ POINTS = {
     "chunked-256": {"SINGLE_TILE": False, "CHUNK_N": 256},
     "persistent-2": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2},
     # 2 programs per (CPU-assumed) 4 SMs: 8 programs, so each strides over two or more tiles
-    "prefetch": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "PREFETCH": True, "CONST_WIDTH": True},
+    "prefetch": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "PREFETCH": True, "CONST_WIDTH": True,
+                 "SCALE_EARLY": True},
+    "scale-early": {"SCALE_EARLY": True, "ROWS_PER_PROGRAM": 2},
+    "persistent-scale-early": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "SCALE_EARLY": True},
     "prefetch-rows-2": {"PERSISTENT": True, "PROGRAMS_PER_SM": 2, "PREFETCH": True, "ROWS_PER_PROGRAM": 2},
     "streamed-stores": {"STORE_CACHE": ".cs", "EVICTION": "evict_first"},
     "rows-4": {"ROWS_PER_PROGRAM": 4},
@@ -320,6 +323,9 @@ def test_normalize_merges_switched_off_knobs():
     assert SPACE.normalize(SPACE.validate(ahead))["PREFETCH"] is True
     assert SPACE.normalize(SPACE.validate({**ahead, "PERSISTENT": False}))["PREFETCH"] is False
     assert SPACE.normalize(SPACE.validate({**ahead, "SINGLE_TILE": False}))["PREFETCH"] is False
+    # the scale and shift are loaded early only in the single-tile paths
+    assert SPACE.normalize(SPACE.validate({"SCALE_EARLY": True}))["SCALE_EARLY"] is True
+    assert SPACE.normalize(SPACE.validate({"SCALE_EARLY": True, "SINGLE_TILE": False}))["SCALE_EARLY"] is False
     # the other knobs survive normalisation
     p = SPACE.normalize(SPACE.validate({"ROWS_PER_PROGRAM": 8, "NUM_WARPS": 2}))
     assert p["ROWS_PER_PROGRAM"] == 8 and p["NUM_WARPS"] == 2
@@ -408,10 +414,10 @@ def test_rendered_candidate_runs(tmp_path):
     assert not math.isnan(result.max_abs)
 
 
-@pytest.mark.parametrize("single_tile, grid, prefetch", [(True, 4, False), (True, 2, False), (True, 2, True),
-                                                          (False, 2, False)],
+@pytest.mark.parametrize("single_tile, grid, prefetch, early", [(True, 4, False, True), (True, 2, False, False),
+                                                                 (True, 2, True, True), (False, 2, False, False)],
                          ids=["one-tile-each", "persistent", "persistent-prefetch", "chunked"])
-def test_int64_offsets_give_the_same_result(single_tile, grid, prefetch):
+def test_int64_offsets_give_the_same_result(single_tile, grid, prefetch, early):
     # the launcher picks int64 offsets only past 2**31 elements, too large for a CPU test: launch the
     # kernel directly both ways on a small problem (7 rows, 2 per tile: 4 tiles)
     x, w, b, eps = SPEC.make_inputs(shape(7, 200), torch.float32, 6, "cpu")
@@ -420,7 +426,7 @@ def test_int64_offsets_give_the_same_result(single_tile, grid, prefetch):
         y = torch.empty_like(x)
         _layer_norm_fwd_kernel[(grid,)](x, w, b, y, 200, 200, 7, 200, eps, BLOCK_N=256 if single_tile else 64,
                                         ROWS=2, SINGLE_TILE=single_tile, PERSISTENT=grid < 4, PREFETCH=prefetch,
-                                        EVICTION="", STORE_CACHE="", WIDTH=0, INDEX_64=index_64)
+                                        SCALE_EARLY=early, EVICTION="", STORE_CACHE="", WIDTH=0, INDEX_64=index_64)
         results.append(y)
     assert torch.equal(results[0], results[1])
     tol = SPEC.tolerances["float32"]
