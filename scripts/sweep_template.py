@@ -68,7 +68,7 @@ def main() -> None:
         kernel = KernelStore(ROOT / "memory").best(args.op, torch.cuda.get_device_name())
         if kernel is None:
             raise SystemExit(f"no promoted {args.op} kernel for {torch.cuda.get_device_name()}")
-        variants["promoted"] = load_entry(kernel.path / "kernel.py", spec.entry, "promoted")
+        variants["promoted"] = load_entry(kernel.path, spec.entry, "promoted")
     for i, text in enumerate(args.point or [""]):
         try:
             point = space.normalize(space.validate(parse_point(text)))
