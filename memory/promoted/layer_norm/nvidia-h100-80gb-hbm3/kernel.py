@@ -1,6 +1,6 @@
 """LayerNorm forward candidate
 
-Generated from the layer_norm template. Parameters: ROWS_PER_PROGRAM=1, NUM_WARPS=1, SINGLE_TILE=True, CHUNK_N=256, PERSISTENT=True, PROGRAMS_PER_SM=32, PREFETCH=True, SCALE_EARLY=True, NUM_STAGES=1, EVICTION='', STORE_CACHE='', CONST_WIDTH=True
+Generated from the layer_norm template. Parameters: ROWS_PER_PROGRAM=2, NUM_WARPS=1, SINGLE_TILE=True, CHUNK_N=256, PERSISTENT=True, PROGRAMS_PER_SM=16, PREFETCH=True, SCALE_EARLY=True, NUM_STAGES=1, EVICTION='', STORE_CACHE='', CONST_WIDTH=True
 """
 import math
 import typing
@@ -171,12 +171,12 @@ def _layer_norm_fwd(x, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TI
 
 
 PARAMS = {
-    'ROWS_PER_PROGRAM': 1,
+    'ROWS_PER_PROGRAM': 2,
     'NUM_WARPS': 1,
     'SINGLE_TILE': True,
     'CHUNK_N': 256,
     'PERSISTENT': True,
-    'PROGRAMS_PER_SM': 32,
+    'PROGRAMS_PER_SM': 16,
     'PREFETCH': True,
     'SCALE_EARLY': True,
     'NUM_STAGES': 1,
