@@ -132,7 +132,7 @@ def bench_table(rows: list[BenchRow], device: dict) -> Table:
     c = device.get("ceilings") or {}
     table.caption = (f"×eager, ×compile: speedup over PyTorch eager and torch.compile, interleaved in one process. "
                      f"Roofline against measured copy {c.get('copy_gbps', 0):,.0f} GB/s and bf16 matmul "
-                     f"{c.get('matmul_tflops', 0):,.0f} TFLOP/s; of copy: a copy of the same bytes' time over ours.")
+                     f"{c.get('matmul_tflops', 0):,.0f} TFLOP/s; of copy: a Triton copy of the same bytes, its time over ours.")
     if device.get("sdpa_backend"):
         table.caption += f"\nscaled_dot_product_attention ran: {device['sdpa_backend']}."
     return table

@@ -32,6 +32,7 @@ def test_seed_is_checked_in_bf16_and_timed_against_both_baselines(gpu_evaluator,
     for key in ("candidate_ms", "eager_ms", "compile_ms", "speedup_eager", "speedup_compile", "gbps"):
         assert t[key] > 0
     assert 0 < t["roofline_fraction"] < 1.2
+    assert t["copy_fraction"] is not None and t["copy_fraction"] > 0  # the same-size copy ran beside it
     assert verdict.device["arch"].startswith("sm_")
 
 
