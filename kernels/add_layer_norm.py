@@ -15,25 +15,15 @@ import triton
 import triton.language as tl
 
 from .candidate import render_candidate
+from .rowwise import _row_center, _row_scale_shift, _row_tile
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
-
-
-@triton.jit
-def _aln_scale_shift(W, B, cols, col_mask):
-    """Scale and shift of the row in float32."""
-    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-    b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
-    return w, b
 
 
 @triton.jit
 def _aln_load_tile(X, R, tile, M, stride_x, stride_r, cols, col_mask, ROWS: tl.constexpr,
                    INDEX_64: tl.constexpr, EVICTION: tl.constexpr):
     """Rows [tile * ROWS, tile * ROWS + ROWS) of X and of R as masked [ROWS, BLOCK_N] tiles, in their dtype."""
-    rows = tile * ROWS + tl.arange(0, ROWS)
-    mask = (rows < M)[:, None] & col_mask[None, :]
-    if INDEX_64:
-        rows = rows.to(tl.int64)  # rows * stride would overflow int32 past 2**31 elements
+    rows, mask = _row_tile(tile, M, col_mask, ROWS, INDEX_64)
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0, eviction_policy=EVICTION)
     r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0, eviction_policy=EVICTION)
     return x, r
@@ -44,21 +34,15 @@ def _aln_finish_tile(x, r, w, b, tile, W, B, S, Y, M, N, stride_s, stride_y, eps
                      ROWS: tl.constexpr, INDEX_64: tl.constexpr, STORE_CACHE: tl.constexpr,
                      SCALE_EARLY: tl.constexpr):
     """Add the tiles loaded by _aln_load_tile, store the sum to S and its LayerNorm to Y."""
-    rows = tile * ROWS + tl.arange(0, ROWS)
-    mask = (rows < M)[:, None] & col_mask[None, :]
-    if INDEX_64:
-        rows = rows.to(tl.int64)
+    rows, mask = _row_tile(tile, M, col_mask, ROWS, INDEX_64)
     s = x.to(tl.float32) + r.to(tl.float32)
     # stored before the reductions so the write drains while they run
     tl.store(S + rows[:, None] * stride_s + cols[None, :], s.to(S.dtype.element_ty), mask=mask,
              cache_modifier=STORE_CACHE)
-    mean = tl.sum(s, axis=1) / N
-    sc = tl.where(mask, s - mean[:, None], 0.0)
-    var = tl.sum(sc * sc, axis=1) / N
-    rstd = tl.rsqrt(var + eps)
+    sc, rstd = _row_center(s, mask, N, eps)
     if not SCALE_EARLY:
         # loaded after the reductions: held across them they cost registers
-        w, b = _aln_scale_shift(W, B, cols, col_mask)
+        w, b = _row_scale_shift(W, B, cols, col_mask)
     y = sc * rstd[:, None] * w[None, :] + b[None, :]
     tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask,
              cache_modifier=STORE_CACHE)
@@ -100,7 +84,7 @@ def _add_layer_norm_fwd_kernel(
     if SINGLE_TILE:
         if SCALE_EARLY:
             # loaded once, their latency overlapping the first tile's: what torch.compile's kernel does
-            w, b = _aln_scale_shift(W, B, cols, col_mask)
+            w, b = _row_scale_shift(W, B, cols, col_mask)
         else:
             w, b = 0.0, 0.0  # placeholders: each tile loads them after its reductions
         if PREFETCH:
@@ -417,7 +401,8 @@ TEMPLATE = TemplateSpace(
         entry="add_layer_norm",
         entry_args=("x", "residual", "weight", "bias", "eps"),
         launcher=_add_layer_norm_fwd,
-        kernels=(_aln_scale_shift, _aln_load_tile, _aln_finish_tile, _add_layer_norm_fwd_kernel),
+        kernels=(_row_tile, _row_center, _row_scale_shift, _aln_load_tile, _aln_finish_tile,
+                 _add_layer_norm_fwd_kernel),
         params=params,
         title="Residual add + LayerNorm forward candidate",
     ),

@@ -12,25 +12,15 @@ import triton
 import triton.language as tl
 
 from .candidate import render_candidate
+from .rowwise import _row_center, _row_scale_shift, _row_tile
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
-
-
-@triton.jit
-def _ln_scale_shift(W, B, cols, col_mask):
-    """Scale and shift of the row in float32."""
-    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-    b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
-    return w, b
 
 
 @triton.jit
 def _ln_load_tile(X, tile, M, stride_x, cols, col_mask, ROWS: tl.constexpr, INDEX_64: tl.constexpr,
                   EVICTION: tl.constexpr):
     """Rows [tile * ROWS, tile * ROWS + ROWS) of X as one masked [ROWS, BLOCK_N] tile, in X's dtype."""
-    rows = tile * ROWS + tl.arange(0, ROWS)
-    mask = (rows < M)[:, None] & col_mask[None, :]
-    if INDEX_64:
-        rows = rows.to(tl.int64)  # rows * stride would overflow int32 past 2**31 elements
+    rows, mask = _row_tile(tile, M, col_mask, ROWS, INDEX_64)
     return tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0, eviction_policy=EVICTION)
 
 
@@ -38,19 +28,12 @@ def _ln_load_tile(X, tile, M, stride_x, cols, col_mask, ROWS: tl.constexpr, INDE
 def _ln_finish_tile(x, w, b, tile, W, B, Y, M, N, stride_y, eps, cols, col_mask, ROWS: tl.constexpr,
                     INDEX_64: tl.constexpr, STORE_CACHE: tl.constexpr, SCALE_EARLY: tl.constexpr):
     """Normalise a tile loaded by _ln_load_tile and store it to the same rows of Y."""
-    rows = tile * ROWS + tl.arange(0, ROWS)
-    mask = (rows < M)[:, None] & col_mask[None, :]
-    if INDEX_64:
-        rows = rows.to(tl.int64)
-    x = x.to(tl.float32)
-    mean = tl.sum(x, axis=1) / N
-    xc = tl.where(mask, x - mean[:, None], 0.0)
-    var = tl.sum(xc * xc, axis=1) / N
-    rstd = tl.rsqrt(var + eps)
+    rows, mask = _row_tile(tile, M, col_mask, ROWS, INDEX_64)
+    xc, rstd = _row_center(x.to(tl.float32), mask, N, eps)
     if not SCALE_EARLY:
         # loaded late: held across the reductions they cost registers (a profile on H100 showed 128 per
         # thread and 25% occupancy for 4-row tiles), and a persistent program re-reads them from L1
-        w, b = _ln_scale_shift(W, B, cols, col_mask)
+        w, b = _row_scale_shift(W, B, cols, col_mask)
     y = xc * rstd[:, None] * w[None, :] + b[None, :]
     tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask,
              cache_modifier=STORE_CACHE)
@@ -88,7 +71,7 @@ def _layer_norm_fwd_kernel(
     if SINGLE_TILE:
         if SCALE_EARLY:
             # loaded once, their latency overlapping the first tile's: what torch.compile's kernel does
-            w, b = _ln_scale_shift(W, B, cols, col_mask)
+            w, b = _row_scale_shift(W, B, cols, col_mask)
         else:
             w, b = 0.0, 0.0  # placeholders: each tile loads them after its reductions
         if PREFETCH:
@@ -358,7 +341,8 @@ TEMPLATE = TemplateSpace(
         entry="layer_norm",
         entry_args=("x", "weight", "bias", "eps"),
         launcher=_layer_norm_fwd,
-        kernels=(_ln_scale_shift, _ln_load_tile, _ln_finish_tile, _layer_norm_fwd_kernel),
+        kernels=(_row_tile, _row_center, _row_scale_shift, _ln_load_tile, _ln_finish_tile,
+                 _layer_norm_fwd_kernel),
         params=params,
         title="LayerNorm forward candidate",
     ),
