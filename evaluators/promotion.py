@@ -64,7 +64,7 @@ def ab_rounds(conn, task: dict, load) -> dict:
 
     from kernels import DTYPES, get_spec
 
-    from .timing import Rotating, TimingSettings, _bench
+    from .timing import Rotating, TimingSettings, _bench, input_set_count
 
     spec = get_spec(task["op"])
     shape = next(s for s in spec.shapes if s.name == task["shape"])
@@ -72,7 +72,7 @@ def ab_rounds(conn, task: dict, load) -> dict:
     rng = random.Random(task["seed"])
     settings = TimingSettings(**task.get("timing", {}))
     entries = {role: getattr(load(task[role]), spec.entry) for role in ("challenger", "incumbent")}
-    n_sets = min(64, max(2, math.ceil(settings.rotate_bytes / max(spec.bytes_moved(shape, dtype), 1))))
+    n_sets = input_set_count(spec.bytes_moved(shape, dtype), settings)
     input_sets = [spec.make_inputs(shape, dtype, rng.randrange(2**31), "cuda") for _ in range(n_sets)]
     fns = {role: Rotating(entry, input_sets) for role, entry in entries.items()}
     ratios = []

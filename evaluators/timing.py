@@ -140,13 +140,28 @@ def compiled_baseline(spec: OpSpec) -> Callable:
     return _COMPILED[key]
 
 
+def input_set_count(bytes_moved: int, settings: TimingSettings) -> int:
+    """How many input sets to rotate through so that together they exceed L2 (2 to 64)."""
+    return min(64, max(2, math.ceil(settings.rotate_bytes / max(bytes_moved, 1))))
+
+
+def interleaved_samples(variants: dict[str, Callable[[], object]], settings: TimingSettings) -> dict[str, list[float]]:
+    """settings.rounds GPU times (ms) of every variant; each round starts one variant later, so clock and
+    thermal drift hit all of them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(settings.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            samples[name].append(_bench(variants[name], settings))
+    return samples
+
+
 def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, ceilings: dict,
                settings: TimingSettings, rng: random.Random) -> dict:
     dtype = DTYPES[dtype_key]
     bytes_moved = spec.bytes_moved(shape, dtype)
     flops = spec.flops(shape)
-    n_sets = max(2, math.ceil(settings.rotate_bytes / max(bytes_moved, 1)))
-    n_sets = min(n_sets, 64)
+    n_sets = input_set_count(bytes_moved, settings)
     input_sets = [spec.make_inputs(shape, dtype, rng.randrange(2**31), "cuda") for _ in range(n_sets)]
     variants = {
         "candidate": Rotating(entry, input_sets),
@@ -172,12 +187,7 @@ def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, ceil
                 raise BaselineError(f"the {name} baseline failed at {shape} {dtype_key}: {type(exc).__name__}: {exc}")
         variants["candidate"]()
         torch.cuda.synchronize()
-        samples: dict[str, list[float]] = {name: [] for name in variants}
-        names = list(variants)
-        for r in range(settings.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
-            for name in order:
-                samples[name].append(_bench(variants[name], settings))
+        samples = interleaved_samples(variants, settings)
     torch.cuda.synchronize()
     med = {name: statistics.median(vals) for name, vals in samples.items()}
     cand = med["candidate"]

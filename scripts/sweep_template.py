@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from evaluators.checker import compare_outputs  # noqa: E402
-from evaluators.timing import Rotating, TimingSettings, _bench  # noqa: E402
+from evaluators.timing import Rotating, TimingSettings, input_set_count, interleaved_samples  # noqa: E402
 from kernels import DTYPES, get_spec  # noqa: E402
 from memory.promoted import KernelStore  # noqa: E402
 
@@ -83,8 +83,7 @@ def main() -> None:
     settings = TimingSettings(rounds=args.rounds)
     for shape in spec.timed_shapes():
         nbytes = spec.bytes_moved(shape, dtype)
-        n_sets = max(2, min(64, -(-settings.rotate_bytes // nbytes)))
-        sets = [spec.make_inputs(shape, dtype, 1000 + k, "cuda") for k in range(n_sets)]
+        sets = [spec.make_inputs(shape, dtype, 1000 + k, "cuda") for k in range(input_set_count(nbytes, settings))]
         tol = spec.tolerances[args.dtype]
         wrong = []
         with torch.no_grad():
@@ -92,12 +91,8 @@ def main() -> None:
                 if not compare_outputs(fn(*sets[0]), spec.reference(*sets[0]), tol.atol, tol.rtol).ok:
                     wrong.append(name)
             torch.cuda.synchronize()
-            timed = {name: Rotating(fn, sets) for name, fn in variants.items()}
-            samples = {name: [] for name in timed}
-            names = list(timed)
-            for r in range(settings.rounds):
-                for name in names[r % len(names):] + names[:r % len(names)]:
-                    samples[name].append(_bench(timed[name], settings))
+            rotating = {name: Rotating(fn, sets) for name, fn in variants.items()}
+            samples = interleaved_samples(rotating, settings)
         med = {name: statistics.median(v) for name, v in samples.items()}
         print(f"\n{shape.name} {dict(shape.dims)}" + (f"  WRONG OUTPUT: {', '.join(wrong)}" if wrong else ""))
         print(f"{'variant':10s} {'us':>8s} {'x eager':>8s} {'x compile':>9s} {'GB/s':>7s} {'spread':>7s}")
