@@ -1,7 +1,8 @@
 """The evaluator as the rest of the program sees it: a candidate file in, a Verdict out.
 
-Static policy in this process (it only parses text); everything that executes candidate code in a
-worker process. Device ceilings are measured once per device and software stack and cached on disk.
+The file is read once; the static policy checks that text, and the same text (never the path, which
+could be swapped in between) is what a fresh sandbox loads. The judge (this process) decides every check.
+Device ceilings are measured once per device and software stack, in a sandbox, and cached on disk.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from typing import Callable
 
 from kernels import get_spec
 
+from .judge import Judge, JudgeError, sandbox_reply
 from .promotion import ABDecision, decide
-from .sandbox import Timeouts, WorkerLost, WorkerPool
+from .sandboxes import ForkServer, Sandbox, SandboxLost, Timeouts
 from .static import check_candidate
 from .timing import TimingSettings
-from .verdict import Verdict
+from .verdict import CandidateFailure, Verdict
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class EvaluatorSettings:
     ceilings_cache: Path | None = None
     promotion_margin: float = 0.02
     ab_rounds: int = 10
+    namespaces: bool = True                      # Linux namespaces around each sandbox, where available
 
 
 def _fresh_seed() -> int:
@@ -37,26 +40,49 @@ def _fresh_seed() -> int:
     return random.SystemRandom().randrange(2**31)
 
 
+def read_source(path: Path) -> str:
+    """The candidate's text; a leading byte-order mark is not part of it. UnicodeDecodeError if not UTF-8."""
+    return path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+
+
 class Evaluator:
-    def __init__(self, settings: EvaluatorSettings):
+    def __init__(self, settings: EvaluatorSettings, skip_static: bool = False):
+        # skip_static exists for the tests of the layers behind the static policy; no setting reaches it
         self.settings = settings
-        self.pool = WorkerPool(settings.device, settings.timeouts)
+        self._skip_static = skip_static
+        self._server: ForkServer | None = None
         self._ceilings: dict | None = None
+        self._device: dict | None = None
+        self.sandboxes_started = 0
+
+    # ------------------------------------------------------------ infrastructure
+
+    def _fork_server(self) -> ForkServer:
+        if self._server is None or not self._server.alive():
+            if self._server is not None:
+                self._server.close()
+            self._server = ForkServer(self.settings.device, self.settings.timeouts, self.settings.namespaces)
+        return self._server
+
+    def _sandbox(self) -> Sandbox:
+        self.sandboxes_started += 1
+        return self._fork_server().spawn()
 
     @property
     def device_info(self) -> dict:
-        return self.pool.device_info
+        if self._device is None:
+            import torch
+            import triton
 
-    def _device_brief(self) -> dict:
-        """What is known of the device without starting a worker (a rejected source needs none)."""
-        if self.pool.started:
-            return self.device_info
-        import torch
-        import triton
-
-        return {"name": "cpu" if self.settings.device == "cpu" else None,
-                "arch": "interpreter" if self.settings.device == "cpu" else None,
-                "torch": torch.__version__, "triton": triton.__version__}
+            info = {"torch": torch.__version__, "triton": triton.__version__}
+            if self.settings.device == "cuda":
+                props = torch.cuda.get_device_properties(0)
+                info.update(name=props.name, arch=f"sm_{props.major}{props.minor}",
+                            sm_count=props.multi_processor_count)
+            else:
+                info.update(name="cpu", arch="interpreter", sm_count=4)
+            self._device = info
+        return self._device
 
     def ceilings(self) -> dict | None:
         """Measured copy GB/s and bf16 matmul TFLOP/s of this GPU; None on the CPU interpreter."""
@@ -68,71 +94,154 @@ class Evaluator:
             cache = self.settings.ceilings_cache
             stored = json.loads(cache.read_text()) if cache and cache.exists() else {}
             if key not in stored:
-                result = self.pool.request({"kind": "ceilings"})
-                if "error" in result:
-                    raise RuntimeError(f"measuring the device ceilings failed: {result['error']}")
-                stored[key] = {**result["ceilings"], "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+                sandbox = self._sandbox()
+                try:
+                    reply = sandbox_reply(sandbox.request({"kind": "ceilings"}, self.settings.timeouts.task),
+                                          "ceilings")
+                finally:
+                    sandbox.close()
+                ceilings = {k: float(reply["ceilings"][k]) for k in ("copy_gbps", "matmul_tflops")}
+                stored[key] = {**ceilings, "method": str(reply["ceilings"].get("method", "")),
+                               "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
                 if cache:
                     cache.parent.mkdir(parents=True, exist_ok=True)
                     cache.write_text(json.dumps(stored, indent=2))
             self._ceilings = stored[key]
         return self._ceilings
 
+    # ------------------------------------------------------------ one candidate
+
+    def _static_failure(self, op: str, source: str) -> tuple[str, str] | None:
+        violations = [] if self._skip_static else check_candidate(source, get_spec(op).entry)
+        if not violations:
+            return None
+        if {v.rule for v in violations} == {"syntax"}:
+            return "syntax_error", violations[0].detail
+        return "static", violations[0].detail + (f" (+{len(violations) - 1} more)" if len(violations) > 1 else "")
+
     def evaluate(self, op: str, path: Path, on_message: Callable[[tuple], None] | None = None,
                  dtypes: tuple[str, ...] | None = None) -> Verdict:
-        spec = get_spec(op)
         started = time.perf_counter()
         path = Path(path)
-        source = path.read_text()
-        violations = check_candidate(source, spec.entry)
-        if violations:
-            device = self._device_brief()
-            slugs = {v.rule for v in violations}
-            if slugs == {"syntax"}:
-                return Verdict.failed(op, "syntax_error", violations[0].detail, device=device, candidate=str(path),
-                                      seconds=time.perf_counter() - started)
-            detail = violations[0].detail + (f" (+{len(violations) - 1} more)" if len(violations) > 1 else "")
-            return Verdict.failed(op, "static", detail, device=device, candidate=str(path),
-                                  seconds=time.perf_counter() - started)
         try:
-            device = self.device_info
-        except WorkerLost as lost:
-            return Verdict.failed(op, lost.failure_class, f"the evaluator's worker did not start: {lost.detail}",
-                                  device=self._device_brief(), candidate=str(path))
-        task = {
-            "kind": "evaluate", "op": op, "path": str(path.resolve()), "device": self.settings.device,
-            "seed": _fresh_seed(), "dtypes": list(dtypes) if dtypes else None,
-            "timed_dtypes": list(self.settings.timed_dtypes), "ceilings": self.ceilings(),
-            "timing": asdict(self.settings.timing),
-        }
+            source = read_source(path)
+        except UnicodeDecodeError as exc:
+            return Verdict.failed(op, "syntax_error", f"the file is not UTF-8 text (byte {exc.start})",
+                                  device=self.device_info, candidate=str(path))
+        return self.evaluate_source(op, source, str(path), on_message, dtypes, started)
+
+    def evaluate_source(self, op: str, source: str, name: str = "<source>",
+                        on_message: Callable[[tuple], None] | None = None, dtypes: tuple[str, ...] | None = None,
+                        started: float | None = None) -> Verdict:
+        started = time.perf_counter() if started is None else started
+        spec = get_spec(op)
+        device = self.device_info
+        found = self._static_failure(op, source)
+        if found:
+            return Verdict.failed(op, *found, device=device, candidate=name, seconds=time.perf_counter() - started)
+        ceilings = self.ceilings()
+        checks: list[dict] = []
+        sandbox = None
         try:
-            result = self.pool.request(task, on_message)
-        except WorkerLost as lost:
-            return Verdict.failed(op, lost.failure_class, lost.detail, device=device, candidate=str(path),
-                                  seconds=time.perf_counter() - started)
-        if "error" in result:
-            raise RuntimeError(f"the evaluator's worker failed on its own: {result['error']}")
-        data = result["verdict"]
-        verdict = Verdict.from_dict(data)
+            sandbox = self._sandbox()
+            if on_message:
+                on_message(("phase", "load"))
+            sandbox_reply(sandbox.request({"kind": "load", "op": op, "source": source},
+                                          self.settings.timeouts.load), "loaded")
+            judge = Judge(spec, sandbox, self.settings.device, random.Random(_fresh_seed()), self.settings.timeouts)
+            if on_message:
+                on_message(("phase", "check"))
+            judge.run_checks(tuple(dtypes or spec.dtypes_for(self.settings.device)), checks)
+            timing = None
+            if self.settings.device == "cuda":
+                if on_message:
+                    on_message(("phase", "time"))
+                timing = judge.time(self.settings.timed_dtypes, ceilings, self.settings.timing)
+            verdict = Verdict(op=op, status="accepted", failure=None, checks=checks, timing=timing, device=device,
+                              candidate=name)
+        except CandidateFailure as failure:
+            verdict = Verdict.failed(op, failure.failure_class, failure.detail, checks=checks, device=device,
+                                     candidate=name)
+        except SandboxLost as lost:
+            verdict = Verdict.failed(op, lost.failure_class, lost.detail, checks=checks, device=device, candidate=name)
+        except JudgeError:
+            raise
+        finally:
+            if sandbox is not None:
+                sandbox.close()
+        if sandbox is not None and not verdict.accepted:
+            verdict.stderr = sandbox.stderr.text()[-4000:]
         verdict.seconds = time.perf_counter() - started
         return verdict
 
+    # ------------------------------------------------------------ promotion, GPU only
+
+    def _loaded(self, op: str, path: Path) -> Sandbox:
+        source = read_source(Path(path))
+        found = self._static_failure(op, source)
+        if found:
+            raise CandidateFailure(*found)
+        sandbox = self._sandbox()
+        try:
+            sandbox_reply(sandbox.request({"kind": "load", "op": op, "source": source},
+                                          self.settings.timeouts.load), "loaded")
+        except BaseException:
+            sandbox.close()
+            raise
+        return sandbox
+
+    def retime(self, op: str, path: Path) -> Verdict:
+        """A promotion candidate timed again in a fresh sandbox, with every timing cross-check."""
+        if self.settings.device != "cuda":
+            raise RuntimeError("timing needs a GPU")
+        spec = get_spec(op)
+        sandbox = None
+        try:
+            sandbox = self._loaded(op, path)
+            judge = Judge(spec, sandbox, "cuda", random.Random(_fresh_seed()), self.settings.timeouts)
+            timing = judge.time(self.settings.timed_dtypes[:1], self.ceilings(), self.settings.timing)
+            return Verdict(op=op, status="accepted", failure=None, timing=timing, device=self.device_info,
+                           candidate=str(path))
+        except (CandidateFailure, SandboxLost) as failure:
+            return Verdict.failed(op, failure.failure_class, failure.detail, device=self.device_info,
+                                  candidate=str(path))
+        finally:
+            if sandbox is not None:
+                sandbox.close()
+
     def ab(self, op: str, challenger: Path, incumbent: Path) -> ABDecision:
-        """Interleaved A/B rounds at the op's headline shape and first timed dtype (GPU only)."""
+        """Interleaved A/B rounds at the op's headline shape and first timed dtype, each kernel in its own
+        fresh sandbox, so neither can reach the other."""
         if self.settings.device != "cuda":
             raise RuntimeError("A/B timing needs a GPU")
         spec = get_spec(op)
-        task = {"kind": "ab", "op": op, "challenger": str(Path(challenger).resolve()),
-                "incumbent": str(Path(incumbent).resolve()), "shape": spec.headline_shape().name,
-                "dtype": self.settings.timed_dtypes[0], "rounds": self.settings.ab_rounds, "seed": _fresh_seed(),
-                "timing": asdict(self.settings.timing)}
-        result = self.pool.request(task)
-        if "error" in result:
-            raise RuntimeError(f"A/B timing failed: {result['error']}")
-        return decide(result["ratios"], self.settings.promotion_margin)
+        sandboxes: dict[str, Sandbox] = {}
+        try:
+            for role, path in (("challenger", challenger), ("incumbent", incumbent)):
+                sandboxes[role] = self._loaded(op, path)
+            seed = _fresh_seed()
+            request = {"kind": "bench", "shape": spec.headline_shape().name, "dtype": self.settings.timed_dtypes[0],
+                       "seed": seed, "timing": asdict(self.settings.timing)}
+            ratios = []
+            for r in range(self.settings.ab_rounds):
+                order = ("challenger", "incumbent") if r % 2 == 0 else ("incumbent", "challenger")
+                ms = {}
+                for role in order:
+                    reply = sandbox_reply(sandboxes[role].request(request, self.settings.timeouts.task), "benched")
+                    value = reply.get("ms")
+                    if not isinstance(value, (int, float)) or not value > 0:
+                        raise CandidateFailure("protocol", f"the {role}'s sandbox reported no time")
+                    ms[role] = float(value)
+                ratios.append(ms["incumbent"] / ms["challenger"])
+        finally:
+            for sandbox in sandboxes.values():
+                sandbox.close()
+        return decide(ratios, self.settings.promotion_margin)
 
     def close(self) -> None:
-        self.pool.close()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     def __enter__(self) -> "Evaluator":
         return self

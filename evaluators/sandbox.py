@@ -1,187 +1,338 @@
-"""Worker processes with hard timeouts: untrusted candidates never run in the main process.
+"""One sandbox: a process forked for one candidate, which loads it from the source text the judge checked
+and runs it as the judge asks. It decides nothing: it returns raw outputs, launch counts, layouts and
+timings, and the judge (another process, which never imports candidate code) draws every conclusion.
 
-A worker is a fresh interpreter (`python -m evaluators.worker`; never a thread, never a fork of a process
-that may hold CUDA, and it does not re-import the caller's main module) in its own process group. Each request carries per-phase deadlines; a worker that misses one, dies, or reports a
-sticky device error is killed with its whole group and replaced on the next request.
+Requests (JSON frames, see wire.py): arena, load, call, time, batch, bench, ceilings, stop.
 """
 from __future__ import annotations
 
+import hashlib
+import linecache
 import os
-import signal
-import socket
-import subprocess
+import random
 import sys
+import tempfile
 import time
-from multiprocessing.connection import Connection
-from pathlib import Path
-from dataclasses import dataclass
-from typing import Any, Callable
+import traceback
+import types
+
+from . import containment, wire
+from .arena import Arena, describe, rebuild
+
+# the live state of this sandbox, set by serve(); one candidate per process
+STATE: dict = {}
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    start: float = 180.0     # spawning the worker and importing torch and triton
-    load: float = 60.0       # importing the candidate module
-    compile: float = 300.0   # the first call: Triton compiles (or the interpreter starts) the kernel
-    check: float = 600.0     # every correctness check after the first
-    time: float = 900.0      # timing against eager and torch.compile, torch.compile's own compile included
-    task: float = 900.0      # tasks without phases (ceilings, A/B rounds)
+def _device_info(device: str) -> dict:
+    import torch
+    import triton
+
+    info = {"torch": torch.__version__, "triton": triton.__version__}
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info.update(name=props.name, arch=f"sm_{props.major}{props.minor}", sm_count=props.multi_processor_count)
+    else:
+        info.update(name="cpu", arch="interpreter", sm_count=4)
+    return info
 
 
-class WorkerLost(Exception):
-    """The worker hung past a deadline or died; it has been killed."""
+def load_candidate(source: str):
+    """Execute the candidate's text as a module with the restricted builtins; its entry is looked up later."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    filename = f"{containment.CANDIDATE_PREFIX}{digest}>"
+    lines = source.splitlines(keepends=True)
+    # Triton reads a kernel's source through linecache; an entry without mtime is never re-validated
+    linecache.cache[filename] = (len(source), None, lines, filename)
+    module = types.ModuleType("candidate")
+    module.__dict__["__builtins__"] = containment.candidate_builtins()
+    module.__file__ = filename
+    sys.modules["candidate"] = module  # Triton's JIT looks a kernel's module up for its globals
+    code = compile(source, filename, "exec", dont_inherit=True)
+    from .guard import TorchGuard
 
-    def __init__(self, failure_class: str, detail: str):
-        super().__init__(detail)
-        self.failure_class = failure_class
-        self.detail = detail
+    with TorchGuard(None):
+        exec(code, module.__dict__)
+    return module
 
 
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "did not exit"
-    if code < 0:
+def _classify(exc: BaseException, phase: str) -> tuple[str, str]:
+    import torch
+
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    line = text[0][:400] if text else type(exc).__name__
+    lowered = str(exc).lower()
+    if containment.REFUSALS:
+        return "escape", containment.REFUSALS[0]
+    if type(exc).__name__ == "BaselineError":
+        return "baseline", line  # PyTorch's own op failed: the judge's problem, not the candidate's
+    if isinstance(exc, SyntaxError):
+        return "syntax_error", f"line {exc.lineno}: {exc.msg}"
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in lowered \
+            or "can't allocate memory" in lowered:
+        return "out_of_memory", line
+    if any(s in lowered for s in ("illegal memory access", "illegal address", "cuda error", "misaligned address",
+                                  "unspecified launch failure")):
+        return "illegal_address", line
+    module = type(exc).__module__ or ""
+    if (phase == "compile" and module.startswith("triton")) or "CompilationError" in type(exc).__name__:
+        return "compile_error", line
+    cause = exc.__cause__
+    tb = cause.__traceback__ if cause is not None else None
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    if last is not None and os.sep.join(("triton", "language")) in last:
+        # the interpreter wraps the language's semantic checks that the compiler would reject
+        return "compile_error", line
+    return "exception", line
+
+
+def _sync() -> None:
+    import torch
+
+    if STATE["device"] == "cuda":
+        torch.cuda.synchronize()
+
+
+def _as_bytes(t):
+    return t.detach().contiguous().reshape(-1).view(__import__("torch").uint8)
+
+
+def _inputs(args: list[dict], reuse: bool) -> tuple:
+    """Rebuild the call's arguments from the arena: tensors on this device, in storages of their own."""
+    import torch
+
+    arena: Arena = STATE["arena"]
+    previous = STATE.get("inputs") if reuse else None
+    built = []
+    for i, arg in enumerate(args):
+        if "value" in arg:
+            built.append(arg["value"])
+            continue
+        meta = arg["tensor"]
+        raw = arena.view(arg["offset"], meta["storage_nbytes"])
+        if previous is not None:
+            # the same storages refilled in place: a result cached by address is now stale
+            old = previous[i]
+            storage = torch.empty(0, dtype=torch.uint8, device=old.device).set_(old.untyped_storage(), 0,
+                                                                                 (old.untyped_storage().nbytes(),))
+            storage.copy_(raw)
+            built.append(old)
+            continue
+        device_raw = raw.to(STATE["device"], copy=True)
+        built.append(rebuild(device_raw, meta))
+    STATE["inputs"] = built
+    return tuple(built)
+
+
+def _call(request: dict) -> dict:
+    import torch
+
+    from .guard import TorchGuard, overlaps, poison_free_memory
+
+    spec = STATE["spec"]
+    entry = STATE["entry"]
+    inputs = _inputs(request["inputs"], bool(request.get("reuse")))
+    if request.get("prime"):
+        with torch.no_grad():
+            spec.eager(*inputs)  # its result, freed, is what an unwritten output would otherwise hold
+    poison = request.get("poison")
+    if poison is not None:
+        poison_free_memory(sum(r["nbytes"] for r in request["outputs"]), STATE["device"], float(poison))
+    counter = STATE["launches"]
+    before = counter.count
+    started = time.perf_counter()
+    with TorchGuard(None if poison is None else float(poison)):
+        out = entry(*inputs)
+    _sync()
+    seconds = time.perf_counter() - started
+    launches = counter.count - before
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    reply_outs = []
+    previous = STATE.get("previous_outputs", [])
+    for k, o in enumerate(outs[:8]):
+        if type(o) is not torch.Tensor:
+            # never call a method of an object that is not exactly a tensor: it could run anything
+            reply_outs.append({"type": type(o).__qualname__[:80]})
+            continue
+        meta = {"type": "Tensor", **describe(o), "device": o.device.type,
+                "overlaps_inputs": [i for i, a in enumerate(inputs) if type(a) is torch.Tensor and overlaps(o, a)],
+                "overlaps_outputs": [j for j in range(k) if type(outs[j]) is torch.Tensor and overlaps(o, outs[j])],
+                "overlaps_previous": any(overlaps(o, p) for p in previous)}
+        region = request["outputs"][k] if k < len(request["outputs"]) else None
+        if region is not None and o.numel() * o.element_size() == region["nbytes"]:
+            STATE["arena"].view(region["offset"], region["nbytes"]).copy_(_as_bytes(o).cpu())
+            meta["written"] = True
+        reply_outs.append(meta)
+    for arg, region in zip(inputs, request.get("after", [])):
+        if region is not None and type(arg) is torch.Tensor:
+            raw = torch.empty(0, dtype=torch.uint8, device=arg.device).set_(
+                arg.untyped_storage(), 0, (arg.untyped_storage().nbytes(),))
+            STATE["arena"].view(region["offset"], region["nbytes"]).copy_(raw.cpu())
+    # kept alive until the next call: an output that reuses their storage was returned twice
+    STATE["previous_outputs"] = [o for o in outs if type(o) is torch.Tensor]
+    return {"kind": "called", "launches": launches, "count": len(outs) if isinstance(out, (tuple, list)) else None,
+            "outputs": reply_outs, "seconds": seconds}
+
+
+def _shape(name: str):
+    spec = STATE["spec"]
+    for shape in spec.shapes + spec.interpreter_shapes:
+        if shape.name == name:
+            return shape
+    raise ValueError(f"unknown shape {name!r}")
+
+
+def _guarded(fn):
+    from .guard import TorchGuard
+
+    def call(*args):
+        with TorchGuard(None):
+            return fn(*args)
+    return call
+
+
+def _time(request: dict) -> dict:
+    import torch
+
+    from .timing import TimingSettings, time_shape
+
+    settings = TimingSettings(**request["timing"])
+    results = []
+    for (shape_name, dtype_key), regions in zip(request["shapes"], request["outputs"]):
+        shape = _shape(shape_name)
+        result, last_out = time_shape(_guarded(STATE["entry"]), STATE["spec"], shape, dtype_key, settings,
+                                      request["seed"])
+        outs = list(last_out) if isinstance(last_out, (tuple, list)) else [last_out]
+        written = []
+        for o, region in zip(outs, regions):
+            ok = type(o) is torch.Tensor and o.numel() * o.element_size() == region["nbytes"]
+            if ok:
+                STATE["arena"].view(region["offset"], region["nbytes"]).copy_(_as_bytes(o).cpu())
+            written.append(ok)
+        result["written"] = written
+        results.append(result)
+    return {"kind": "timed", "shapes": results}
+
+
+def _rotating_inputs(request: dict):
+    from kernels import DTYPES
+
+    from .timing import TimingSettings, input_set_count
+
+    spec = STATE["spec"]
+    shape = _shape(request["shape"])
+    dtype = DTYPES[request["dtype"]]
+    settings = TimingSettings(**request.get("timing", {}))
+    n = input_set_count(spec.bytes_moved(shape, dtype), settings)
+    rng = random.Random(request["seed"])
+    return [spec.make_inputs(shape, dtype, rng.randrange(2**31), "cuda") for _ in range(n)], settings
+
+
+def _batch(request: dict) -> dict:
+    """k back-to-back calls queued behind a GPU busy-wait; the judge times the whole request itself."""
+    import torch
+
+    key = (request["shape"], request["dtype"], request["seed"])
+    if STATE.get("batch_key") != key:
+        STATE["batch_inputs"] = _rotating_inputs(request)[0]
+        STATE["batch_key"] = key
+    sets = STATE["batch_inputs"]
+    fn = _guarded(STATE["entry"])
+    with torch.no_grad():
+        fn(*sets[0])
+        torch.cuda.synchronize()
+        torch.cuda._sleep(int(request["sleep_cycles"]))
+        started = time.perf_counter()
+        for i in range(int(request["k"])):
+            fn(*sets[i % len(sets)])
+        enqueue = time.perf_counter() - started
+        torch.cuda.synchronize()
+    return {"kind": "batched", "enqueue_s": enqueue}
+
+
+def _bench(request: dict) -> dict:
+    import torch
+
+    from .timing import Rotating, _bench as bench
+
+    sets, settings = _rotating_inputs(request)
+    fn = Rotating(_guarded(STATE["entry"]), sets)
+    with torch.no_grad():
+        fn()
+        ms = bench(fn, settings)
+    return {"kind": "benched", "ms": ms}
+
+
+def _ceilings(request: dict) -> dict:
+    from .timing import TimingSettings, measure_ceilings
+
+    return {"kind": "ceilings", "ceilings": measure_ceilings(TimingSettings())}
+
+
+def _handle(request: dict) -> dict:
+    kind = request.get("kind")
+    if kind == "arena":
+        STATE["arena"].remap()
+        return {"kind": "ok"}
+    if kind == "load":
+        from kernels import get_spec
+
+        STATE["spec"] = get_spec(request["op"])
+        module = load_candidate(request["source"])
+        entry = module.__dict__.get(STATE["spec"].entry)
+        if not callable(entry):
+            return {"kind": "failure", "class": "exception",
+                    "detail": f"the candidate defines no callable {STATE['spec'].entry}()"}
+        STATE["entry"] = entry
+        return {"kind": "loaded"}
+    handlers = {"call": _call, "time": _time, "batch": _batch, "bench": _bench, "ceilings": _ceilings}
+    if kind not in handlers:
+        return {"kind": "failure", "class": "protocol", "detail": f"unknown request {kind!r}"}
+    return handlers[kind](request)
+
+
+def serve(sock, device: str, arena_fd: int, limits: dict) -> None:
+    """The sandbox's life: contain itself, then answer the judge's requests until told to stop."""
+    os.setpgid(0, 0)
+    containment.set_parent_death_signal()
+    folder = tempfile.mkdtemp(prefix="sandbox-", dir=limits["base"])
+    os.chdir(folder)
+    for name in ("HOME", "TMPDIR", "TEMP", "TMP"):
+        os.environ[name] = folder
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(folder, "inductor")
+    tempfile.tempdir = folder
+    namespaces = containment.enter_namespaces(tuple(limits["read_only"])) if limits["namespaces"] else "off"
+    containment.apply_limits(limits["cpu_seconds"], limits["address_space"] if device == "cpu" else None,
+                             limits["file_size"])
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 baselines stay float32
+    torch.backends.cudnn.allow_tf32 = False
+    if device == "cuda":
+        torch.cuda.init()  # first initialised here, in the child: a forked CUDA context is unusable
+    from .guard import LaunchCounter
+
+    STATE.update(device=device, arena=Arena(fd=arena_fd), launches=LaunchCounter().install())
+    info = _device_info(device)
+    containment.install_audit_hook((folder,))
+    wire.send(sock, {"kind": "ready", "device": info, "namespaces": namespaces, "folder": folder})
+    while True:
         try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
-
-
-class Worker:
-    def __init__(self, device: str, timeouts: Timeouts):
-        parent_sock, child_sock = socket.socketpair()
-        project_root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
-        # Triton reads this when first imported, which happens while the worker's package loads
-        if device == "cpu":
-            env["TRITON_INTERPRET"] = "1"
-        else:
-            env.pop("TRITON_INTERPRET", None)
-        # torch.compile's baseline compiles in-process: no compile-worker pool to leave behind on a kill
-        env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "evaluators.worker", str(child_sock.fileno()), device],
-            pass_fds=(child_sock.fileno(),), env=env, start_new_session=True, stdin=subprocess.DEVNULL)
-        child_sock.close()
-        self.conn = Connection(parent_sock.detach())
-        self.timeouts = timeouts
-        message = self._receive(time.monotonic() + timeouts.start, "start")
-        if message[0] != "ready":
-            self.kill()
-            raise WorkerLost("crash", f"worker sent {message[0]!r} instead of ready")
-        self.device_info: dict = message[1]
-
-    def _receive(self, deadline: float, phase: str) -> tuple:
-        remaining = deadline - time.monotonic()
+            request, _ = wire.receive(sock, time.monotonic() + 10**7)
+        except wire.WireError:
+            return
+        if request.get("kind") == "stop":
+            return
+        phase = request.get("phase", request.get("kind", ""))
         try:
-            ready = remaining > 0 and self.conn.poll(remaining)
-        except (EOFError, OSError):
-            ready = True  # fall through to recv, which reports the death
-        if not ready:
-            self.kill()
-            raise WorkerLost("timeout", f"{phase} phase exceeded its time limit; worker killed")
-        try:
-            return self.conn.recv()
-        except (EOFError, OSError, ConnectionResetError):
-            code = self._wait(5)
-            self.kill()
-            raise WorkerLost("crash", f"worker {_describe_exit(code)} during the {phase} phase") from None
-
-    def request(self, task: dict, on_message: Callable[[tuple], None] | None = None) -> dict:
-        try:
-            self.conn.send(task)
-        except (BrokenPipeError, OSError):
-            self.kill()
-            raise WorkerLost("crash", "worker was gone before the request") from None
-        phase = "load" if task["kind"] == "evaluate" else "task"
-        deadline = time.monotonic() + getattr(self.timeouts, phase)
-        while True:
-            message = self._receive(deadline, phase)
-            kind = message[0]
-            if kind == "phase":
-                phase = message[1]
-                deadline = time.monotonic() + getattr(self.timeouts, phase)
-            elif kind == "result":
-                return message[1]
-            if on_message is not None:
-                on_message(message)
-
-    def _wait(self, seconds: float) -> int | None:
-        try:
-            return self.process.wait(seconds)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """Kill the worker and everything it started (compiler subprocesses share its group)."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self._wait(10)
-        self.conn.close()
-
-    def stop(self) -> None:
-        try:
-            self.conn.send({"kind": "stop"})
-            self._wait(10)
-        except (BrokenPipeError, OSError):
-            pass
-        self.kill()
-
-
-class WorkerPool:
-    """One live worker at a time (timing needs the GPU to itself), replaced whenever it is lost."""
-
-    def __init__(self, device: str, timeouts: Timeouts | None = None):
-        self.device = device
-        self.timeouts = timeouts or Timeouts()
-        self._worker: Worker | None = None
-        self.replaced = 0
-
-    def worker(self) -> Worker:
-        if self._worker is None or not self._worker.alive():
-            if self._worker is not None:
-                self._worker.kill()
-                self.replaced += 1
-            self._worker = Worker(self.device, self.timeouts)
-        return self._worker
-
-    @property
-    def started(self) -> bool:
-        return self._worker is not None and self._worker.alive()
-
-    @property
-    def device_info(self) -> dict:
-        return self.worker().device_info
-
-    def request(self, task: dict, on_message: Callable[[tuple], None] | None = None) -> dict[str, Any]:
-        worker = self.worker()
-        try:
-            result = worker.request(task, on_message)
-        except WorkerLost:
-            self._worker = None
-            self.replaced += 1
-            raise
-        if result.get("recycle"):
-            # a sticky CUDA error poisons the context for every later candidate: start afresh
-            worker.kill()
-            self._worker = None
-            self.replaced += 1
-        return result
-
-    def close(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
-
-    def __enter__(self) -> "WorkerPool":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            reply = _handle(request)
+        except BaseException as exc:  # a candidate may raise anything; classify it, never die of it
+            cls, detail = _classify(exc, phase)
+            reply = {"kind": "failure", "class": cls, "detail": detail,
+                     "traceback": traceback.format_exc(limit=8)[-4000:]}
+        reply["refusals"] = containment.REFUSALS[:20]
+        reply["own_refusals"] = containment.OWN_REFUSALS[:20]
+        wire.send(sock, reply)

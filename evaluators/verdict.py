@@ -22,12 +22,15 @@ FAILURE_CLASSES: dict[str, tuple[str, str]] = {
     "caching": ("rejected", "right once, wrong for other inputs or after timing (cached or lazy work)"),
     "nondeterminism": ("rejected", "the same inputs gave different outputs beyond rounding"),
     "too_fast": ("rejected", "faster than the physical floor: a measurement error or a cheat"),
+    "escape": ("rejected", "the candidate tried what its sandbox refuses (files, processes, sockets, imports, "
+                           "torch computing the op, patching the evaluator)"),
     "syntax_error": ("failed", "the source does not parse"),
     "compile_error": ("failed", "the Triton kernel does not compile"),
     "exception": ("failed", "a Python exception while running"),
     "timeout": ("failed", "compile or run exceeded its time limit; the worker was killed"),
     "crash": ("failed", "the worker process died"),
     "illegal_address": ("failed", "CUDA illegal memory access or another sticky device error"),
+    "protocol": ("failed", "the sandbox broke the protocol (a malformed, oversized or impossible reply)"),
     "out_of_memory": ("failed", "the device ran out of memory"),
     # a proposal that never became a candidate file: the coder's answer held no code, or several files
     "no_code": ("rejected", "the coder's answer holds no code block"),
@@ -61,6 +64,7 @@ class Verdict:
     device: dict = field(default_factory=dict)
     candidate: str = ""                      # path of the source file evaluated
     seconds: float = 0.0                     # wall time of the evaluation
+    stderr: str = ""                         # what the sandbox printed (capped), for a failure's diagnosis
 
     @classmethod
     def failed(cls, op: str, failure_class: str, detail: str, **kwargs: Any) -> "Verdict":

@@ -1,0 +1,336 @@
+"""The judge: every conclusion about a candidate, drawn in a process that never imports candidate code.
+
+It makes the inputs and keeps them, computes the reference, sends the sandbox copies of the inputs
+through the arena, and decides each check from plain data: the bytes the sandbox wrote back, the
+metadata it reported (exact type, dtype, shape, strides, storage overlaps), the launch count, the
+candidate's own refusals. A sandbox that lies can only lie about its outputs, and those must match.
+
+What the candidate cannot predict: the order of shapes and dtypes, the number of calls, which calls are
+poisoned and which are not, which inputs are adversarial or strided, when a buffer is refilled in place at
+the same address, and that a call comes after thousands of timed ones.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from kernels import DTYPES, OpSpec, Shape
+
+from .arena import dtype_name, layout, storage_bytes
+from .checker import as_outputs, compare_outputs
+from .sandboxes import Sandbox, Timeouts
+from .verdict import CandidateFailure
+
+# classes a sandbox may report for a candidate; anything else it claims is a broken protocol
+SANDBOX_CLASSES = frozenset({"exception", "compile_error", "syntax_error", "out_of_memory", "illegal_address",
+                             "escape"})
+SENTINEL = 4096.0  # a second, finite poison (exact in float16 and bfloat16): unwritten output vs computed NaN
+NAN = float("nan")
+
+
+class JudgeError(RuntimeError):
+    """The evaluator's own code failed (a baseline, a policy refusing our own work): never the candidate's."""
+
+
+def sandbox_reply(reply: dict, expected_kind: str) -> dict:
+    """A reply checked for refusals and reported failures; CandidateFailure or JudgeError otherwise."""
+    own = reply.get("own_refusals") or []
+    refusals = reply.get("refusals") or []
+    if refusals:
+        raise CandidateFailure("escape", f"the candidate tried what its sandbox refuses: {str(refusals[0])[:300]}")
+    if reply.get("kind") == "failure":
+        cls = reply.get("class")
+        if cls == "baseline" or own:
+            raise JudgeError(f"{reply.get('detail')}; refused: {own[:3]}")
+        if cls not in SANDBOX_CLASSES:
+            raise CandidateFailure("protocol", f"the sandbox reported an unknown class {str(cls)[:40]!r}")
+        raise CandidateFailure(cls, str(reply.get("detail", ""))[:400])
+    if reply.get("kind") != expected_kind:
+        raise CandidateFailure("protocol", f"expected a {expected_kind!r} reply, got {str(reply.get('kind'))[:40]!r}")
+    return reply
+
+
+@dataclass
+class Expected:
+    """The layout of PyTorch's own result: what every output must be."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    device: str
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch.empty(0, dtype=self.dtype).element_size()
+
+    def describe(self) -> str:
+        return f"{dtype_name(self.dtype)} {self.shape} strides {self.strides}"
+
+
+def expected_layout(spec: OpSpec, inputs: tuple) -> list[Expected]:
+    with torch.no_grad():
+        probe = as_outputs(spec.eager(*inputs))
+    return [Expected(p.dtype, tuple(p.shape), tuple(p.stride()), p.device.type) for p in probe]
+
+
+def read_outputs(sandbox: Sandbox, reply: dict, regions: list[dict], expected: list[Expected], device: str,
+                 several: bool, inputs: tuple) -> list[torch.Tensor]:
+    """The outputs the sandbox wrote, as the judge's own tensors, after every layout and aliasing rule."""
+    outs = reply.get("outputs")
+    count = reply.get("count")
+    if not isinstance(outs, list):
+        raise CandidateFailure("protocol", "the reply lists no outputs")
+    if several and count != len(expected):
+        got = f"{count} values" if isinstance(count, int) else "a single value"
+        raise CandidateFailure("layout", f"returned {got}, expected a tuple of {len(expected)} tensors")
+    if not several and count is not None:
+        raise CandidateFailure("layout", f"returned a sequence of {count}, expected a tensor")
+    if len(outs) < len(expected):
+        raise CandidateFailure("protocol", "the reply lists fewer outputs than were returned")
+    result = []
+    for k, (meta, like, region) in enumerate(zip(outs, expected, regions)):
+        what = f"output {k}" if several else "the output"
+        if not isinstance(meta, dict) or meta.get("type") != "Tensor":
+            got = meta.get("type") if isinstance(meta, dict) else "?"
+            raise CandidateFailure("layout", f"{what} is {str(got)[:80]}, expected exactly torch.Tensor")
+        if meta.get("overlaps_inputs"):
+            raise CandidateFailure("aliasing", f"{what} shares storage with argument {meta['overlaps_inputs'][0]}")
+        if meta.get("overlaps_outputs"):
+            raise CandidateFailure("aliasing", f"{what} shares storage with output {meta['overlaps_outputs'][0]}")
+        if meta.get("overlaps_previous"):
+            raise CandidateFailure("caching", f"{what} reuses the storage of an earlier call's output")
+        got = (meta.get("dtype"), tuple(meta.get("shape") or ()), tuple(meta.get("strides") or ()))
+        if got != (dtype_name(like.dtype), like.shape, like.strides):
+            raise CandidateFailure("layout", f"{what}: got {got[0]} {got[1]} strides {got[2]}, expected "
+                                             f"{like.describe()}")
+        if meta.get("device") != like.device:
+            raise CandidateFailure("layout", f"{what} on {str(meta.get('device'))[:20]}, expected {like.device}")
+        if not meta.get("written"):
+            raise CandidateFailure("protocol", f"{what} was not written back")
+        raw = sandbox.arena.view(region["offset"], region["nbytes"]).clone()
+        result.append(raw.view(like.dtype).reshape(like.shape).to(device))
+    return result
+
+
+class Judge:
+    def __init__(self, spec: OpSpec, sandbox: Sandbox, device: str, rng: random.Random, timeouts: Timeouts):
+        self.spec = spec
+        self.sandbox = sandbox
+        self.device = device
+        self.rng = rng
+        self.timeouts = timeouts
+        self.phase = "compile"  # the first call compiles: it runs under the compile timeout
+        self.calls = 0
+
+    # ------------------------------------------------------------ one call
+
+    def fresh_inputs(self, shape: Shape, dtype: torch.dtype, variant: str | None = None) -> tuple:
+        inputs = self.spec.make_inputs(shape, dtype, self.rng.randrange(2**31), self.device)
+        if variant:
+            inputs = self.spec.variants[variant](inputs, self.rng.randrange(2**31))
+        return inputs
+
+    def call(self, inputs: tuple, expected: list[Expected], poison: float | None, prime: bool = False,
+             reuse: bool = False) -> list[torch.Tensor]:
+        tensors = [a for a in inputs if isinstance(a, torch.Tensor)]
+        storages = [storage_bytes(t) for t in tensors]
+        sizes = [s.numel() for s in storages] + [e.nbytes for e in expected] + [s.numel() for s in storages]
+        offsets, total = layout(sizes)
+        self.sandbox.grow(total)
+        arena = self.sandbox.arena
+        args, t = [], 0
+        for a in inputs:
+            if isinstance(a, torch.Tensor):
+                arena.view(offsets[t], storages[t].numel()).copy_(storages[t].cpu())
+                args.append({"tensor": {"dtype": dtype_name(a.dtype), "shape": list(a.shape),
+                                        "strides": list(a.stride()), "storage_offset": a.storage_offset(),
+                                        "storage_nbytes": storages[t].numel()}, "offset": offsets[t]})
+                t += 1
+            else:
+                args.append({"value": a})
+        n = len(tensors)
+        outputs = [{"offset": offsets[n + k], "nbytes": e.nbytes} for k, e in enumerate(expected)]
+        after = iter([{"offset": offsets[n + len(expected) + i], "nbytes": storages[i].numel()} for i in range(n)])
+        after_regions = [next(after) if isinstance(a, torch.Tensor) else None for a in inputs]
+        timeout = self.timeouts.compile if self.phase == "compile" else self.timeouts.check
+        reply = self.sandbox.request({"kind": "call", "phase": self.phase, "inputs": args, "outputs": outputs,
+                                      "after": after_regions, "poison": poison, "prime": prime, "reuse": reuse},
+                                     timeout)
+        self.phase = "check"
+        self.calls += 1
+        reply = sandbox_reply(reply, "called")
+        if not isinstance(reply.get("launches"), int) or reply["launches"] <= 0:
+            raise CandidateFailure("no_kernel", "the call returned without launching a Triton kernel")
+        t = 0
+        for i, a in enumerate(inputs):
+            if isinstance(a, torch.Tensor):
+                region = after_regions[i]
+                now = arena.view(region["offset"], region["nbytes"])
+                if not torch.equal(now, storages[t].cpu()):
+                    raise CandidateFailure("input_mutation", f"argument {i} changed during the call")
+                t += 1
+        return read_outputs(self.sandbox, reply, outputs, expected, self.device, len(expected) > 1, inputs)
+
+    def judge(self, outs: list[torch.Tensor], inputs: tuple, dtype_key: str, failure_class: str, what: str,
+              expected: list[Expected] | None = None, poisoned: bool = True) -> dict:
+        tol = self.spec.tolerances[dtype_key]
+        result = compare_outputs(tuple(outs), self.spec.reference(*inputs), tol.atol, tol.rtol)
+        if not result.ok:
+            cls = failure_class
+            if result.nans and failure_class == "wrong_result" and expected is not None and poisoned:
+                again = self.call(inputs, expected, SENTINEL)
+                stale = not any(bool(torch.isnan(o).any()) for o in again) and any(
+                    bool((o == SENTINEL).any()) for o in again)
+                cls = "stale_memory" if stale else "wrong_result"
+            raise CandidateFailure(cls, f"{what}: {result.summary()}")
+        return result.to_dict()
+
+    # ------------------------------------------------------------ one shape and dtype
+
+    def check_shape(self, shape: Shape, dtype_key: str, variant: str | None, refill: bool) -> dict:
+        dtype = DTYPES[dtype_key]
+        tol = self.spec.tolerances[dtype_key]
+        expected = expected_layout(self.spec, self.fresh_inputs(shape, dtype))
+        label = f"{shape} {dtype_key}"
+        # the first call: sometimes unpoisoned, so that the poison is no fingerprint of being checked
+        poison = NAN if self.rng.random() < 0.7 else None
+        inputs_a = self.fresh_inputs(shape, dtype, variant)
+        where = f"{label}{f' ({variant} inputs)' if variant else ''}"
+        first = self.judge(self.call(inputs_a, expected, poison), inputs_a, dtype_key, "wrong_result", where,
+                           expected, poisoned=poison is not None)
+        # second inputs, PyTorch's result computed and freed in the sandbox just before: an output left
+        # unwritten would read it, were the memory not poisoned
+        inputs_b = self.fresh_inputs(shape, dtype)
+        out_b = self.call(inputs_b, expected, NAN, prime=True)
+        self.judge(out_b, inputs_b, dtype_key, "caching", f"{label}, second inputs")
+        # the same inputs again, in the same buffers: the same result within rounding
+        out_b2 = self.call(inputs_b, expected, NAN if self.rng.random() < 0.5 else None, reuse=True)
+        again = compare_outputs(tuple(out_b2), tuple(out_b), tol.atol / 10, tol.rtol / 10)
+        if not again.ok:
+            raise CandidateFailure("nondeterminism", f"{label}, repeated call: {again.summary()}")
+        if refill:
+            # new values in the very same buffers: a result cached by address is stale now
+            inputs_c = self.fresh_inputs(shape, dtype)
+            out_c = self.call(inputs_c, expected, None, reuse=True)
+            self.judge(out_c, inputs_c, dtype_key, "caching", f"{label}, buffers refilled in place")
+        return {"shape": shape.name, "dims": dict(shape.dims), "dtype": dtype_key, "passed": True,
+                "variant": variant, "max_abs": first["max_abs"], "rel_l2": first["rel_l2"]}
+
+    def plan(self, dtypes: tuple[str, ...]) -> list[tuple[str, Shape, str | None, bool]]:
+        """Every shape in every dtype, in a random order; the variants spread so each dtype meets them all."""
+        shapes = self.spec.shapes_for(self.device)
+        variants = [None, *getattr(self.spec, "variants", {})]
+        pairs = []
+        for dtype_key in dtypes:
+            offset = self.rng.randrange(len(variants))
+            for i, shape in enumerate(shapes):
+                pairs.append((dtype_key, shape, variants[(i + offset) % len(variants)], self.rng.random() < 0.4))
+            missing = [v for v in variants if v not in {p[2] for p in pairs if p[0] == dtype_key}]
+            for variant in missing:  # fewer shapes than variants: extra checks on random shapes
+                pairs.append((dtype_key, self.rng.choice(shapes), variant, False))
+        self.rng.shuffle(pairs)
+        return pairs
+
+    def run_checks(self, dtypes: tuple[str, ...], checks: list[dict]) -> None:
+        for dtype_key, shape, variant, refill in self.plan(dtypes):
+            try:
+                checks.append(self.check_shape(shape, dtype_key, variant, refill))
+            except CandidateFailure as failure:
+                checks.append({"shape": shape.name, "dims": dict(shape.dims), "dtype": dtype_key, "passed": False,
+                               "variant": variant, "failure": failure.failure_class, "detail": failure.detail})
+                raise
+
+    # ------------------------------------------------------------ timing, GPU only
+
+    def time(self, dtypes: tuple[str, ...], ceilings: dict, settings, final_check: bool = True) -> dict:
+        from .timing import judge_timing, summarise
+
+        pairs = [(shape, d) for shape in self.spec.timed_shapes() for d in dtypes]
+        layouts = [expected_layout(self.spec, self.fresh_inputs(s, DTYPES[d])) for s, d in pairs]
+        regions, sizes = [], [e.nbytes for exp in layouts for e in exp]
+        offsets, total = layout(sizes)
+        self.sandbox.grow(total)
+        it = iter(offsets)
+        for exp in layouts:
+            regions.append([{"offset": next(it), "nbytes": e.nbytes} for e in exp])
+        seed = self.rng.randrange(2**31)
+        started = time.monotonic()
+        reply = sandbox_reply(self.sandbox.request(
+            {"kind": "time", "shapes": [[s.name, d] for s, d in pairs], "outputs": regions, "seed": seed,
+             "timing": settings.__dict__}, self.timeouts.time), "timed")
+        wall = time.monotonic() - started
+        per_shape, claimed_ms = [], 0.0
+        for (shape, dtype_key), exp, region, result in zip(pairs, layouts, regions, reply.get("shapes") or []):
+            samples = _samples(result)
+            claimed_ms += sum(sum(v) for v in samples.values())
+            timed = judge_timing(self.spec, shape, dtype_key, samples, ceilings, settings)
+            # the output of the last timed call must still be right: work skipped under repetition shows here
+            if not isinstance(result.get("last_seed"), int) or not all(result.get("written") or [False]):
+                raise CandidateFailure("caching", f"the timed calls at {shape} {dtype_key} left no output to check")
+            inputs = self.spec.make_inputs(shape, DTYPES[dtype_key], result["last_seed"], self.device)
+            outs = [self.sandbox.arena.view(r["offset"], r["nbytes"]).clone().view(e.dtype).reshape(e.shape)
+                    .to(self.device) for r, e in zip(region, exp)]
+            self.judge(outs, inputs, dtype_key, "caching", f"output of the timed call at {shape} {dtype_key}")
+            per_shape.append(timed)
+        if len(per_shape) != len(pairs):
+            raise CandidateFailure("protocol", "the sandbox timed fewer shapes than asked")
+        if claimed_ms > wall * 1e3 * 1.05 + 50:
+            # medians of event times summed over every sample cannot exceed the judge's clock around them
+            raise CandidateFailure("too_fast", f"the sandbox reported {claimed_ms:.0f} ms of GPU time within "
+                                               f"{wall * 1e3:.0f} ms of the judge's clock")
+        self.cross_check_clock(per_shape[0], settings)
+        if final_check:
+            # after thousands of timed calls: a kernel honest only for its first calls fails here
+            shape = self.spec.headline_shape()
+            self.phase = "check"
+            self.check_shape(shape, dtypes[0], None, refill=False)
+        return summarise(per_shape, ceilings)
+
+    def cross_check_clock(self, headline: dict, settings) -> None:
+        """The judge's own clock around k back-to-back calls queued behind a GPU busy-wait: the candidate's
+        reported time may not be far below what the judge saw the GPU spend per call."""
+        claimed = headline["candidate_ms"]
+        k = int(min(2000, max(20, 5.0 / max(claimed, 1e-4))))  # about 5 ms of the candidate's work
+        base = {"kind": "batch", "shape": headline["shape"], "dtype": headline["dtype"],
+                "seed": self.rng.randrange(2**31), "timing": settings.__dict__}
+        sleep = 2_000_000  # GPU cycles (about 1 ms) in which the host enqueues the calls; grown if short
+        for _ in range(4):
+            walls, enqueue = {}, 0.0
+            for count in (0, k):
+                best = math.inf
+                for _ in range(3):
+                    started = time.monotonic()
+                    reply = sandbox_reply(self.sandbox.request({**base, "k": count, "sleep_cycles": sleep},
+                                                               self.timeouts.task), "batched")
+                    best = min(best, time.monotonic() - started)
+                    enqueue = max(enqueue, float(reply.get("enqueue_s") or 0.0))
+                walls[count] = best
+            if enqueue < 0.8 * walls[0]:
+                break
+            sleep *= 4
+        else:
+            return  # the host could not queue the batch inside any busy-wait tried: no verdict from the clock
+        per_call_ms = (walls[k] - walls[0]) / k * 1e3
+        headline["judge_clock_ms"] = per_call_ms
+        if per_call_ms > 0 and claimed < 0.5 * per_call_ms:
+            raise CandidateFailure("too_fast", f"reported {claimed * 1e3:.1f} us a call at {headline['shape']}, but "
+                                               f"the judge's clock saw {per_call_ms * 1e3:.1f} us a call")
+
+
+def _samples(result: dict) -> dict[str, list[float]]:
+    samples = result.get("samples_ms") if isinstance(result, dict) else None
+    if not isinstance(samples, dict) or "candidate" not in samples or "eager" not in samples \
+            or "compile" not in samples:
+        raise CandidateFailure("protocol", "timing without the candidate's, eager's and compile's samples")
+    clean = {}
+    for name, values in samples.items():
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for v in values):
+            raise CandidateFailure("protocol", f"timing samples of {str(name)[:30]} are not positive numbers")
+        clean[str(name)[:30]] = [float(v) for v in values]
+    return clean
