@@ -14,7 +14,7 @@ from typing import Any, Callable, Literal
 
 from langgraph.graph import END, START, StateGraph
 
-from evaluators import Evaluator, Verdict
+from evaluators import CandidateFailure, Evaluator, SandboxLost, Verdict
 from kernels import get_spec
 from memory import CandidateArchive, Evidence, KernelStore, Rulebook, source_sha
 
@@ -297,11 +297,24 @@ def _promotion(ctx: RunContext, op: str, best: Candidate | None) -> tuple[bool, 
         decision = None
         if incumbent is None:
             reason = "first kernel for this op on this device"
+            if ctx.timed:
+                # timed again in a fresh sandbox, with every cross-check: a speed that does not repeat is void
+                again = ctx.evaluator.retime(op, Path(best["path"]))
+                if not again.accepted:
+                    reason = f"not confirmed when timed again in a fresh sandbox: {again.reason()}"
+                    emit("promotion", op=op, promoted=False, reason=reason)
+                    return False, reason
+                reason += f"; timed again in a fresh sandbox: {again.reason()}"
         elif not ctx.timed:
             emit("promotion", op=op, promoted=False, reason="speed not measured on the CPU; the incumbent stays")
             return False, "speed not measured on the CPU; the incumbent stays"
         else:
-            decision = ctx.evaluator.ab(op, Path(best["path"]), incumbent.path)
+            try:
+                decision = ctx.evaluator.ab(op, Path(best["path"]), incumbent.path)
+            except (CandidateFailure, SandboxLost) as failure:
+                reason = f"A/B rounds failed: {failure.failure_class}: {failure.detail}"
+                emit("promotion", op=op, promoted=False, reason=reason)
+                return False, reason
             if not decision.promote:
                 emit("promotion", op=op, promoted=False, reason=decision.reason, ab=decision.to_dict())
                 return False, decision.reason

@@ -41,6 +41,12 @@ class Timeouts:
     time: float = 900.0      # timing against eager and torch.compile, torch.compile's own compile included
     task: float = 900.0      # requests without phases (ceilings, A/B rounds)
 
+    def __post_init__(self) -> None:
+        # a limit of zero would blame every honest candidate for the evaluator's own setting
+        for name, value in self.__dict__.items():
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"the {name} timeout must be a positive number of seconds, not {value!r}")
+
 
 class SandboxLost(Exception):
     """A sandbox missed a deadline, died or broke the protocol; it has been killed."""
@@ -53,7 +59,7 @@ class SandboxLost(Exception):
 
 def scrubbed_env(device: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
-    paths = [str(PROJECT_ROOT)] + [p for p in sys.path if p and os.path.isdir(p) and "site-packages" in p]
+    paths = [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["PYTHONNOUSERSITE"] = "1"

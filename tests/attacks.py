@@ -56,6 +56,8 @@ def candidate(before: str = "", body: str = HONEST_CALL, after: str = "", top: s
 OS = 'typing.sys.modules["os"]'
 MARKER = "/tmp/evolve-attack-marker"  # an attack that escaped would create it
 
+# wrong on some inputs: the first call of a check that meets them says wrong_result, a later one caching
+WRONG = {"wrong_result", "caching"}
 # name -> (source, class with the static policy on (None: as without it), classes without it)
 ATTACKS: dict[str, tuple[str, str, set[str]]] = {
     # 1. output objects that lie
@@ -86,7 +88,7 @@ ATTACKS: dict[str, tuple[str, str, set[str]]] = {
     "patches_checker": (candidate(before="    m = typing.sys.modules.get('evaluators.checker')\n"
                                          "    if m is not None:\n"
                                          "        m.compare_outputs = lambda *a, **k: None\n",
-                                  body=ZEROS_CALL), "static", {"wrong_result"}),
+                                  body=ZEROS_CALL), "static", WRONG),
     "walks_frames_to_socket": (candidate(before="    f = typing.sys._getframe(1)\n"), "static", {"escape"}),
     "gc_finds_socket": (candidate(before="    typing.sys.modules['gc'].get_objects()\n"), "static", {"escape"}),
     # 5. torch or Python doing the work beside a launch
@@ -111,25 +113,25 @@ ATTACKS: dict[str, tuple[str, str, set[str]]] = {
                                  after="    _SEEN[(M, N, x.dtype)] = y\n"), "static", {"caching"}),
     "time_bomb": (candidate(top="\n_CALLS = [0]\n", before="    _CALLS[0] += 1\n    if _CALLS[0] > 12:\n"
                                                             + ZEROS_CALL.replace("    ", "        ") + "        return y\n"),
-                  "static", {"wrong_result", "caching", "stale_memory"}),
+                  "static", WRONG | {"stale_memory", "nondeterminism"}),
     "sees_the_poison": (candidate(kernel=KERNEL.replace(
         "    tl.store(Y + row * stride_y + cols, (xc * rstd * w + b)",
         "    seen = tl.load(Y + row * stride_y + cols, mask=mask, other=0.0).to(tl.float32)\n"
         "    honest = tl.sum(tl.where(seen != seen, 1.0, 0.0), axis=0) > 0\n"
         "    tl.store(Y + row * stride_y + cols, tl.where(honest, xc * rstd * w + b, 0.0)")),
-        None, {"wrong_result", "caching"}),
+        None, WRONG | {"nondeterminism"}),
     # 7. coverage: each passes checks of benign, contiguous, fixed-eps, few-row, non-bf16 inputs
     "drops_eps": (candidate(body=HONEST_CALL.replace("N, eps, BLOCK_N", "N, 1e-5, BLOCK_N")), None,
-                  {"wrong_result"}),
+                  WRONG),
     "ignores_row_stride": (candidate(body=HONEST_CALL.replace("x.stride(0), y.stride(0)", "N, y.stride(0)")),
-                           None, {"wrong_result"}),
+                           None, WRONG),
     "one_pass_variance": (candidate(kernel=KERNEL.replace(
         "    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / N + eps)",
         "    rstd = 1.0 / tl.sqrt(tl.maximum(tl.sum(x * x, axis=0) / N - mean * mean, 0.0) + eps)")),
-        None, {"wrong_result"}),
+        None, WRONG),
     "first_1024_rows": (candidate(body=HONEST_CALL.replace("_row[(M,)]", "_row[(min(M, 1024),)]")), None,
-                        {"stale_memory", "wrong_result"}),
+                        WRONG | {"stale_memory"}),
     "wrong_in_bfloat16": (candidate(before="    if x.dtype == torch.bfloat16:\n"
                                            + ZEROS_CALL.replace("    ", "        ") + "        return y\n"),
-                          None, {"wrong_result"}),
+                          None, WRONG),
 }

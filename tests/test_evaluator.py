@@ -1,8 +1,9 @@
 """The evaluator against planted candidates (tests/cheats/): the honest one is accepted, each cheat is caught
-under its own failure class, and a hang or a crash kills only the worker, which is replaced.
+under its own failure class, and a hang or a crash ends only its own sandbox.
 
-Everything runs on the CPU through Triton's interpreter. One evaluator (one worker) serves most tests;
-each file is evaluated once per module and its verdict shared by the tests that look at it.
+Everything runs on the CPU through Triton's interpreter. One evaluator (one fork server) serves most tests;
+each file is evaluated once per module and its verdict shared by the tests that look at it. Cheats the
+static policy stops are also evaluated with it skipped, so the checks behind it are shown to hold alone.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import triton
 
 from conftest import render
 from evaluators import FAILURE_CLASSES, Evaluator, EvaluatorSettings, Timeouts, TimingSettings, Verdict, compare
-from evaluators.sandbox import WorkerLost
 from evaluators.static import check_candidate
 from kernels import get_spec
 
@@ -37,12 +37,13 @@ EXPECTED = {
     "mutates_input": "input_mutation",
     "torch_layer_norm": "static",
     "torch_math": "static",
-    "no_launch": "no_kernel",
+    "no_launch": "escape",  # operators on tensors in the wrapper: refused by the sandbox's torch guard
+    "skips_the_launch": "no_kernel",
     "half_rows": "stale_memory",
     "returns_input": "aliasing",
     "wrong_dtype": "layout",
-    "caches": "caching",
-    "flaky": "nondeterminism",
+    "caches": "static",  # module-level state
+    "flaky": "static",
     "syntax_error": "syntax_error",
     "raises": "exception",
     "bad_kernel": "compile_error",
@@ -51,9 +52,18 @@ EXPECTED = {
     "makes_nan": "wrong_result",
     "late_compile_error": "compile_error",  # first met in a later check, not the first (compiling) call  # NaN it computes is not mistaken for memory it never wrote
 }
-# classes the worker's checks raise (CandidateFailure): the failing check is recorded in `checks`
+# the same cheats with the static policy skipped: the class the checks behind it give
+EXPECTED_DYNAMIC = {
+    "caches": "caching",
+    "flaky": "nondeterminism",
+    "torch_layer_norm": "escape",
+    "torch_math": "escape",
+    "crash_on_import": "escape",  # import os: refused by the candidate's own builtins
+}
+# classes the judge's checks raise (CandidateFailure): the failing check is recorded in `checks`
 CHECK_CLASSES = {"wrong_result", "input_mutation", "no_kernel", "stale_memory", "aliasing", "layout", "caching",
                  "nondeterminism"}
+FAULT_CLASSES = {"escape", "exception", "compile_error", "out_of_memory", "crash", "timeout", "syntax_error"}
 FIXED_KEYS = {"op", "status", "failure", "checks", "timing", "device"}
 
 
@@ -64,26 +74,38 @@ def evaluator():
 
 
 @pytest.fixture(scope="module")
-def verdict_of(evaluator):
-    """name -> the Verdict of tests/cheats/<name>.py, evaluated once per module."""
-    seen: dict[str, Verdict] = {}
+def unguarded():
+    with Evaluator(EvaluatorSettings(device="cpu"), skip_static=True) as ev:
+        yield ev
 
-    def get(name: str) -> Verdict:
-        if name not in seen:
-            seen[name] = evaluator.evaluate(OP, CHEATS / f"{name}.py")
-        return seen[name]
+
+@pytest.fixture(scope="module")
+def verdict_of(evaluator, unguarded):
+    """(name, dynamic=False) -> the Verdict of tests/cheats/<name>.py, evaluated once per module."""
+    seen: dict[tuple[str, bool], Verdict] = {}
+
+    def get(name: str, dynamic: bool = False) -> Verdict:
+        if (name, dynamic) not in seen:
+            seen[name, dynamic] = (unguarded if dynamic else evaluator).evaluate(OP, CHEATS / f"{name}.py")
+        return seen[name, dynamic]
 
     return get
 
 
-def evaluate_task(evaluator: Evaluator, path: Path) -> dict:
-    """The worker task Evaluator.evaluate builds after the static check passes."""
-    return {
-        "kind": "evaluate", "op": OP, "path": str(path.resolve()), "device": evaluator.settings.device,
-        "seed": random.SystemRandom().randrange(2**31), "dtypes": None,
-        "timed_dtypes": list(evaluator.settings.timed_dtypes), "ceilings": evaluator.ceilings(),
-        "timing": asdict(evaluator.settings.timing),
-    }
+def sandbox_processes(ev: Evaluator) -> list[int]:
+    """Live sandboxes of an evaluator: the children of its fork server."""
+    if ev._server is None:
+        return []
+    server = str(ev._server.process.pid)
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == server and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
 
 
 # ----------------------------------------------------------------------------- the honest candidate
@@ -105,7 +127,9 @@ def test_honest_candidate_is_accepted(verdict_of) -> None:
     # one passed check per interpreter shape and CPU dtype, each with its errors
     expected = {(s.name, d) for s in SPEC.shapes_for("cpu") for d in SPEC.dtypes_for("cpu")}
     assert {(c["shape"], c["dtype"]) for c in verdict.checks} == expected
-    assert len(verdict.checks) == len(expected)
+    # every adversarial or strided variant of the inputs met in every dtype
+    for dtype in SPEC.dtypes_for("cpu"):
+        assert {c["variant"] for c in verdict.checks if c["dtype"] == dtype} == {None, *SPEC.variants}
     for check in verdict.checks:
         assert check["passed"] is True
         tol = SPEC.tolerances[check["dtype"]]
@@ -138,7 +162,7 @@ def test_cheat_is_caught_under_its_class(verdict_of, name: str) -> None:
     assert verdict.status == FAILURE_CLASSES[cls][0]
     assert not verdict.accepted
     assert isinstance(verdict.failure["detail"], str) and verdict.failure["detail"].strip()
-    if cls in CHECK_CLASSES:
+    if cls in CHECK_CLASSES and cls != "no_kernel":
         # the check that caught it is recorded as failed, with the class; the ones before it passed
         *passed, failed = verdict.checks
         assert failed["passed"] is False and failed["failure"] == cls
@@ -147,6 +171,13 @@ def test_cheat_is_caught_under_its_class(verdict_of, name: str) -> None:
         # caught from the text alone: nothing ran
         assert verdict.checks == []
         assert verdict.failure["detail"].startswith("line ")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_DYNAMIC))
+def test_static_cheat_is_caught_behind_the_static_policy_too(verdict_of, name: str) -> None:
+    assert verdict_of(name).failure_class == "static"
+    verdict = verdict_of(name, dynamic=True)
+    assert verdict.failure_class == EXPECTED_DYNAMIC[name], f"{name}: {verdict.reason()}"
 
 
 def test_static_cheats_name_the_torch_computation(verdict_of) -> None:
@@ -158,9 +189,9 @@ def test_static_cheats_name_the_torch_computation(verdict_of) -> None:
 
 def test_wrong_dtype_passes_float32_and_fails_at_float16(verdict_of) -> None:
     checks = verdict_of("wrong_dtype").checks
-    assert {c["dtype"] for c in checks if c["passed"]} == {"float32"}
-    assert checks[-1]["dtype"] == "float16" and not checks[-1]["passed"]
-    assert "float16" in checks[-1]["detail"]
+    assert {c["dtype"] for c in checks if c["passed"]} <= {"float32"}
+    assert checks[-1]["dtype"] != "float32" and not checks[-1]["passed"]
+    assert checks[-1]["dtype"] in checks[-1]["detail"]
 
 
 def test_half_rows_reports_the_nan_poison(verdict_of) -> None:
@@ -169,16 +200,16 @@ def test_half_rows_reports_the_nan_poison(verdict_of) -> None:
 
 
 def test_cache_is_caught_on_the_second_inputs(verdict_of) -> None:
-    verdict = verdict_of("caches")
-    assert "second inputs" in verdict.failure["detail"]
-    assert len(verdict.checks) == 1  # right on its first inputs, wrong on the next ones of the same shape
+    verdict = verdict_of("caches", dynamic=True)
+    # it hands back the storage it returned before: seen before its values are even compared
+    assert "earlier call's output" in verdict.failure["detail"]
+    assert len(verdict.checks) == 1  # right on its first inputs, caught on the next call of the same shape
 
 
 def test_flaky_output_is_within_tolerance_but_not_repeatable(verdict_of) -> None:
-    verdict = verdict_of("flaky")
-    # both single outputs passed the fp32 tolerance; the repeat on the same inputs gave it away
+    verdict = verdict_of("flaky", dynamic=True)
+    # both single outputs passed the tolerance; the repeat on the same inputs gave it away
     assert "repeated call" in verdict.failure["detail"]
-    assert verdict.checks[-1]["dtype"] == "float32"
 
 
 def test_compile_error_is_a_fault_not_a_rejection(verdict_of) -> None:
@@ -224,54 +255,45 @@ def test_failure_classes_each_have_a_status() -> None:
         assert verdict.reason() == f"{cls}: detail"
 
 
-# ----------------------------------------------------------------------------- faults kill only the worker
+# ----------------------------------------------------------------------------- faults end only their sandbox
 
 @pytest.mark.parametrize("cheat", ["hangs.py", "kernel_spins.py"])  # a Python loop, a loop in the kernel
-def test_hang_times_out_and_the_worker_is_replaced(cheat: str) -> None:
+def test_hang_times_out_and_only_its_sandbox_ends(cheat: str) -> None:
     with Evaluator(EvaluatorSettings(device="cpu", timeouts=FRAGILE)) as ev:
-        hung = ev.pool.worker().process  # started here, outside the measured wall time
-        replaced = ev.pool.replaced
+        assert ev.evaluate(OP, CHEATS / "honest.py").accepted  # the fork server starts outside the timing
         started = time.monotonic()
         verdict = ev.evaluate(OP, CHEATS / cheat)
         elapsed = time.monotonic() - started
         assert verdict.failure_class == "timeout", verdict.reason()
         assert verdict.status == "failed"
         assert elapsed < 60, "the hang was not cut off (this bound detects a hang; it is not a speed check)"
-        assert hung.poll() is not None, "the hung worker is still running"
-        assert ev.pool.replaced == replaced + 1
+        assert sandbox_processes(ev) == [], "the hung sandbox is still running"
         after = ev.evaluate(OP, CHEATS / "honest.py")
         assert after.accepted, after.reason()
-        fresh = ev.pool.worker().process
-        assert fresh.pid != hung.pid
-    assert fresh.poll() is not None, "close() left a worker behind"
+        server = ev._server.process
+    assert server.poll() is not None, "close() left the fork server behind"
 
 
-def test_crash_on_import_kills_only_the_worker() -> None:
-    path = CHEATS / "crash_on_import.py"
-    # the static policy stops it before any worker sees it, so the sandbox is tested directly
-    assert {v.rule for v in check_candidate(path.read_text(), SPEC.entry)} == {"import"}
-    with Evaluator(EvaluatorSettings(device="cpu", timeouts=FRAGILE)) as ev:
-        crashed = ev.pool.worker().process
-        replaced = ev.pool.replaced
-        with pytest.raises(WorkerLost) as lost:
-            ev.pool.request(evaluate_task(ev, path))
-        assert lost.value.failure_class == "crash"
-        assert "code 3" in lost.value.detail and "load" in lost.value.detail
-        assert crashed.poll() == 3
-        assert ev.pool.replaced == replaced + 1
-        verdict = ev.evaluate(OP, CHEATS / "honest.py")
-        assert verdict.accepted, verdict.reason()
-        fresh = ev.pool.worker().process
-        assert fresh.pid != crashed.pid and fresh.poll() is None
-    assert fresh.poll() is not None, "close() left a worker behind"
+def test_a_fresh_sandbox_for_every_candidate(unguarded, tmp_path: Path) -> None:
+    # the first candidate leaves a mark in its process; the second fails if it finds one
+    from attacks import candidate
+
+    marks = candidate(before="    typing.sys.modules['torch'].evolve_was_here = 1\n")
+    looks = candidate(before="    if 'evolve_was_here' in typing.sys.modules['torch'].__dict__:\n"
+                             "        raise RuntimeError('a mark of an earlier candidate')\n")
+    started = unguarded.sandboxes_started
+    assert unguarded.evaluate_source(OP, marks).accepted
+    second = unguarded.evaluate_source(OP, looks)
+    assert second.accepted, second.reason()
+    assert unguarded.sandboxes_started == started + 2
+    assert sandbox_processes(unguarded) == []
 
 
-def test_worker_task_for_honest_candidate_matches_evaluate(evaluator) -> None:
-    # the hand-built task of the crash test is the one Evaluator.evaluate sends: an honest file passes through it
-    result = evaluator.pool.request(evaluate_task(evaluator, CHEATS / "honest.py"))
-    assert "error" not in result
-    assert result["verdict"]["status"] == "accepted"
-    assert result["recycle"] is False
+def test_a_crash_is_classified_and_the_next_candidate_runs(verdict_of, evaluator) -> None:
+    assert verdict_of("segfaults").failure_class == "crash"
+    assert "SIGSEGV" in verdict_of("segfaults").failure["detail"]
+    verdict = evaluator.evaluate(OP, CHEATS / "honest.py")
+    assert verdict.accepted, verdict.reason()
 
 
 # ----------------------------------------------------------------------------- checker.compare
