@@ -24,8 +24,10 @@ from pathlib import Path
 CANDIDATE_PREFIX = "<candidate "  # co_filename of every line of candidate code: "<candidate 1a2b3c4d>"
 ALLOWED_IMPORTS = frozenset({"torch", "triton", "triton.language", "math", "typing", "__future__"})
 # programs Triton's compiler runs (ptxas for PTX, a C compiler for its launcher, ldconfig to find libcuda)
+# (and `file`, which platform.architecture() runs for the compiler's host checks)
 ALLOWED_TOOLS = frozenset({"ptxas", "ptxas-blackwell", "cc", "gcc", "clang", "x86_64-linux-gnu-gcc",
-                           "aarch64-linux-gnu-gcc", "ldconfig", "ldconfig.real", "cuobjdump", "nvdisasm"})
+                           "aarch64-linux-gnu-gcc", "ldconfig", "ldconfig.real", "cuobjdump", "nvdisasm", "file",
+                           "ld", "objdump", "uname"})
 
 # events refused whoever raises them: a sandbox needs none of these to compile, check or time a kernel
 _ALWAYS_REFUSED = ("socket.", "os.system", "os.exec", "os.spawn", "os.fork", "os.forkpty", "os.kill",

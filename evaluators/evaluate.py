@@ -144,6 +144,7 @@ class Evaluator:
         sandbox = None
         try:
             sandbox = self._sandbox()
+            device = {**device, "sandbox": sandbox.namespaces}
             if on_message:
                 on_message(("phase", "load"))
             sandbox_reply(sandbox.request({"kind": "load", "op": op, "source": source},

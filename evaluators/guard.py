@@ -22,6 +22,7 @@ _ALLOCATE_FILLED = frozenset({"zeros", "zeros_like", "ones", "ones_like", "full"
 _DESCRIBE = frozenset({"stride", "size", "dim", "numel", "element_size", "is_contiguous", "contiguous", "view",
                        "reshape", "unsqueeze", "squeeze", "permute", "transpose", "t", "flatten", "expand",
                        "narrow", "select", "is_floating_point", "storage_offset", "detach", "requires_grad_",
+                       "data_ptr",  # TMA alignment checks; a cache by address needs state the policy refuses
                        "__len__", "__getitem__", "apply", "dim_order", "get_device", "nelement", "ndimension",
                        "is_complex", "unflatten", "movedim", "as_strided", "unbind", "split", "chunk"})
 _ATTRIBUTES = frozenset({"shape", "dtype", "device", "is_cuda", "is_cpu", "ndim", "requires_grad", "layout",
