@@ -27,7 +27,7 @@ ALLOWED_IMPORTS = frozenset({"torch", "triton", "triton.language", "math", "typi
 # (and `file`, which platform.architecture() runs for the compiler's host checks)
 ALLOWED_TOOLS = frozenset({"ptxas", "ptxas-blackwell", "cc", "gcc", "clang", "x86_64-linux-gnu-gcc",
                            "aarch64-linux-gnu-gcc", "ldconfig", "ldconfig.real", "cuobjdump", "nvdisasm", "file",
-                           "ld", "objdump", "uname"})
+                           "ld", "objdump", "uname", "nvcc"})
 
 # events refused whoever raises them: a sandbox needs none of these to compile, check or time a kernel
 _ALWAYS_REFUSED = ("socket.", "os.system", "os.exec", "os.spawn", "os.fork", "os.forkpty", "os.kill",
@@ -41,12 +41,10 @@ _REFUSED_FROM_CANDIDATE = ("import", "exec", "compile", "ctypes.", "object.__set
 _PATH_EVENTS = {"os.remove": (0,), "os.rename": (0, 1), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,),
                 "os.chown": (0,), "os.symlink": (0, 1), "os.link": (0, 1), "os.truncate": (0,),
                 "os.utime": (0,), "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.move": (0, 1)}
+_WATCHED = ("subprocess.Popen", *_ALWAYS_REFUSED, *_REFUSED_FROM_CANDIDATE, *_PATH_EVENTS)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 REFUSALS: list[str] = []  # what the candidate (or code it called) was refused, for the judge
-# refusals with no candidate code on the stack: the evaluator's own work met the policy (a tool missing
-# from ALLOWED_TOOLS, say): the judge reports them as its own error, never against the candidate
-OWN_REFUSALS: list[str] = []
 
 
 def _is_candidate(code_filename: str) -> bool:
@@ -88,7 +86,7 @@ class AuditPolicy:
         return real == "/dev/null" or any(real == root or real.startswith(root + os.sep) for root in self.writable)
 
     def refuse(self, event: str, why: str) -> None:
-        (REFUSALS if candidate_on_stack(3) else OWN_REFUSALS).append(f"{event}: {why}"[:300])
+        REFUSALS.append(f"{event}: {why}"[:300])
         raise PermissionError(f"refused in the evaluator's sandbox: {event} ({why})")
 
     def __call__(self, event: str, args: tuple) -> None:
@@ -101,6 +99,11 @@ class AuditPolicy:
             self.busy = False
 
     def _check(self, event: str, args: tuple) -> None:
+        # the process's own work with no candidate code on the stack (the eager and torch.compile
+        # baselines, their compilers) is not held to the candidate's limits: a function the candidate
+        # defined always carries its file name, so whatever it set up to run later is still seen here
+        if not event.startswith(_WATCHED) or not candidate_on_stack(3):
+            return
         if event == "subprocess.Popen":
             executable, argv = args[0], args[1]
             program = executable or (argv[0] if argv else "")

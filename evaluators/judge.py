@@ -30,6 +30,7 @@ SANDBOX_CLASSES = frozenset({"exception", "compile_error", "syntax_error", "out_
                              "escape"})
 SENTINEL = 4096.0  # a second, finite poison (exact in float16 and bfloat16): unwritten output vs computed NaN
 NAN = float("nan")
+INTERPRETER_THOROUGH_NUMEL = 1 << 16  # above this, a CPU check is one call (see check_shape)
 
 
 class JudgeError(RuntimeError):
@@ -38,14 +39,13 @@ class JudgeError(RuntimeError):
 
 def sandbox_reply(reply: dict, expected_kind: str) -> dict:
     """A reply checked for refusals and reported failures; CandidateFailure or JudgeError otherwise."""
-    own = reply.get("own_refusals") or []
     refusals = reply.get("refusals") or []
     if refusals:
         raise CandidateFailure("escape", f"the candidate tried what its sandbox refuses: {str(refusals[0])[:300]}")
     if reply.get("kind") == "failure":
         cls = reply.get("class")
-        if cls == "baseline" or own:
-            raise JudgeError(f"{reply.get('detail')}; refused: {own[:3]}")
+        if cls == "baseline":
+            raise JudgeError(str(reply.get("detail"))[:2000])
         if cls not in SANDBOX_CLASSES:
             raise CandidateFailure("protocol", f"the sandbox reported an unknown class {str(cls)[:40]!r}")
         raise CandidateFailure(cls, str(reply.get("detail", ""))[:400])
@@ -202,6 +202,10 @@ class Judge:
         where = f"{label}{f' ({variant} inputs)' if variant else ''}"
         first = self.judge(self.call(inputs_a, expected, poison), inputs_a, dtype_key, "wrong_result", where,
                            expected, poisoned=poison is not None)
+        if self.device == "cpu" and math.prod(shape.dims.values()) > INTERPRETER_THOROUGH_NUMEL:
+            # the interpreter takes seconds a call at thousands of rows: one call checks them, and the
+            # repeated, primed and refilled calls run on the smaller shapes
+            return self._passed(shape, dtype_key, variant, first)
         # second inputs, PyTorch's result computed and freed in the sandbox just before: an output left
         # unwritten would read it, were the memory not poisoned
         inputs_b = self.fresh_inputs(shape, dtype)
@@ -217,6 +221,10 @@ class Judge:
             inputs_c = self.fresh_inputs(shape, dtype)
             out_c = self.call(inputs_c, expected, None, reuse=True)
             self.judge(out_c, inputs_c, dtype_key, "caching", f"{label}, buffers refilled in place")
+        return self._passed(shape, dtype_key, variant, first)
+
+    @staticmethod
+    def _passed(shape: Shape, dtype_key: str, variant: str | None, first: dict) -> dict:
         return {"shape": shape.name, "dims": dict(shape.dims), "dtype": dtype_key, "passed": True,
                 "variant": variant, "max_abs": first["max_abs"], "rel_l2": first["rel_l2"]}
 
@@ -294,10 +302,10 @@ class Judge:
         """The judge's own clock around k back-to-back calls queued behind a GPU busy-wait: the candidate's
         reported time may not be far below what the judge saw the GPU spend per call."""
         claimed = headline["candidate_ms"]
-        k = int(min(2000, max(20, 5.0 / max(claimed, 1e-4))))  # about 5 ms of the candidate's work
+        k = int(min(400, max(20, 2.0 / max(claimed, 1e-4))))  # about 2 ms of the candidate's work
         base = {"kind": "batch", "shape": headline["shape"], "dtype": headline["dtype"],
                 "seed": self.rng.randrange(2**31), "timing": settings.__dict__}
-        sleep = 2_000_000  # GPU cycles (about 1 ms) in which the host enqueues the calls; grown if short
+        sleep = 4_000_000  # GPU cycles (about 2 ms) in which the host enqueues the calls; grown if short
         for _ in range(4):
             walls, enqueue = {}, 0.0
             for count in (0, k):
@@ -309,9 +317,10 @@ class Judge:
                     best = min(best, time.monotonic() - started)
                     enqueue = max(enqueue, float(reply.get("enqueue_s") or 0.0))
                 walls[count] = best
-            if enqueue < 0.8 * walls[0]:
+            if enqueue < 0.5 * walls[0]:
                 break
-            sleep *= 4
+            # a busy-wait of several times the enqueue (at the ~2 GHz of a datacenter GPU's clock, or more)
+            sleep = int(max(4 * sleep, 5 * enqueue * 2e9))
         else:
             return  # the host could not queue the batch inside any busy-wait tried: no verdict from the clock
         per_call_ms = (walls[k] - walls[0]) / k * 1e3

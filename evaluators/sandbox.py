@@ -334,5 +334,4 @@ def serve(sock, device: str, arena_fd: int, limits: dict) -> None:
             reply = {"kind": "failure", "class": cls, "detail": detail,
                      "traceback": traceback.format_exc(limit=8)[-4000:]}
         reply["refusals"] = containment.REFUSALS[:20]
-        reply["own_refusals"] = containment.OWN_REFUSALS[:20]
         wire.send(sock, reply)

@@ -105,7 +105,7 @@ ATTACKS: dict[str, tuple[str, str, set[str]]] = {
     # 6. state games
     "cache_by_address": (candidate(top="\n_SEEN = {}\n", before="    key = x.data_ptr()\n"
                                                                  "    if key in _SEEN:\n        return _SEEN[key]\n",
-                                   after="    _SEEN[key] = y\n"), "static", {"escape", "caching"}),
+                                   after="    _SEEN[key] = y\n"), "static", {"no_kernel", "caching"}),
     "cache_by_shape": (candidate(top="\n_SEEN = {}\n", before="    if (x.shape[0], x.shape[1], x.dtype) in _SEEN:\n"
                                                                "        y = _SEEN[(x.shape[0], x.shape[1], x.dtype)]\n"
                                                                "        _row[(1,)](x, weight, bias, y, x.stride(0), y.stride(0), x.shape[1], eps, BLOCK_N=triton.next_power_of_2(x.shape[1]))\n"

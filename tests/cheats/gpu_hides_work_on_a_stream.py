@@ -5,7 +5,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _ln_kernel(X, W, B, Y, stride, N, eps, BLOCK: tl.constexpr):
+def _ln_kernel(X, W, B, Y, stride, stride_y, N, eps, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -15,7 +15,7 @@ def _ln_kernel(X, W, B, Y, stride, N, eps, BLOCK: tl.constexpr):
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / N + eps)
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + row * stride + cols, (xc * rstd * w + b).to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + row * stride_y + cols, (xc * rstd * w + b).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -27,12 +27,12 @@ def _spin(S, n):
 
 
 @triton.jit
-def _decoy(X, S, stride, N, BLOCK: tl.constexpr):
+def _decoy(X, S, stride, stride_s, N, BLOCK: tl.constexpr):
     # reads the input once, as a real kernel would, so the reported time is above the physical floor
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     x = tl.load(X + row * stride + cols, mask=cols < N, other=0.0).to(tl.float32)
-    tl.store(S + row * stride + cols, x, mask=cols < N)
+    tl.store(S + row * stride_s + cols, x, mask=cols < N)
 
 
 def layer_norm(x, weight, bias, eps):
@@ -42,7 +42,7 @@ def layer_norm(x, weight, bias, eps):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        _ln_kernel[(M,)](x, weight, bias, y, x.stride(0), N, eps, BLOCK=triton.next_power_of_2(N))
+        _ln_kernel[(M,)](x, weight, bias, y, x.stride(0), y.stride(0), N, eps, BLOCK=triton.next_power_of_2(N))
         _spin[(1,)](scratch, 400000)
-    _decoy[(M,)](x, scratch, x.stride(0), N, BLOCK=triton.next_power_of_2(N))
+    _decoy[(M,)](x, scratch, x.stride(0), scratch.stride(0), N, BLOCK=triton.next_power_of_2(N))
     return y
