@@ -325,6 +325,10 @@ class Judge:
             return  # the host could not queue the batch inside any busy-wait tried: no verdict from the clock
         per_call_ms = (walls[k] - walls[0]) / k * 1e3
         headline["judge_clock_ms"] = per_call_ms
+        if per_call_ms < settings.floor_slack * headline["floor_ms"]:
+            # a sandbox that answered the batch without running it: what its clock saw cannot move the bytes
+            raise CandidateFailure("too_fast", f"the judge's clock saw {per_call_ms * 1e3:.1f} us a call at "
+                                               f"{headline['shape']}, under the physical floor")
         if per_call_ms > 0 and claimed < 0.5 * per_call_ms:
             raise CandidateFailure("too_fast", f"reported {claimed * 1e3:.1f} us a call at {headline['shape']}, but "
                                                f"the judge's clock saw {per_call_ms * 1e3:.1f} us a call")
