@@ -234,3 +234,12 @@ def test_no_process_outlives_a_killed_eval(tmp_path: Path, sig) -> None:
     while time.monotonic() < deadline and _processes_mentioning(marker):
         time.sleep(0.2)
     assert _processes_mentioning(marker) == [], "a fork server or sandbox outlived the killed eval"
+
+
+def test_sandbox_folders_are_removed(tmp_path: Path) -> None:
+    with Evaluator(EvaluatorSettings(device="cpu")) as ev:
+        assert ev.evaluate(OP, CHEATS / "honest.py").accepted
+        assert ev.evaluate(OP, CHEATS / "segfaults.py").failure_class == "crash"
+        base = Path(ev._server.base)
+        assert base.is_dir() and list(base.iterdir()) == [], "a sandbox left its folder behind"
+    assert not base.exists(), "close() left the fork server's folder behind"
