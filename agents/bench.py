@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from evaluators import Evaluator, Verdict
@@ -77,7 +78,7 @@ def bench_target(config: Config, target: str, ops: str | None, console: Console,
                 path = Path(tmp) / f"{op}_seed.py"
                 path.write_text(space.render(space.validate({})))
                 kernel = "seed"
-            console.print(f"[cyan]bench[/] {op}: {kernel}")
+            console.print(f"[cyan]bench[/] {op}: {escape(kernel)}")
             row = BenchRow(op, kernel, evaluator.evaluate(op, path))
             rows.append(row)
             if on_row is not None:
@@ -101,14 +102,16 @@ def _checks_table(rows: list[BenchRow], title: str) -> Table:
         checks = [c for c in v.checks if isinstance(c, dict)]
         passed = sum(1 for c in checks if c.get("passed"))
         worst = max((c.get("rel_l2", 0.0) for c in checks if c.get("passed")), default=None)
-        table.add_row(row.op, row.kernel.split(" ")[0], v.status if v.accepted else f"{v.status}: {v.reason()}",
-                      f"{passed}/{len(checks)} shape×dtype", "—" if worst is None else f"{worst:.1e}")
+        # a failure's detail holds the candidate's own text (exception messages): escaped, never markup
+        status = v.status if v.accepted else f"{v.status}: {v.reason()}"
+        table.add_row(*map(escape, (row.op, row.kernel.split(" ")[0], status, f"{passed}/{len(checks)} shape×dtype",
+                                    "—" if worst is None else f"{worst:.1e}")))
     return table
 
 
 def bench_table(rows: list[BenchRow], device: dict) -> Table:
-    title = (f"evolve bench · {device.get('name', '?')} ({device.get('arch', '?')}, torch "
-             f"{device.get('torch', '?')}, triton {device.get('triton', '?')})")
+    title = escape(f"evolve bench · {device.get('name', '?')} ({device.get('arch', '?')}, torch "
+                   f"{device.get('torch', '?')}, triton {device.get('triton', '?')})")
     if device.get("arch") == "interpreter":
         return _checks_table(rows, title)
     table = Table(title=title, title_justify="left")
@@ -119,11 +122,11 @@ def bench_table(rows: list[BenchRow], device: dict) -> Table:
     for row in rows:
         v = row.verdict
         if not v.accepted or not v.timing:
-            table.add_row(row.op, "—", f"{v.status}: {v.reason()}"[:60], *(["—"] * 9))
+            table.add_row(row.op, "—", escape(f"{v.status}: {v.reason()}"[:60]), *(["—"] * 9))
             continue
         for shape in v.timing["shapes"]:
-            other = ", ".join(f"{name} {_us(b['ms'])} ({b['speedup']:.2f}x)"
-                              for name, b in shape.get("baselines", {}).items()) or "—"
+            other = escape(", ".join(f"{name} {_us(b['ms'])} ({b['speedup']:.2f}x)"
+                                     for name, b in shape.get("baselines", {}).items()) or "—")
             table.add_row(row.op, f"{shape['shape']} {shape['dtype']}", v.status, _us(shape["eager_ms"]),
                           _us(shape["compile_ms"]), _us(shape["candidate_ms"]), f"{shape['speedup_eager']:.2f}x",
                           f"{shape['speedup_compile']:.2f}x", other, rate_text(row.op, shape),
@@ -134,5 +137,5 @@ def bench_table(rows: list[BenchRow], device: dict) -> Table:
                      f"Roofline against measured copy {c.get('copy_gbps', 0):,.0f} GB/s and bf16 matmul "
                      f"{c.get('matmul_tflops', 0):,.0f} TFLOP/s; of copy: a Triton copy of the same bytes, its time over ours.")
     if device.get("sdpa_backend"):
-        table.caption += f"\nscaled_dot_product_attention ran: {device['sdpa_backend']}."
+        table.caption += f"\nscaled_dot_product_attention ran: {escape(device['sdpa_backend'])}."
     return table

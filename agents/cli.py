@@ -7,18 +7,22 @@ LLM server for --coder llm|mixed).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import Config, ConfigError, find_config, load_config
 from .report import print_run, runs_table
 from .run_folder import RunFolder, RunNotFound, list_runs
-from .runner import UsageError, evaluator_settings, resolve_device, run_target
+from .runner import UsageError, evaluator_settings, interrupt_on_sigterm, resolve_device, run_target
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evolve fast, verified Triton kernels for NanoGPT.")
@@ -39,6 +43,55 @@ def _message(exc: Exception) -> str:
     return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
 
 
+def _children() -> list[int]:
+    """This process's live children (Linux: /proc), or none where that cannot be read."""
+    pids: list[int] = []
+    for listing in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        try:
+            pids.extend(int(pid) for pid in listing.read_text().split())
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _interrupted() -> typer.Exit:
+    """Exit 130 after Ctrl-C or SIGTERM, first killing any child the evaluator did not stop on its way out (a
+    worker interrupted while it was starting): an interrupted command leaves no process behind."""
+    for pid in _children():
+        try:
+            if os.getpgid(pid) == pid:  # a worker leads its own process group, which holds what it started
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return typer.Exit(130)
+
+
+def _readable_text(file: Path) -> None:
+    """A candidate must be a UTF-8 text file (the evaluator reads it as such); anything else is bad input."""
+    if not file.is_file():
+        raise UsageError(f"no such candidate file: {file}")
+    try:
+        file.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read the candidate file {file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"the candidate file {file} is not UTF-8 text (invalid byte at offset {exc.start})") from None
+
+
+def print_verdict(out: Console, op: str, file: Path, verdict) -> None:
+    """The verdict for humans. Its detail is the candidate's own text (exception messages, source lines) and
+    the file name is the user's: both are escaped, so rich prints them as written and never parses markup."""
+    style = {"accepted": "green", "rejected": "yellow", "failed": "red"}[verdict.status]
+    out.print(f"[{style}]{verdict.status}[/] {escape(f'{op} {file}: {verdict.reason()}')}", highlight=False)
+    if verdict.timing:
+        for shape in verdict.timing["shapes"]:
+            out.print(f"  {shape['shape']} {shape['dtype']}: {shape['candidate_ms'] * 1e3:.1f} us, "
+                      f"eager {shape['eager_ms'] * 1e3:.1f} us, compile {shape['compile_ms'] * 1e3:.1f} us, "
+                      f"{shape['gbps']:,.0f} GB/s ({shape['roofline_fraction']:.0%})", markup=False)
+
+
 def _config(ctx: typer.Context) -> Config:
     # the LLM endpoint is checked by `run` for the coder it ends up with (--coder), never for reports
     try:
@@ -52,6 +105,11 @@ def main(ctx: typer.Context,
          config: Optional[Path] = typer.Option(None, "--config", help="config.toml to use (default: ./config.toml, "
                                                                       "$EVOLVE_CONFIG, or the project's)")):
     ctx.obj = config
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C for every command: the evaluator's context managers stop its workers and
+        # a run's summary says "interrupted"; the previous handler comes back when the command is done
+        previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 @app.command()
@@ -82,7 +140,7 @@ def run(ctx: typer.Context,
     except (UsageError, ConfigError, KeyError) as exc:
         _fail(_message(exc))
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise _interrupted()
     except Exception as exc:
         _fail(f"the run failed: {type(exc).__name__}: {exc} (details in the run folder's events.jsonl)", 1)
     print_run(console, folder)
@@ -101,24 +159,20 @@ def evaluate(ctx: typer.Context,
     config = _config(ctx)
     try:
         get_spec(op)
-        if not file.is_file():
-            raise UsageError(f"no such candidate file: {file}")
+        _readable_text(file)
         config = config.with_run(device=device)
         resolved = resolve_device(config.run.device)
     except (UsageError, ConfigError, KeyError) as exc:
         _fail(_message(exc))
-    with Evaluator(evaluator_settings(config, resolved)) as evaluator:
-        verdict = evaluator.evaluate(op, file)
+    try:
+        with Evaluator(evaluator_settings(config, resolved)) as evaluator:
+            verdict = evaluator.evaluate(op, file)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the evaluator stopped its workers on the way out
+        raise _interrupted()
     if as_json:
         sys.stdout.write(verdict.to_json() + "\n")
     else:
-        style = {"accepted": "green", "rejected": "yellow", "failed": "red"}[verdict.status]
-        console.print(f"[{style}]{verdict.status}[/] {op} {file}: {verdict.reason()}", highlight=False)
-        if verdict.timing:
-            for shape in verdict.timing["shapes"]:
-                console.print(f"  {shape['shape']} {shape['dtype']}: {shape['candidate_ms'] * 1e3:.1f} us, "
-                              f"eager {shape['eager_ms'] * 1e3:.1f} us, compile {shape['compile_ms'] * 1e3:.1f} us, "
-                              f"{shape['gbps']:,.0f} GB/s ({shape['roofline_fraction']:.0%})")
+        print_verdict(console, op, file, verdict)
     raise typer.Exit(0 if verdict.accepted else 1)
 
 
@@ -128,7 +182,7 @@ def runs(ctx: typer.Context):
     config = _config(ctx)
     folders = list_runs(config.run.runs_dir)
     if not folders:
-        console.print(f"no runs in {config.run.runs_dir}")
+        console.print(f"no runs in {config.run.runs_dir}", markup=False)
         return
     console.print(runs_table(folders))
 
@@ -162,19 +216,24 @@ def memory(ctx: typer.Context,
     except MemoryStoreError as exc:
         _fail(str(exc))
     if action == "list":
-        table = Table(title=f"rulebook ({config.run.memory_dir})", title_justify="left")
+        # learned rules are written by the model: every cell is escaped so rich never reads it as markup
+        table = Table(title=escape(f"rulebook ({config.run.memory_dir})"), title_justify="left")
         for column in ("id", "kind", "op", "confidence", "evidence", "origin"):
             table.add_column(column, no_wrap=column in ("id", "evidence"))
         for rule in book.rules:
             tally = rule.tally()
-            table.add_row(rule.id, rule.kind, rule.op, f"{rule.current_confidence:.2f}",
-                          f"+{tally['confirmed']} -{tally['refuted']} ?{tally['inconclusive']}", rule.origin)
+            table.add_row(*map(escape, (rule.id, rule.kind, rule.op, f"{rule.current_confidence:.2f}",
+                                        f"+{tally['confirmed']} -{tally['refuted']} ?{tally['inconclusive']}",
+                                        rule.origin)))
         console.print(table)
-        kernels = KernelStore(config.run.memory_dir).all()
+        try:
+            kernels = KernelStore(config.run.memory_dir).all()
+        except MemoryStoreError as exc:
+            _fail(str(exc))
         for kernel in kernels:
             speed = kernel.metrics.get("speedup_eager")
             shown = f"{speed:.2f}x eager" if speed is not None else "speed not measured"
-            console.print(f"promoted {kernel.op} on {kernel.gpu}: {shown} ({kernel.path})")
+            console.print(f"promoted {kernel.op} on {kernel.gpu}: {shown} ({kernel.path})", markup=False)
     elif action == "show":
         if not rule_id:
             _fail("memory show needs a rule id")
@@ -182,11 +241,12 @@ def memory(ctx: typer.Context,
             rule = book.get(rule_id)
         except KeyError as exc:
             _fail(_message(exc))
-        console.print(f"[bold]{rule.id}[/] ({rule.kind}, op {rule.op}, origin {rule.origin}, learned on "
-                      f"{rule.learned_on})\n{rule.statement}\nwhen {rule.when} suggests {rule.suggests}\n"
-                      f"confidence {rule.confidence:.2f} -> {rule.current_confidence:.2f} with evidence:")
+        console.print(f"[bold]{escape(rule.id)}[/] "
+                      + escape(f"({rule.kind}, op {rule.op}, origin {rule.origin}, learned on {rule.learned_on})\n"
+                               f"{rule.statement}\nwhen {rule.when} suggests {rule.suggests}\n"
+                               f"confidence {rule.confidence:.2f} -> {rule.current_confidence:.2f} with evidence:"))
         for ev in rule.evidence:
-            console.print(f"  {ev.date} {ev.gpu} {ev.run}: {ev.verdict} {ev.effect}")
+            console.print(f"  {ev.date} {ev.gpu} {ev.run}: {ev.verdict} {ev.effect}", markup=False)
     else:
         _fail(f"unknown memory action {action!r}: list or show")
 
@@ -198,6 +258,8 @@ def bench(ctx: typer.Context,
           device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu"),
           as_json: bool = typer.Option(False, "--json", help="print the rows as one JSON object")):
     """Per op, the kernel in use (promoted for this GPU, else the seed) against eager and torch.compile."""
+    from memory import MemoryStoreError
+
     from .bench import bench_table, bench_target
 
     config = _config(ctx)
@@ -205,8 +267,10 @@ def bench(ctx: typer.Context,
         config = config.with_run(device=device)
         quiet = Console(file=sys.stderr) if as_json else console
         rows, info = bench_target(config, target, ops, quiet)
-    except (UsageError, ConfigError, KeyError) as exc:
+    except (UsageError, ConfigError, KeyError, MemoryStoreError) as exc:
         _fail(_message(exc))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the evaluator stopped its workers on the way out
+        raise _interrupted()
     if as_json:
         sys.stdout.write(json.dumps({"device": info, "rows": [r.to_dict() for r in rows]}, indent=2) + "\n")
     else:

@@ -1,7 +1,9 @@
 """config.toml as nested frozen dataclasses; an unknown or mistyped key fails loudly with its name."""
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -139,6 +141,8 @@ def _coerce(table: str, key: str, value: Any, default: Any, base: Path, origin: 
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, not {value!r}")
+        if not math.isfinite(value):  # TOML has nan and inf; no setting means either
+            raise ConfigError(f"{where} must be a finite number, not {value!r}")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
@@ -189,6 +193,28 @@ def _validate_llm(llm: LLMConfig, origin: str) -> None:
         raise ConfigError(f"{origin}: [llm].temperature must lie in [0, 2]")
 
 
+# Numeric settings of the evaluator and its timing: a timeout or a measuring time of 0 or less, one
+# timing round, or a negative margin would make every candidate time out or every promotion meaningless.
+_POSITIVE = {"evaluator": ("start_timeout_s", "load_timeout_s", "compile_timeout_s", "check_timeout_s",
+                           "timing_timeout_s"),
+             "timing": ("warmup_ms", "rep_ms", "rotate_mib")}
+_AT_LEAST = {("timing", "rounds"): 1, ("promotion", "ab_rounds"): 2, ("promotion", "margin"): 0}
+
+
+def _validate_bounds(config: Config, origin: str) -> None:
+    for table, keys in _POSITIVE.items():
+        for key in keys:
+            value = getattr(getattr(config, table), key)
+            if value <= 0:
+                raise ConfigError(f"{origin}: [{table}].{key} must be greater than 0, not {value}")
+    for (table, key), least in _AT_LEAST.items():
+        value = getattr(getattr(config, table), key)
+        if value < least:
+            raise ConfigError(f"{origin}: [{table}].{key} must be at least {least}, not {value}")
+    if not 0 < config.timing.floor_slack <= 1:
+        raise ConfigError(f"{origin}: [timing].floor_slack must lie in (0, 1], not {config.timing.floor_slack}")
+
+
 def _validate(config: Config, origin: str, check_llm: bool = True) -> None:
     _validate_run(config.run, origin)
     _validate_llm(config.llm, origin)
@@ -196,15 +222,27 @@ def _validate(config: Config, origin: str, check_llm: bool = True) -> None:
         _check_endpoint(config, origin)
     if not 0.0 <= config.coder.explore <= 1.0:
         raise ConfigError(f"{origin}: [coder].explore must lie in [0, 1]")
-    if config.promotion.margin < 0 or config.promotion.ab_rounds < 2:
-        raise ConfigError(f"{origin}: [promotion] needs margin >= 0 and ab_rounds >= 2")
-    if config.timing.rounds < 1 or not 0 < config.timing.floor_slack <= 1:
-        raise ConfigError(f"{origin}: [timing] needs rounds >= 1 and 0 < floor_slack <= 1")
+    _validate_bounds(config, origin)
     from kernels import DTYPES
 
     for dtype in config.evaluator.timed_dtypes:
         if dtype not in DTYPES:
             raise ConfigError(f"{origin}: [evaluator].timed_dtypes: unknown dtype {dtype!r}")
+
+
+def _config_text(path: Path) -> str:
+    """The file as text: TOML is UTF-8 by definition (whatever the locale), and a leading byte-order mark,
+    which some editors write, is dropped rather than read as a stray character."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8") from None
 
 
 def load_config(path: Path, check_llm: bool = True) -> Config:
@@ -213,7 +251,7 @@ def load_config(path: Path, check_llm: bool = True) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(_config_text(path))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     base = path.resolve().parent

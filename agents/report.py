@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .run_folder import RunFolder
@@ -35,7 +36,8 @@ def run_table(folder: RunFolder) -> Table:
     timed = device.get("arch") != "interpreter"
     title = (f"run {s['run_id']} · {s['target']} · {s['status']} · {device.get('name', '?')} "
              f"({device.get('arch', '?')}, torch {device.get('torch', '?')}, triton {device.get('triton', '?')})")
-    table = Table(title=title, title_justify="left")
+    # titles and cells are rich markup: values read from a run folder are escaped to print as written
+    table = Table(title=escape(title), title_justify="left")
     # short headers: the table fits an 80-column terminal (the caption says what the ratios are)
     for column in ("op", "tried", "ok", "best", "×eager", "×compile", "roofline", "rate", "failures", "promoted"):
         table.add_column(column, justify="left" if column in ("op", "failures", "best") else "right",
@@ -43,13 +45,13 @@ def run_table(folder: RunFolder) -> Table:
     for op, o in s["ops"].items():
         best = o.get("best") or {}
         failures = ", ".join(f"{k} {v}" for k, v in sorted(o["failures"].items())) or "—"
-        table.add_row(
+        table.add_row(*map(escape, (
             op, str(o["candidates"]), str(o["accepted"]),
-            best.get("candidate", "—") + (f" {best['origin']}" if best.get("origin") else ""),
+            str(best.get("candidate", "—")) + (f" {best['origin']}" if best.get("origin") else ""),
             _ratio(best.get("speedup_eager")), _ratio(best.get("speedup_compile")),
             _fraction(best.get("roofline_fraction")), rate_text(op, best),
             failures, "yes" if o.get("promoted") else "no",
-        )
+        )))
     if not timed:
         table.caption = "Speed not measured: the run used Triton's CPU interpreter (correctness only)."
     else:
@@ -88,16 +90,17 @@ def llm_lines(summary: dict) -> list[str]:
 
 def print_run(console: Console, folder: RunFolder) -> None:
     console.print(run_table(folder))
+    # promotion reasons, rule ids and statements may hold text from candidates or the model: never markup
     for op, o in folder.summary["ops"].items():
         if o.get("promotion"):
-            console.print(f"  {op}: {o['promotion']}")
+            console.print(f"  {op}: {o['promotion']}", markup=False)
         for lesson in o.get("lessons", []):
-            console.print(f"  {op}: rule {lesson['rule']} {lesson['verdict']} — {lesson['effect']}")
+            console.print(f"  {op}: rule {lesson['rule']} {lesson['verdict']} — {lesson['effect']}", markup=False)
         for learned in o.get("reflections", []):
             console.print(f"  {op}: learned {learned['rule']} (confidence {learned['confidence']:.2f}) — "
-                          f"{learned['statement']}", highlight=False)
+                          f"{learned['statement']}", highlight=False, markup=False)
     for line in llm_lines(folder.summary):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
 
 
 def runs_table(folders: list[RunFolder]) -> Table:
@@ -109,6 +112,7 @@ def runs_table(folders: list[RunFolder]) -> Table:
         ops = s.get("ops", {})
         accepted = sum(o.get("accepted", 0) for o in ops.values())
         total = sum(o.get("candidates", 0) for o in ops.values())
-        table.add_row(s["run_id"], s["target"], s["status"], (s.get("device") or {}).get("name", "?"),
-                      ",".join(ops), f"{accepted} / {total}", str(s.get("started", "")))
+        table.add_row(*map(escape, (str(s["run_id"]), str(s["target"]), str(s["status"]),
+                                    str((s.get("device") or {}).get("name", "?")), ",".join(ops),
+                                    f"{accepted} / {total}", str(s.get("started", "")))))
     return table

@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from evaluators import Evaluator, EvaluatorSettings, Timeouts, TimingSettings
@@ -45,12 +46,21 @@ def resolve_device(requested: str) -> str:
 def resolve_ops(target: str, ops: str | None) -> list[str]:
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}; known targets: {', '.join(sorted(TARGETS))}")
-    if not ops:
+    if ops is None:
         return list(TARGETS[target])
-    chosen = [o.strip() for o in ops.split(",") if o.strip()]
+    chosen = [o.strip() for o in ops.split(",")]
+    # an empty name is a typo (`a,,b`, a trailing comma), never "all ops"; a repeated op would have its
+    # candidate files overwritten by its second pass
+    if not any(chosen):
+        raise UsageError(f"--ops {ops!r} names no op; its ops: {', '.join(TARGETS[target])}")
+    if not all(chosen):
+        raise UsageError(f"--ops {ops!r} has an empty op name; separate op names with single commas")
     for op in chosen:
         if op not in TARGETS[target]:
             raise UsageError(f"unknown op {op!r} for {target}; its ops: {', '.join(TARGETS[target])}")
+    repeated = sorted({op for op in chosen if chosen.count(op) > 1})
+    if repeated:
+        raise UsageError(f"--ops names {', '.join(repeated)} more than once; name each op once")
     return chosen
 
 
@@ -87,43 +97,50 @@ class RunDisplay:
         self.progress.__exit__(*exc)
 
     def __call__(self, kind: str, data: dict) -> None:
+        # Every value below may come from a candidate or the model (ids of learned rules, exception text,
+        # strategies): escaped, so that rich prints "[/]" or "[link=...]" as written instead of parsing it.
+        print_line = self.progress.console.print
         if kind == "plan" and "budget" in data:
             self.op = data["op"]
-            self.task = self.progress.add_task(f"[bold]{self.op}[/]", total=data["budget"])
+            self.task = self.progress.add_task(f"[bold]{escape(self.op)}[/]", total=data["budget"])
             rules = ", ".join(r["id"] for r in data["rules"]) or "none"
-            self.progress.console.print(f"[cyan]plan[/] {self.op}: rules applied: {rules}")
+            print_line(f"[cyan]plan[/] {escape(self.op)}: rules applied: {escape(rules)}")
             if data.get("planner") == "llm":
-                self.progress.console.print(f"  [cyan]strategy[/] {data['strategy']}", highlight=False)
+                print_line(f"  [cyan]strategy[/] {escape(str(data['strategy']))}", highlight=False)
             elif data.get("fallback"):
-                self.progress.console.print(f"  [yellow]rule-based plan[/]: {data['fallback']}", highlight=False)
+                print_line(f"  [yellow]rule-based plan[/]: {escape(str(data['fallback']))}", highlight=False)
         elif kind == "candidate" and self.task is not None:
-            self.progress.update(self.task, description=f"[bold]{self.op}[/] {data['id']} ({data['origin']})")
+            which = escape(f"{data['id']} ({data['origin']})")
+            self.progress.update(self.task, description=f"[bold]{escape(self.op)}[/] {which}")
         elif kind == "progress" and self.task is not None and data["message"][0] == "phase":
-            self.progress.update(self.task, description=f"[bold]{self.op}[/] {data['message'][1]}")
+            phase = escape(str(data["message"][1]))
+            self.progress.update(self.task, description=f"[bold]{escape(self.op)}[/] {phase}")
         elif kind == "verdict" and self.task is not None:
             self.progress.advance(self.task)
             mark = {"accepted": "[green]✓[/]", "rejected": "[yellow]✗[/]", "failed": "[red]✗[/]"}[data["status"]]
-            self.progress.console.print(f"  {mark} {self.op} {data['id']} {data['status']}: {_reason(data)}")
+            line = f"{self.op} {data['id']} {data['status']}: {_reason(data)}"
+            print_line(f"  {mark} {escape(line)}")
         elif kind == "lesson":
-            self.progress.console.print(f"  [magenta]lesson[/] {data['rule']}: {data['verdict']} ({data['effect']})")
+            line = f"{data['rule']}: {data['verdict']} ({data['effect']})"
+            print_line(f"  [magenta]lesson[/] {escape(line)}")
         elif kind == "promotion":
             word = "[bold green]promoted[/]" if data["promoted"] else "[yellow]not promoted[/]"
-            self.progress.console.print(f"  {word} {data['op']}: {data['reason']}")
+            print_line(f"  {word} {escape(str(data['op']))}: {escape(str(data['reason']))}")
         elif kind == "llm":
-            self.progress.console.print(_llm_line(data), highlight=False)
+            print_line(_llm_line(data), highlight=False)
         elif kind == "reflection":
-            text = (f"[yellow]no lesson[/]: {data['error']}" if data.get("error") else
-                    f"{data['rule']} (confidence {data['confidence']:.2f}): {data['statement']}")
-            self.progress.console.print(f"  [magenta]reflection[/] {data['op']}: {text}", highlight=False)
+            text = (f"[yellow]no lesson[/]: {escape(str(data['error']))}" if data.get("error") else
+                    escape(f"{data['rule']} (confidence {data['confidence']:.2f}): {data['statement']}"))
+            print_line(f"  [magenta]reflection[/] {escape(str(data['op']))}: {text}", highlight=False)
 
 
 def _llm_line(data: dict) -> str | None:
     outcome = data["outcome"]
-    where = f"{data['purpose']}" + (f" {data['op']}" if data.get("op") else "")
+    where = escape(f"{data['purpose']}" + (f" {data['op']}" if data.get("op") else ""))
     if outcome == "ok":
         return (f"  [blue]llm[/] {where}: {data['prompt_tokens']:,} + {data['completion_tokens']:,} tokens"
                 + (f", cost {data['cost']:.4f}" if data.get("cost") else ""))
-    return f"  [blue]llm[/] {where}: [yellow]{outcome}[/] {data.get('error', '')}"
+    return f"  [blue]llm[/] {where}: [yellow]{escape(str(outcome))}[/] {escape(str(data.get('error', '')))}"
 
 
 def _reason(verdict: dict) -> str:
@@ -141,8 +158,8 @@ def _replay_source(config: Config, replay: str, target: str, ops: str | None, se
         meta = read_meta(past.path)
     except (RunNotFound, FileNotFoundError) as exc:
         raise UsageError(f"--llm-replay: {exc}") from None
-    wanted = {"target": target, "ops": ops and resolve_ops(target, ops), "seed": seed, "coder": coder,
-              "budget": budget}
+    wanted = {"target": target, "ops": None if ops is None else resolve_ops(target, ops), "seed": seed,
+              "coder": coder, "budget": budget}
     for key, value in wanted.items():
         if value is not None and value != meta[key]:
             raise UsageError(f"--llm-replay {replay}: that run had {key} {meta[key]!r}, not {value!r}; "
@@ -175,18 +192,19 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         except LLMUnavailable as exc:
             if config.llm.on_unavailable != "template":
                 raise UsageError(str(exc)) from None
-            console.print(f"[yellow]{exc}; the template coder writes every candidate ([llm].on_unavailable)[/]",
+            console.print(f"[yellow]{escape(str(exc))}; the template coder writes every candidate "
+                          f"({escape('[llm]')}.on_unavailable)[/]",
                           highlight=False)
             config = config.with_run(coder="template")
     if config.run.coder != "template" and seed is None:
         # the template coder's choices must be replayable beside the recorded answers
         seed = random.SystemRandom().randrange(2**31)
     memory_dir = Path(config.run.memory_dir)
-    console.print(f"[bold]evolve run {target}[/] ops={','.join(op_names)} budget={config.run.budget} "
-                  f"device={device} memory={'off' if not use_memory else memory_dir}")
+    console.print(f"[bold]evolve run {escape(target)}[/] ops={','.join(op_names)} budget={config.run.budget} "
+                  f"device={device} memory={'off' if not use_memory else escape(str(memory_dir))}")
     if config.run.coder != "template":
         where = f"replaying {past.run_id}" if past else f"{config.llm.model} at {endpoint.base_url}"
-        console.print(f"[bold]LLM[/] coder={config.run.coder} ({where})", highlight=False)
+        console.print(f"[bold]LLM[/] coder={config.run.coder} ({escape(where)})", highlight=False)
     if device == "cpu":
         console.print("[yellow]No GPU: candidates run in Triton's interpreter. Correctness only; speed not measured.[/]")
     evaluator = Evaluator(evaluator_settings(config, device))
@@ -195,13 +213,13 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
     previous = None
     if threading.current_thread() is threading.main_thread():
         # a kill (e.g. a job's time limit) ends the run as Ctrl-C does: the summary says "interrupted"
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     try:
         info = evaluator.device_info
         if device == "cuda":
             info = {**info, "ceilings": evaluator.ceilings()}
         folder = RunFolder.create(config.run.runs_dir, target, config.to_toml(), info, op_names)
-        console.print(f"run folder: {folder.path}")
+        console.print(f"run folder: {escape(str(folder.path))}")
         gpu = info["name"] if device == "cuda" else INTERPRETER_GPU
         rulebook = Rulebook.load(memory_dir) if use_memory else None
         store = KernelStore(memory_dir) if use_memory else None
@@ -226,7 +244,7 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         if folder is not None:
             folder.log("error", error="interrupted by the user")
             folder.finish("interrupted")
-            console.print(f"[yellow]interrupted[/]; what was done is in {folder.path}")
+            console.print(f"[yellow]interrupted[/]; what was done is in {escape(str(folder.path))}")
         raise
     except Exception as exc:
         if folder is not None:
@@ -280,5 +298,10 @@ def _llm_agents(ctx: RunContext, config: Config, target: str, op_names: list[str
     return model
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def interrupt_on_sigterm(signum: int, frame: object) -> None:
+    """A SIGTERM handler that unwinds the main thread as Ctrl-C does (KeyboardInterrupt), so context managers
+    and `finally` blocks run: the evaluator stops its workers, a run folder records "interrupted"."""
+    # Later SIGTERMs are ignored: a second one (a supervisor that signals the whole group, or twice) must not
+    # cut short the cleanup the first one started. SIGKILL still ends everything.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")

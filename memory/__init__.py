@@ -3,6 +3,10 @@
 Everything lives under one memory root folder; by default that is this package's own folder, so the
 shipped seed lessons (lessons/) and what runs learn (learned/, evidence.jsonl, promoted/, archive/) sit
 side by side. This package imports nothing from agents/, evaluators/ or kernels/.
+
+Several runs may share one memory root: every write is atomic (a rename, or one whole appended line) and
+made under an inter-process lock (fcntl.flock), and promotions are journalled so that a writer killed at
+any moment leaves the store readable (see _lock.py, _files.py and _journal.py).
 """
 
 from __future__ import annotations

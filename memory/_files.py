@@ -1,4 +1,4 @@
-"""Small file helpers shared by the stores: atomic writes, line appends, safe names."""
+"""Small file helpers shared by the stores: atomic writes, locked line appends and reads, safe names."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from memory._lock import locked_handle
 from memory.errors import MemoryStoreError
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -28,10 +29,25 @@ def file_stem_for(identifier: str) -> str:
     return _UNSAFE_CHARS.sub("_", identifier)
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make renames into `folder` durable; a no-op where directories cannot be opened for it."""
+    try:
+        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so that readers see either the old file or the whole new one.
 
-    The temporary file lives in the same folder so that os.replace is a rename on one filesystem.
+    The temporary file lives in the same folder so that os.replace is a rename on one filesystem; its name
+    starts with '.' and ends in '.tmp', so no glob of the stores picks up one a crash left behind.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -46,21 +62,52 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def append_line(path: Path, line: str) -> None:
-    """Append one line to a JSON-lines file, creating its folders.
+def _write_all(handle: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(handle, view)
+        view = view[written:]
 
-    If an earlier writer crashed mid-line, the file does not end with a newline; starting on a fresh line
-    keeps the new record intact (readers skip the torn one) instead of gluing the two into one bad line.
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a JSON-lines file under an exclusive lock on the file itself.
+
+    The lock makes concurrent appends land whole and in lock order. If a writer was killed mid-line, the
+    file does not end with a newline; starting on a fresh line keeps the new record intact (readers skip
+    the torn one) instead of gluing the two into one bad line.
     """
     if "\n" in line:
         raise MemoryStoreError(f"{path}: a JSON-lines record must not contain a newline")
+    data = (line + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    needs_separator = False
-    if path.exists() and path.stat().st_size > 0:
-        with path.open("rb") as existing:
-            existing.seek(-1, os.SEEK_END)
-            needs_separator = existing.read(1) != b"\n"
-    with path.open("a", encoding="utf-8") as out:
-        out.write(("\n" if needs_separator else "") + line + "\n")
-        out.flush()
-        os.fsync(out.fileno())
+    handle = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        with locked_handle(handle):
+            size = os.fstat(handle).st_size
+            if size > 0 and os.pread(handle, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            _write_all(handle, data)
+            os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def read_lines(path: Path) -> list[str]:
+    """Every line of a JSON-lines file, read under a shared lock so no append is seen half done.
+
+    Lines are decoded one by one with replacement: a line torn mid-character by a killed writer then fails
+    to parse on its own instead of making the whole file unreadable.
+    """
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    try:
+        with locked_handle(handle, shared=True), os.fdopen(os.dup(handle), "rb") as log:
+            raw = log.read()
+    finally:
+        os.close(handle)
+    lines = raw.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # what follows the last newline
+    return [line.decode("utf-8", errors="replace") for line in lines]

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from memory._files import append_line, require_safe_name
+from memory._files import append_line, read_lines, require_safe_name
 from memory.errors import MemoryStoreError
 
 
@@ -57,18 +57,14 @@ class CandidateArchive:
         Lines that do not parse (a crash mid-write leaves a torn line) are skipped: the archive is a
         cache of past work, and losing one record only costs one re-evaluation.
         """
-        path = self.path_for(op)
-        if not path.exists():
-            return []
         records: list[dict[str, Any]] = []
-        with path.open(encoding="utf-8", errors="replace") as log:
-            for line in log:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(record, dict):
-                    records.append(record)
+        for line in read_lines(self.path_for(op)):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
         return records
 
     def lookup(self, op: str, source: str) -> dict[str, Any] | None:

@@ -17,7 +17,8 @@ from typing import Any
 
 import tomli_w
 
-from memory._files import append_line, atomic_write_text, file_stem_for
+from memory._files import append_line, atomic_write_text, file_stem_for, read_lines
+from memory._lock import file_lock
 from memory.errors import MemoryStoreError
 from memory.rule import Evidence, Rule
 
@@ -28,6 +29,7 @@ _OPTIONAL_RULE_KEYS = frozenset({"when", "suggests", "evidence"})
 _REQUIRED_EVIDENCE_KEYS = frozenset({"run", "gpu", "verdict", "date"})
 _OPTIONAL_EVIDENCE_KEYS = frozenset({"effect"})
 _EVIDENCE_LOG = "evidence.jsonl"
+_LEARNED_LOCK = ".lock"  # not *.toml, so the loader never reads it as rules
 
 
 def _check_keys(label: str, table: dict[str, Any], required: frozenset[str], optional: frozenset[str]) -> None:
@@ -138,27 +140,24 @@ class Rulebook:
 
     def _merge_evidence_log(self) -> None:
         path = self._root / _EVIDENCE_LOG
-        if not path.exists():
-            return
-        with path.open(encoding="utf-8") as log:
-            for line_number, line in enumerate(log, start=1):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    # A line torn by a crash mid-write carries no usable measurement; skip it.
-                    continue
-                if not isinstance(record, dict):
-                    continue
-                rule_id = record.get("rule")
-                # Evidence about a rule this checkout does not have (a learned rule since deleted, another
-                # branch's lesson) stays in the log for whoever has the rule, and is ignored here.
-                if rule_id not in self._rules:
-                    continue
-                label = f"{path} line {line_number}: rule {rule_id!r}"
-                fields = {key: value for key, value in record.items() if key != "rule"}
-                evidence = _evidence_from_table(label, fields)
-                rule = self._rules[rule_id]
-                self._rules[rule_id] = dataclasses.replace(rule, evidence=rule.evidence + (evidence,))
+        for line_number, line in enumerate(read_lines(path), start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                # A line torn by a writer killed mid-write carries no usable measurement; skip it.
+                continue
+            if not isinstance(record, dict):
+                continue
+            rule_id = record.get("rule")
+            # Evidence about a rule this checkout does not have (a learned rule since deleted, another
+            # branch's lesson) stays in the log for whoever has the rule, and is ignored here.
+            if rule_id not in self._rules:
+                continue
+            label = f"{path} line {line_number}: rule {rule_id!r}"
+            fields = {key: value for key, value in record.items() if key != "rule"}
+            evidence = _evidence_from_table(label, fields)
+            rule = self._rules[rule_id]
+            self._rules[rule_id] = dataclasses.replace(rule, evidence=rule.evidence + (evidence,))
 
     @property
     def root(self) -> Path:
@@ -222,13 +221,16 @@ class Rulebook:
         path = self._root / "learned" / f"{file_stem_for(rule.id)}.toml"
         if rule.id in self._rules:
             raise MemoryStoreError(f"{path}: rule {rule.id!r}: id already exists in the rulebook")
-        if path.exists():
-            # Two ids can map to one file name ("a/b" and "a_b"); never overwrite another rule's file.
-            raise MemoryStoreError(f"{path}: rule {rule.id!r}: file already exists for another rule")
         try:
             text = tomli_w.dumps({"rule": [_rule_to_table(rule)]})
         except TypeError as err:
             raise MemoryStoreError(f"{path}: rule {rule.id!r}: value not representable in TOML: {err}") from None
-        atomic_write_text(path, text)
+        # Under the lock, so that of two runs learning the same id at once exactly one writes its file.
+        with file_lock(self._root / "learned" / _LEARNED_LOCK):
+            if path.exists():
+                # Two ids can map to one file name ("a/b" and "a_b"), or another run learned this id since we
+                # loaded: never overwrite another rule's file.
+                raise MemoryStoreError(f"{path}: rule {rule.id!r}: file already exists for another rule")
+            atomic_write_text(path, text)
         self._rules[rule.id] = rule
         return path

@@ -3,6 +3,7 @@ store and the candidate archive. All on the CPU, in tmp_path."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tomllib
@@ -418,3 +419,28 @@ def test_archive_survives_a_truncated_last_line(tmp_path: Path) -> None:
 def test_archive_refuses_entries_that_contradict_its_keys(tmp_path: Path) -> None:
     with pytest.raises(MemoryStoreError, match="sha"):
         CandidateArchive(tmp_path).record("layer_norm", "src", {"sha": "not-the-hash"})
+
+
+def test_meta_records_the_kernel_hash_and_the_promotion_order(tmp_path: Path) -> None:
+    store = KernelStore(tmp_path)
+    for n in range(3):
+        store.promote("layer_norm", "interpreter", f"# k{n}\n", {}, {})
+    slot = store.slot("layer_norm", "interpreter")
+    meta = tomllib.loads((slot / "meta.toml").read_text(encoding="utf-8"))
+    assert meta["seq"] == 3 and meta["sha256"] == hashlib.sha256(b"# k2\n").hexdigest()
+    assert [k.seq for k in store.history("layer_norm", "interpreter")] == [1, 2]
+
+
+def test_a_meta_without_hash_or_order_still_reads(tmp_path: Path) -> None:
+    """Winners promoted before hashes were recorded (the shipped ones) stay readable and promotable."""
+    slot = tmp_path / "promoted" / "layer_norm" / "interpreter"
+    slot.mkdir(parents=True)
+    (slot / "kernel.py").write_text("# old\n", encoding="utf-8")
+    (slot / "meta.toml").write_text(
+        'op = "layer_norm"\ngpu = "interpreter"\npromoted_at = "2026-01-01T00:00:00+00:00"\n', encoding="utf-8"
+    )
+    store = KernelStore(tmp_path)
+    assert store.best("layer_norm", "interpreter").source() == "# old\n"
+    store.promote("layer_norm", "interpreter", "# new\n", {}, {})
+    assert [k.source() for k in store.history("layer_norm", "interpreter")] == ["# old\n"]
+    assert store.best("layer_norm", "interpreter").seq == 1
