@@ -153,7 +153,7 @@ def evaluate(ctx: typer.Context,
              as_json: bool = typer.Option(False, "--json", help="print the verdict as one JSON object"),
              device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu")):
     """Evaluate one candidate file: exit 0 if accepted, 1 if rejected or failed."""
-    from evaluators import Evaluator
+    from evaluators import Evaluator, JudgeError, SandboxLost
     from kernels import get_spec
 
     config = _config(ctx)
@@ -167,8 +167,10 @@ def evaluate(ctx: typer.Context,
     try:
         with Evaluator(evaluator_settings(config, resolved)) as evaluator:
             verdict = evaluator.evaluate(op, file)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the evaluator stopped its workers on the way out
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the evaluator stopped its sandboxes on the way out
         raise _interrupted()
+    except (JudgeError, SandboxLost) as exc:  # the evaluator's own failure, never the candidate's
+        _fail(f"the evaluator failed: {exc}", 1)
     if as_json:
         sys.stdout.write(verdict.to_json() + "\n")
     else:
@@ -269,8 +271,10 @@ def bench(ctx: typer.Context,
         rows, info = bench_target(config, target, ops, quiet)
     except (UsageError, ConfigError, KeyError, MemoryStoreError) as exc:
         _fail(_message(exc))
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the evaluator stopped its workers on the way out
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the evaluator stopped its sandboxes on the way out
         raise _interrupted()
+    except (JudgeError, SandboxLost) as exc:  # the evaluator's own failure, never the candidate's
+        _fail(f"the evaluator failed: {exc}", 1)
     if as_json:
         sys.stdout.write(json.dumps({"device": info, "rows": [r.to_dict() for r in rows]}, indent=2) + "\n")
     else:

@@ -140,6 +140,7 @@ class Evaluator:
         if found:
             return Verdict.failed(op, *found, device=device, candidate=name, seconds=time.perf_counter() - started)
         ceilings = self.ceilings()
+        self._fork_server()  # a fork server that cannot start is the evaluator's failure, raised as such
         checks: list[dict] = []
         sandbox = None
         try:
