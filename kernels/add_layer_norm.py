@@ -7,6 +7,10 @@ residual are read once and s and y written once. y is normalised from the fp32 s
 to the output dtype, so it is closer to the wide reference than eager (which normalises the rounded s).
 The backward recomputes the statistics from the saved s instead of storing mean and rstd: it must read
 s anyway, and that saves a write and a read of two [M] vectors.
+
+Contract: the columns of x and residual are contiguous, their rows may be any distance apart (each its
+own stride >= N) and they may start anywhere in their storage; weight and bias are contiguous; eps is any
+positive float (the checks draw it per call from layer_norm's EPS_CHOICES). Both outputs are contiguous.
 """
 from __future__ import annotations
 
@@ -15,8 +19,12 @@ import triton
 import triton.language as tl
 
 from .candidate import render_candidate
+from .layer_norm import EPS_CHOICES
 from .rowwise import _row_center, _row_scale_shift, _row_tile
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
+from .variants import (LARGE_MEAN_RESIDUAL, LARGE_MEAN_SPREAD, binade_grid, constant_rows_split, copies,
+                       flat_rows, generator, large_mean_rows, row_strided, small_constants, wide_row_scales,
+                       wide_rows)
 
 
 @triton.jit
@@ -340,7 +348,73 @@ def _make_inputs(shape: Shape, dtype: torch.dtype, seed: int, device: str):
     residual = (0.5 * torch.randn((M, N), generator=gen, device=device)).to(dtype)
     weight = (1.0 + 0.2 * torch.randn((N,), generator=gen, device=device)).to(dtype)
     bias = (0.2 * torch.randn((N,), generator=gen, device=device)).to(dtype)
-    return x, residual, weight, bias, 1e-5
+    # drawn per call like layer_norm's: a kernel that drops eps or bakes in the default fails on some calls
+    eps = EPS_CHOICES[int(torch.randint(len(EPS_CHOICES), (1,), generator=gen, device=device))]
+    return x, residual, weight, bias, eps
+
+
+# The variants keep x + residual exact in the inputs' dtype wherever the sum is what they stress, so y is
+# the same whether a kernel normalises the unrounded sum (as the seed and the reference do) or the rounded
+# s (as eager does): what is on trial is the variance, not where the sum is rounded.
+
+def _large_mean(inputs, seed: int):
+    """Every row of x + residual with a mean far above its spread: x carries the mean (kernels/variants.py:
+    large_mean_rows), the residual a spread of its own on the grid of x's binade, so the sum is exact."""
+    x, residual, weight, bias, eps = inputs
+    M, N = x.shape
+    gen = generator(seed, x.device)
+    xs = large_mean_rows(M, N, x.dtype, gen, x.device)
+    grid = binade_grid(x.dtype)
+    spread = 0.5 * LARGE_MEAN_SPREAD[x.dtype][0]
+    r = torch.round(spread / grid * torch.randn((M, N), generator=gen, device=x.device)) * grid
+    r = r.clamp(-LARGE_MEAN_RESIDUAL, LARGE_MEAN_RESIDUAL)
+    return (xs.to(x.dtype), r.to(x.dtype), *copies(weight, bias), eps)
+
+
+def _constant_rows(inputs, seed: int):
+    """A quarter of the rows of x + residual constant (variance 0), half of them as a constant x plus a
+    constant residual, half as a residual that cancels x exactly (x alone is not constant there, so a
+    kernel that normalises x without the residual fails); a quarter with a variance of the order of eps
+    (in x, the residual 0 on those rows); the other rows as made."""
+    x, residual, weight, bias, eps = inputs
+    M, N = x.shape
+    gen = generator(seed, x.device)
+    const, flat = constant_rows_split(M, gen, x.device)
+    both, cancel = const[: len(const) - len(const) // 2], const[len(const) - len(const) // 2:]
+    xs, rs = x.float().clone(), residual.float().clone()
+    xs[both] = small_constants(len(both), gen, x.device)
+    rs[both] = small_constants(len(both), gen, x.device)
+    rs[cancel] = -xs[cancel]
+    xs[flat] = flat_rows(len(flat), N, eps, gen, x.device)
+    rs[flat] = 0.0
+    return (xs.to(x.dtype), rs.to(x.dtype), *copies(weight, bias), eps)
+
+
+def _wide_range(inputs, seed: int):
+    """Row scales over the dtype's range (kernels/variants.py: WIDE_EXPONENTS), shared by x and the
+    residual, one binade lower so their sum stays in range."""
+    x, residual, weight, bias, eps = inputs
+    M, N = x.shape
+    gen = generator(seed, x.device)
+    scale = wide_row_scales(M, x.dtype, gen, x.device, shrink=1.0)
+    xs = wide_rows(scale, N, gen, x.device)
+    rs = 0.5 * wide_rows(scale, N, gen, x.device)
+    return (xs.to(x.dtype), rs.to(x.dtype), *copies(weight, bias), eps)
+
+
+def _strided(inputs, seed: int):
+    """x and residual as views into wider buffers, each with its own row stride, NaN outside the views."""
+    x, residual, weight, bias, eps = inputs
+    gen = generator(seed, x.device)
+    return (row_strided(x, gen), row_strided(residual, gen), *copies(weight, bias), eps)
+
+
+VARIANTS = {
+    "large_mean": _large_mean,
+    "constant_rows": _constant_rows,
+    "wide_range": _wide_range,
+    "strided": _strided,
+}
 
 
 def _reference(x, residual, weight, bias, eps):
@@ -413,7 +487,8 @@ SPEC = OpSpec(
     name="add_layer_norm",
     entry="add_layer_norm",
     signature=("add_layer_norm(x: [M, N], residual: [M, N], weight: [N], bias: [N], eps: float) -> "
-               "(s = x + residual, y = layer_norm(s)), both [M, N] in x.dtype"),
+               "(s = x + residual, y = layer_norm(s)), both [M, N] in x.dtype; the rows of x and residual may "
+               "be any distance apart (columns contiguous), weight and bias contiguous, eps varies per call"),
     description="Residual add fused with the LayerNorm that follows it (rows are B*T tokens)",
     make_inputs=_make_inputs,
     reference=_reference,
@@ -436,9 +511,13 @@ SPEC = OpSpec(
         _shape("odd-rows-385", 9, 385, "edge"),
         _shape("width-1023", 5, 1023, "edge"),
         _shape("width-1025", 3, 1025, "edge"),
+        # many rows: a persistent grid (at most 128 programs on the CPU) of tiles up to 8 rows loops over
+        # more than one wave; ~2.5-3 s a call for the seed's 4-row tiles under the interpreter (its cost is
+        # per program, not per element: 2048 rows would be ~5-6 s)
+        _shape("rows-1027", 1027, 96, "edge"),
     ),
     gpu_dtypes=("bfloat16", "float16", "float32"),
-    cpu_dtypes=("float32", "float16"),
+    cpu_dtypes=("float32", "float16", "bfloat16"),
     tolerances={
         "float32": Tolerance(atol=1e-4, rtol=1e-4),
         "float16": Tolerance(atol=1e-2, rtol=1e-2),
@@ -451,4 +530,5 @@ SPEC = OpSpec(
     template=TEMPLATE,
     context=_context,
     tags=("row_wise", "normalization"),
+    variants=VARIANTS,
 )

@@ -9,6 +9,10 @@ the diagonal only, with an online softmax in fp32 on exp2 and the causal mask ap
 blocks alone. The backward (FlashAttention-2 too) recomputes the probabilities from the saved log-sum-exp:
 a preprocessing kernel for delta = rowsum(dy * y), one kernel for dK/dV per key block, one for dQ per
 query block, all writing into one dqkv [B, T, 3C] laid out like qkv.
+
+Contract: qkv is contiguous, as c_attn's output always is (a Linear writes a fresh [B, T, 3C] tensor), so a
+kernel may index it as B*T rows 3C apart or build tensor descriptors from its shape alone; the launcher
+here takes strides all the same. The checks give no strided variant: there is no caller that makes one.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import triton.language as tl
 
 from .candidate import render_candidate
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance
+from .variants import generator, log_uniform, signs, uniform
 
 
 @triton.jit
@@ -404,6 +409,69 @@ def _make_inputs(shape: Shape, dtype: torch.dtype, seed: int, device: str):
     return qkv.reshape(B, T, 3 * C).to(dtype), H
 
 
+def _heads(qkv, n_head):
+    """qkv as a float32 copy [B, T, 3, H, D]: index 0, 1, 2 of dimension 2 are q, k, v."""
+    B, T, C3 = qkv.shape
+    return qkv.float().reshape(B, T, 3, n_head, C3 // 3 // n_head).clone()
+
+
+def _large_mean(inputs, seed: int):
+    """Scores with a large offset per (batch, head), +-90 to +-110 on every query's row alike, over their
+    usual spread: in one dimension j of each head every query holds sqrt(D) and every key its own value
+    plus the offset, so each score gains exactly the offset. The softmax ignores it, but exp without the
+    running max subtracted overflows float32 (past 88.7: positive offsets) or underflows to 0 / 0 (negative
+    ones), and scores rounded to 16 bits lose the spread. No larger: the rounding of a float32 score grows
+    with it, and at 100 it already costs an honest float32 kernel about half of float32's tolerance."""
+    qkv, n_head = inputs
+    t = _heads(qkv, n_head)
+    B, T, _, H, D = t.shape
+    gen = generator(seed, qkv.device)
+    offset = signs((B, 1, H, 1), gen, qkv.device) * uniform((B, 1, H, 1), 90.0, 110.0, gen, qkv.device)
+    j = torch.randint(0, D, (B, 1, H, 1), generator=gen, device=qkv.device)
+    onehot = torch.arange(D, device=qkv.device) == j
+    t[:, :, 0] = torch.where(onehot, math.sqrt(D), t[:, :, 0])
+    t[:, :, 1] = t[:, :, 1] + onehot * offset
+    return t.reshape(qkv.shape).to(qkv.dtype), n_head
+
+
+def _constant_rows(inputs, seed: int):
+    """In about half of the (batch, head) pairs, at least one, every key the same vector (one of the
+    pair's own keys, at random): each query's scores tie, and its output is the mean of the values it sees."""
+    qkv, n_head = inputs
+    t = _heads(qkv, n_head)
+    B, T, _, H, D = t.shape
+    gen = generator(seed, qkv.device)
+    tied = torch.rand((B, H), generator=gen, device=qkv.device) < 0.5
+    tied.view(-1)[int(torch.randint(0, B * H, (1,), generator=gen, device=qkv.device))] = True
+    k = t[:, :, 1]
+    which = torch.randint(0, T, (B, 1, H, 1), generator=gen, device=qkv.device).expand(B, 1, H, D)
+    t[:, :, 1] = torch.where(tied[:, None, :, None], k.gather(1, which), k)
+    return t.reshape(qkv.shape).to(qkv.dtype), n_head
+
+
+def _wide_range(inputs, seed: int):
+    """Per head, q and k each scaled by 2**-2 .. 2**1.25: softmaxes from flat to about six times sharper
+    than made; per token and head, v scaled by 2**-6 .. 2**0. v goes no higher: an honest kernel rounds the
+    probabilities to 16 bits before P.V, an error that scales with sum(p |v|) where the tolerance scales
+    with |y|, and large values of either sign that cancel in y would fail it."""
+    qkv, n_head = inputs
+    t = _heads(qkv, n_head)
+    B, T, _, H, D = t.shape
+    gen = generator(seed, qkv.device)
+    t[:, :, 0] *= log_uniform((B, 1, H, 1), -2.0, 1.25, gen, qkv.device)
+    t[:, :, 1] *= log_uniform((B, 1, H, 1), -2.0, 1.25, gen, qkv.device)
+    t[:, :, 2] *= log_uniform((B, T, H, 1), -6.0, 0.0, gen, qkv.device)
+    return t.reshape(qkv.shape).to(qkv.dtype), n_head
+
+
+# no strided variant: qkv is contiguous by contract (see the module's docstring)
+VARIANTS = {
+    "large_mean": _large_mean,
+    "constant_rows": _constant_rows,
+    "wide_range": _wide_range,
+}
+
+
 def _split_heads(qkv, n_head):
     B, T, C3 = qkv.shape
     C = C3 // 3
@@ -508,7 +576,8 @@ TEMPLATE = TemplateSpace(
 SPEC = OpSpec(
     name="attention",
     entry="attention",
-    signature="attention(qkv: [B, T, 3C], n_head: int) -> [B, T, C] in qkv.dtype (causal, D = C // n_head)",
+    signature=("attention(qkv: [B, T, 3C] contiguous, n_head: int) -> [B, T, C] in qkv.dtype (causal, "
+               "D = C // n_head)"),
     description="Causal self-attention reading NanoGPT's packed c_attn output and writing merged heads",
     make_inputs=_make_inputs,
     reference=_reference,
@@ -528,6 +597,9 @@ SPEC = OpSpec(
         _shape("one-token", 2, 1, 2, "edge"),
         _shape("T65", 1, 65, 2, "edge"),
         _shape("T17-odd-B", 3, 17, 2, "edge"),
+        # many rows: 2050 queries, each walking up to 17 key blocks past a partial last one; ~0.7 s (float16)
+        # to ~1.8 s (float32) a call for the seed under the interpreter
+        _shape("T1025", 2, 1025, 1, "edge"),
     ),
     gpu_dtypes=("bfloat16", "float16", "float32"),
     cpu_dtypes=("float32", "float16"),
@@ -544,4 +616,5 @@ SPEC = OpSpec(
     context=_context,
     tags=("attention", "causal"),
     baselines={"sdpa": _sdpa},
+    variants=VARIANTS,
 )

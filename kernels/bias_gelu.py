@@ -9,6 +9,9 @@ gelu_tanh(v) = 0.5 v (1 + tanh(u)) with u = sqrt(2/pi) (v + 0.044715 v^3). Trito
 3.6 and 3.9 that the interpreter also runs (libdevice's is not reachable through `tl` there), and
 0.5 (1 + tanh(u)) = sigmoid(2u), so every variant here is built from exp, which is stable for any |u|.
 The backward recomputes v = x + bias from the saved x rather than saving v: it is the same read.
+
+Contract: x's columns are contiguous but its rows may be any distance apart (x.stride(0) >= N) and it may
+start anywhere in its storage; bias is contiguous. The output is contiguous.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import triton.language as tl
 
 from .candidate import render_candidate
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance
+from .variants import copies, generator, log_uniform, row_strided, signs, wide_values
 
 @triton.jit
 def _gelu_tanh(v, TANH: tl.constexpr):
@@ -276,6 +280,41 @@ def _make_inputs(shape: Shape, dtype: torch.dtype, seed: int, device: str):
     return x, bias
 
 
+def _large_mean(inputs, seed: int):
+    """Rows offset by +-4 to +-256 (one random spread each): both tails of the GELU, y -> v and y -> -0,
+    where tanh written as (e^2u - 1) / (e^2u + 1) is inf / inf = NaN and a cube taken in float16 overflows."""
+    x, bias = inputs
+    M, N = x.shape
+    gen = generator(seed, x.device)
+    offset = signs((M, 1), gen, x.device) * log_uniform((M, 1), 2.0, 8.0, gen, x.device)
+    xs = offset + torch.randn((M, N), generator=gen, device=x.device)
+    return xs.to(x.dtype), *copies(bias)
+
+
+def _wide_range(inputs, seed: int):
+    """x and bias of random sign over the dtype's range (kernels/variants.py: WIDE_EXPONENTS), one binade
+    lower so that their sum stays in range: tiny values where y ~ v/2, huge ones where exp overflows."""
+    x, bias = inputs
+    gen = generator(seed, x.device)
+    xs = wide_values(tuple(x.shape), x.dtype, gen, x.device, shrink=1.0)
+    bs = wide_values(tuple(bias.shape), x.dtype, gen, x.device, shrink=1.0)
+    return xs.to(x.dtype), bs.to(bias.dtype)
+
+
+def _strided(inputs, seed: int):
+    """x as a view into a wider buffer: rows farther apart than N, NaN in the columns outside the view."""
+    x, bias = inputs
+    return row_strided(x, generator(seed, x.device)), *copies(bias)
+
+
+# no constant_rows: an elementwise op has no row statistic for a constant row to upset
+VARIANTS = {
+    "large_mean": _large_mean,
+    "wide_range": _wide_range,
+    "strided": _strided,
+}
+
+
 def _reference(x, bias):
     wide = torch.float64 if x.dtype == torch.float32 else torch.float32
     return torch.nn.functional.gelu(x.to(wide) + bias.to(wide), approximate="tanh")
@@ -355,7 +394,8 @@ TEMPLATE = TemplateSpace(
 SPEC = OpSpec(
     name="bias_gelu",
     entry="bias_gelu",
-    signature="bias_gelu(x: [M, N], bias: [N]) -> gelu_tanh(x + bias) [M, N] in x.dtype",
+    signature=("bias_gelu(x: [M, N], bias: [N]) -> gelu_tanh(x + bias) [M, N] in x.dtype; x's rows may be any "
+               "distance apart (columns contiguous), bias contiguous"),
     description="the c_fc linear's bias add fused with the tanh GELU after it (M = B*T tokens, N = 4*C)",
     make_inputs=_make_inputs,
     reference=_reference,
@@ -378,9 +418,12 @@ SPEC = OpSpec(
         _shape("odd-rows-385", 9, 385, "edge"),
         _shape("width-1023", 5, 1023, "edge"),
         _shape("width-1025", 3, 1025, "edge"),
+        # many rows: a persistent grid (at most 64 programs on the CPU) of tiles up to 16 rows loops; ~2.5-3 s
+        # a call for the seed's 2-row tiles under the interpreter (2048 rows would be ~5-6 s)
+        _shape("rows-1027", 1027, 96, "edge"),
     ),
     gpu_dtypes=("bfloat16", "float16", "float32"),
-    cpu_dtypes=("float32", "float16"),
+    cpu_dtypes=("float32", "float16", "bfloat16"),
     tolerances={
         "float32": Tolerance(atol=1e-5, rtol=1e-5),
         "float16": Tolerance(atol=1e-2, rtol=1e-2),
@@ -393,4 +436,5 @@ SPEC = OpSpec(
     template=TEMPLATE,
     context=_context,
     tags=("elementwise",),
+    variants=VARIANTS,
 )

@@ -13,6 +13,10 @@ two calls on the same input agree bit for bit (no float atomics).
 respect to the logits, (softmax - onehot) / n_valid, in a second sweep over each row while the row is
 still in L2; its backward only scales that buffer by the incoming gradient, and skips even that when
 the incoming gradient is 1 (a plain loss.backward()), which it learns on the GPU without a host sync.
+
+Contract: the logits' columns are contiguous but their rows may be any distance apart (logits.stride(0)
+>= V) and they may start anywhere in their storage: the real 50257 columns of GPT-2's logits padded to
+50304 are such a view. targets is contiguous.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import triton.language as tl
 
 from .candidate import render_candidate
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance
+from .variants import copies, generator, log_uniform, row_strided, signs, some_rows, uniform
 
 
 @triton.jit
@@ -313,6 +318,53 @@ def _make_inputs(shape: Shape, dtype: torch.dtype, seed: int, device: str):
     return logits.to(dtype), targets
 
 
+def _large_mean(inputs, seed: int):
+    """Every row offset by +-200 to +-1000: the loss is the same, but exp without the row's max subtracted
+    overflows (positive offsets) or every term underflows to 0 and log(0) = -inf (negative ones)."""
+    logits, targets = inputs
+    gen = generator(seed, logits.device)
+    M = logits.shape[0]
+    offset = signs((M, 1), gen, logits.device) * uniform((M, 1), 200.0, 1000.0, gen, logits.device)
+    return (logits.float() + offset).to(logits.dtype), *copies(targets)
+
+
+def _constant_rows(inputs, seed: int):
+    """A quarter of the rows with every logit equal (a tie over the whole row: the loss is log V); the
+    other rows as made."""
+    logits, targets = inputs
+    M = logits.shape[0]
+    gen = generator(seed, logits.device)
+    rows = some_rows(M, 0.25, gen, logits.device)
+    out = logits.float().clone()
+    out[rows] = 3.0 * torch.randn((len(rows), 1), generator=gen, device=logits.device)
+    return out.to(logits.dtype), *copies(targets)
+
+
+def _wide_range(inputs, seed: int):
+    """Rows of normal draws scaled by 2**-8 .. 2**10 (the same for every dtype: float16 holds 4096 and a row
+    of that spread is one-hot already): from nearly uniform softmaxes to losses in the thousands."""
+    logits, targets = inputs
+    M, V = logits.shape
+    gen = generator(seed, logits.device)
+    scale = log_uniform((M, 1), -8.0, 10.0, gen, logits.device)
+    out = scale * torch.randn((M, V), generator=gen, device=logits.device)
+    return out.to(logits.dtype), *copies(targets)
+
+
+def _strided(inputs, seed: int):
+    """The logits as a view into a wider buffer: rows farther apart than V, NaN in the columns outside."""
+    logits, targets = inputs
+    return row_strided(logits, generator(seed, logits.device)), *copies(targets)
+
+
+VARIANTS = {
+    "large_mean": _large_mean,
+    "constant_rows": _constant_rows,
+    "wide_range": _wide_range,
+    "strided": _strided,
+}
+
+
 def _reference(logits, targets):
     return torch.nn.functional.cross_entropy(logits.to(torch.float64), targets, ignore_index=-1)
 
@@ -370,7 +422,8 @@ TEMPLATE = TemplateSpace(
 SPEC = OpSpec(
     name="cross_entropy",
     entry="cross_entropy",
-    signature="cross_entropy(logits: [M, V], targets: [M] int64) -> [] float32 mean loss, ignore_index -1",
+    signature=("cross_entropy(logits: [M, V], targets: [M] int64) -> [] float32 mean loss, ignore_index -1; the "
+               "rows of logits may be any distance apart (columns contiguous), targets contiguous"),
     description="mean cross-entropy of a [M, V] logits tensor against int64 targets; rows with target -1 "
                 "are left out (the rows are B*T tokens, V the vocabulary)",
     make_inputs=_make_inputs,
@@ -395,9 +448,12 @@ SPEC = OpSpec(
         _shape("odd-rows-385", 9, 385, "edge"),
         _shape("width-1023", 5, 1023, "edge"),
         _shape("width-1025", 3, 1025, "edge"),
+        # many rows: the mean kernel loops over blocks of 1024 rows, with a partial last one; narrow rows are
+        # packed 32 to a program, so this costs the seed only ~0.3 s a call under the interpreter
+        _shape("rows-2051", 2051, 65, "edge"),
     ),
     gpu_dtypes=("bfloat16", "float16", "float32"),
-    cpu_dtypes=("float32", "float16"),
+    cpu_dtypes=("float32", "float16", "bfloat16"),
     # the loss is computed in float32 whatever the logits' dtype, and compared with a float64 reference
     # computed from the same (rounded) logits, so one tolerance fits every dtype
     tolerances={
@@ -412,4 +468,5 @@ SPEC = OpSpec(
     template=TEMPLATE,
     context=_context,
     tags=("row_wise", "reduction"),
+    variants=VARIANTS,
 )

@@ -9,6 +9,10 @@ gathered rows and reads them back for the add.
 Token ids outside [0, V) are out of contract: like an out-of-range gather they read memory outside wte.
 Checking them on the device would cost a reduction and a host sync per call, so the kernel does not.
 
+Contract: idx, wte and wpe have contiguous columns, but the rows of each may be any distance apart and
+each may start anywhere in its storage: NanoGPT's generate() passes idx[:, -block_size:], a column slice
+of a longer sequence. The output is contiguous.
+
 The backward scatters each output row's gradient into its token's row of dwte with fp32 atomics (then
 casts to wte's dtype), and sums it over the batch into wpe's first T rows. Atomics make dwte's last bits
 depend on the order in which rows arrive; the forward is deterministic.
@@ -23,6 +27,7 @@ import triton.language as tl
 
 from .candidate import render_candidate
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
+from .variants import copies, generator, row_strided, wide_values
 
 
 @triton.jit
@@ -282,6 +287,33 @@ def _make_inputs(shape: Shape, dtype: torch.dtype, seed: int, device: str):
     return idx, wte, wpe
 
 
+def _wide_range(inputs, seed: int):
+    """Both tables of random sign over the dtype's range (kernels/variants.py: WIDE_EXPONENTS), one binade
+    lower so that their sum stays in range: bfloat16 and float32 entries far past float16's range."""
+    idx, wte, wpe = inputs
+    gen = generator(seed, wte.device)
+    wte_s = wide_values(tuple(wte.shape), wte.dtype, gen, wte.device, shrink=1.0)
+    wpe_s = wide_values(tuple(wpe.shape), wpe.dtype, gen, wpe.device, shrink=1.0)
+    return (*copies(idx), wte_s.to(wte.dtype), wpe_s.to(wpe.dtype))
+
+
+def _strided(inputs, seed: int):
+    """idx, wte and wpe as views into wider buffers, each with its own row stride: NaN around the tables'
+    views, and valid ids around idx's (a kernel that strides idx by T gathers real rows, the wrong ones)."""
+    idx, wte, wpe = inputs
+    gen = generator(seed, idx.device)
+    V = wte.shape[0]
+    ids = row_strided(idx, gen, fill=lambda size: torch.randint(0, V, size, generator=gen, device=idx.device))
+    return ids, row_strided(wte, gen), row_strided(wpe, gen)
+
+
+# no large_mean or constant_rows: a gather and an add have no row statistic to upset
+VARIANTS = {
+    "wide_range": _wide_range,
+    "strided": _strided,
+}
+
+
 def _reference(idx, wte, wpe):
     wide = torch.float64 if wte.dtype == torch.float32 else torch.float32
     return wte.to(wide)[idx] + wpe.to(wide)[: idx.shape[1]]
@@ -361,7 +393,8 @@ TEMPLATE = TemplateSpace(
 SPEC = OpSpec(
     name="embedding",
     entry="embedding",
-    signature="embedding(idx: [B, T] int64, wte: [V, C], wpe: [P, C] with P >= T) -> [B, T, C] in wte.dtype",
+    signature=("embedding(idx: [B, T] int64, wte: [V, C], wpe: [P, C] with P >= T) -> [B, T, C] in wte.dtype; "
+               "the rows of idx, wte and wpe may be any distance apart (columns contiguous)"),
     description="Token embedding gathered by id plus the position embedding of the first T positions",
     make_inputs=_make_inputs,
     reference=_reference,
@@ -386,9 +419,12 @@ SPEC = OpSpec(
         _shape("width-1023", 1, 5, 17, 1023, 8, "edge"),
         _shape("width-1025", 2, 3, 9, 1025, 4, "edge"),
         _shape("vocab-1", 2, 3, 1, 128, 4, "edge"),
+        # many tokens, T a multiple of no tile height; ~1.7 s a call for the seed under the interpreter
+        # (2048 tokens would be ~3.5 s)
+        _shape("tokens-1020", 4, 255, 65, 96, 256, "edge"),
     ),
     gpu_dtypes=("bfloat16", "float16", "float32"),
-    cpu_dtypes=("float32", "float16"),
+    cpu_dtypes=("float32", "float16", "bfloat16"),
     tolerances={
         # one rounding of a sum of two table entries: half an ulp of the output
         "float32": Tolerance(atol=1e-5, rtol=1e-5),
@@ -403,4 +439,5 @@ SPEC = OpSpec(
     context=_context,
     tags=("row_wise", "gather"),
     baselines={"nanogpt": _nanogpt_eager},
+    variants=VARIANTS,
 )

@@ -1,6 +1,9 @@
 """LayerNorm over the last dimension: y = (x - mean) / sqrt(var + eps) * weight + bias.
 
 Entry (fixed): layer_norm(x [M, N], weight [N], bias [N], eps) -> [M, N] in x's dtype.
+Contract: x's columns are contiguous but its rows may be any distance apart (x.stride(0) >= N) and it may
+start anywhere in its storage, as a column slice of a wider tensor does; weight and bias are contiguous;
+eps is any positive float (the checks draw it per call from EPS_CHOICES). The output is contiguous.
 Memory-bound: one read of x, one write of y; the forward kernel keeps a whole row (or a tile of rows)
 in registers so x is read once. The backward recomputes mean and rstd from x instead of storing them:
 it must read x anyway, and that saves a write and a read of two [M] vectors.
@@ -14,6 +17,8 @@ import triton.language as tl
 from .candidate import render_candidate
 from .rowwise import _row_center, _row_scale_shift, _row_tile
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
+from .variants import (constant_rows_split, copies, flat_rows, generator, large_mean_rows, row_strided,
+                       small_constants, wide_row_scales, wide_rows)
 
 
 @triton.jit
@@ -273,6 +278,11 @@ def layer_norm(x, weight, bias, eps=1e-5):
 
 # ----------------------------------------------------------------------------- spec
 
+# eps is drawn per call, so a kernel that drops it or bakes in the default fails on the calls that draw
+# another: 0.1 is of the order of the narrowest rows' variance (0.06), and 1e-3 still moves them by 1%
+EPS_CHOICES = (1e-5, 1e-6, 1e-3, 0.1)
+
+
 def _make_inputs(shape: Shape, dtype: torch.dtype, seed: int, device: str):
     M, N = shape.dims["M"], shape.dims["N"]
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -282,7 +292,54 @@ def _make_inputs(shape: Shape, dtype: torch.dtype, seed: int, device: str):
     x = (torch.randn((M, N), generator=gen, device=device) * scale + offset).to(dtype)
     weight = (1.0 + 0.2 * torch.randn((N,), generator=gen, device=device)).to(dtype)
     bias = (0.2 * torch.randn((N,), generator=gen, device=device)).to(dtype)
-    return x, weight, bias, 1e-5
+    eps = EPS_CHOICES[int(torch.randint(len(EPS_CHOICES), (1,), generator=gen, device=device))]
+    return x, weight, bias, eps
+
+
+def _large_mean(inputs, seed: int):
+    """Every row's mean far above its spread (kernels/variants.py: LARGE_MEAN_SPREAD): a variance taken as
+    E[x^2] - E[x]^2 in float32 cancels to noise there, and a square taken in float16 overflows."""
+    x, weight, bias, eps = inputs
+    gen = generator(seed, x.device)
+    rows = large_mean_rows(x.shape[0], x.shape[1], x.dtype, gen, x.device)
+    return (rows.to(x.dtype), *copies(weight, bias), eps)
+
+
+def _constant_rows(inputs, seed: int):
+    """A quarter of the rows constant (variance 0: y is the bias, and 0/0 without eps) and a quarter with a
+    variance of the order of eps, where eps's value shows in y; the other rows as made."""
+    x, weight, bias, eps = inputs
+    M, N = x.shape
+    gen = generator(seed, x.device)
+    const, flat = constant_rows_split(M, gen, x.device)
+    out = x.float().clone()
+    out[const] = small_constants(len(const), gen, x.device)
+    out[flat] = flat_rows(len(flat), N, eps, gen, x.device)
+    return (out.to(x.dtype), *copies(weight, bias), eps)
+
+
+def _wide_range(inputs, seed: int):
+    """Row scales over the dtype's range (kernels/variants.py: WIDE_EXPONENTS), elements over 2**+-3 of
+    their row's scale: squares past float16's range in float32 and bfloat16, and rows so narrow that eps
+    dominates their variance."""
+    x, weight, bias, eps = inputs
+    gen = generator(seed, x.device)
+    rows = wide_rows(wide_row_scales(x.shape[0], x.dtype, gen, x.device), x.shape[1], gen, x.device)
+    return (rows.to(x.dtype), *copies(weight, bias), eps)
+
+
+def _strided(inputs, seed: int):
+    """x as a view into a wider buffer: rows farther apart than N, NaN in the columns outside the view."""
+    x, weight, bias, eps = inputs
+    return (row_strided(x, generator(seed, x.device)), *copies(weight, bias), eps)
+
+
+VARIANTS = {
+    "large_mean": _large_mean,
+    "constant_rows": _constant_rows,
+    "wide_range": _wide_range,
+    "strided": _strided,
+}
 
 
 def _reference(x, weight, bias, eps):
@@ -352,7 +409,8 @@ TEMPLATE = TemplateSpace(
 SPEC = OpSpec(
     name="layer_norm",
     entry="layer_norm",
-    signature="layer_norm(x: [M, N], weight: [N], bias: [N], eps: float) -> [M, N] in x.dtype",
+    signature=("layer_norm(x: [M, N], weight: [N], bias: [N], eps: float) -> [M, N] in x.dtype; x's rows may be "
+               "any distance apart (columns contiguous), weight and bias contiguous, eps varies per call"),
     description="LayerNorm over the last dimension of a [M, N] tensor (the rows are B*T tokens)",
     make_inputs=_make_inputs,
     reference=_reference,
@@ -375,9 +433,13 @@ SPEC = OpSpec(
         _shape("odd-rows-385", 9, 385, "edge"),
         _shape("width-1023", 5, 1023, "edge"),
         _shape("width-1025", 3, 1025, "edge"),
+        # many rows: a persistent grid (at most 128 programs on the CPU) of tiles up to 4 rows loops over
+        # more than one wave. Under the interpreter a program costs ~6 ms whatever the width, so the
+        # seed's one row per program makes this ~3.5 s a call; 2048 rows would be ~14 s
+        _shape("rows-515", 515, 96, "edge"),
     ),
     gpu_dtypes=("bfloat16", "float16", "float32"),
-    cpu_dtypes=("float32", "float16"),
+    cpu_dtypes=("float32", "float16", "bfloat16"),
     tolerances={
         "float32": Tolerance(atol=1e-4, rtol=1e-4),
         "float16": Tolerance(atol=1e-2, rtol=1e-2),
@@ -390,4 +452,5 @@ SPEC = OpSpec(
     template=TEMPLATE,
     context=_context,
     tags=("row_wise", "normalization"),
+    variants=VARIANTS,
 )

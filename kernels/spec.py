@@ -157,6 +157,12 @@ class OpSpec:
     # further PyTorch implementations timed beside eager and torch.compile, by name (e.g. the attention
     # kernel alone, without the layout copies of the model's eager code), same inputs and outputs as eager
     baselines: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    # variants[name](inputs, seed) -> inputs: fresh inputs (what make_inputs returned) made adversarial or
+    # laid out differently (large row means, constant rows, a wide dynamic range, rows farther apart than
+    # their width), with the same shapes, dtypes and device and still inside the op's contract, so that
+    # `reference` and `tolerances` decide the check as for plain inputs; the inputs given are left as they
+    # were. Names are shared across ops where they mean the same; each op's module says what its own do.
+    variants: Mapping[str, Callable[[tuple, int], tuple]] = field(default_factory=dict)
 
     def shapes_for(self, device: str) -> tuple[Shape, ...]:
         return self.shapes if device == "cuda" else self.interpreter_shapes

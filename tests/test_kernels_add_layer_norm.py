@@ -14,11 +14,15 @@ from evaluators.checker import compare
 from evaluators.static import check_candidate
 from kernels import DTYPES, get_spec
 from kernels.add_layer_norm import SEED_PARAMS, _add_layer_norm_fwd, _add_layer_norm_fwd_kernel, add_layer_norm
+from kernels.layer_norm import EPS_CHOICES
 from kernels.spec import Shape
 from memory import Rulebook
 
 SPEC = get_spec("add_layer_norm")
 SPACE = SPEC.template
+# the interpreter's many-rows shape costs seconds a call: the loops over template points keep to the small
+# shapes, and tests/test_spec_coverage.py runs the seed and the promoted kernels on that one too
+SMALL_SHAPES = tuple(s for s in SPEC.interpreter_shapes if s.dims["M"] < 256)
 EDGE_WIDTHS = {383, 385, 1023, 1025}
 
 
@@ -65,8 +69,12 @@ def test_shapes_cover_both_models_and_edges():
     assert all(not s.timed for s in SPEC.shapes if s.origin == "edge")
     small = dims(SPEC.interpreter_shapes)
     assert EDGE_WIDTHS | {384, 768} <= {n for _, n in small}
-    assert any(m == 1 for m, _ in small) and max(m for m, _ in small) <= 16
-    assert SPEC.gpu_dtypes == ("bfloat16", "float16", "float32") and SPEC.cpu_dtypes == ("float32", "float16")
+    assert any(m == 1 for m, _ in small) and max(m for m, _ in dims(SMALL_SHAPES)) <= 16
+    # one shape of many narrow rows besides: the interpreter's cost is per program, not per element
+    assert [(m, n) for m, n in small if m > 16] == [(1027, 96)]
+    # no tl.dot here, so bfloat16 runs on the CPU too
+    assert SPEC.gpu_dtypes == ("bfloat16", "float16", "float32")
+    assert SPEC.cpu_dtypes == ("float32", "float16", "bfloat16")
 
 
 def test_tolerances_order():
@@ -91,7 +99,7 @@ def test_make_inputs(dtype):
     x, r, w, b, eps = SPEC.make_inputs(s, DTYPES[dtype], 1, "cpu")
     assert x.shape == r.shape == (13, 383) and w.shape == b.shape == (383,)
     assert x.dtype == r.dtype == w.dtype == b.dtype == DTYPES[dtype]
-    assert isinstance(eps, float) and 0 < eps < 1e-2
+    assert isinstance(eps, float) and eps in EPS_CHOICES
     for t in (x, r, w, b):
         assert torch.isfinite(t).all() and t.abs().sum() > 0
     assert x.float().std(dim=1).min() > 0 and r.float().std(dim=1).min() > 0
@@ -173,7 +181,7 @@ POINTS = {
 def test_seed_kernel_matches_reference(point, dtype):
     params = SPACE.validate(POINTS[point])
     failures = []
-    for i, s in enumerate(SPEC.interpreter_shapes):
+    for i, s in enumerate(SMALL_SHAPES):
         inputs = SPEC.make_inputs(s, DTYPES[dtype], 100 + i, "cpu")
         originals = [t.clone() for t in inputs[:4]]
         outs = _add_layer_norm_fwd(*inputs, **params)
@@ -187,7 +195,7 @@ def test_seed_kernel_matches_reference(point, dtype):
 def test_seed_kernel_bfloat16(point):
     # elementwise bfloat16 is exact in the interpreter (only tl.dot is not), so the GPU dtype runs here too
     params = SPACE.validate(POINTS[point])
-    for i, s in enumerate(SPEC.interpreter_shapes[:4]):
+    for i, s in enumerate(SMALL_SHAPES[:4]):
         inputs = SPEC.make_inputs(s, torch.bfloat16, 7 + i, "cpu")
         assert not check_outputs(_add_layer_norm_fwd(*inputs, **params), inputs, "bfloat16")
 

@@ -16,6 +16,9 @@ from kernels.spec import Shape
 
 SPEC = get_spec("bias_gelu")
 SPACE = SPEC.template
+# the interpreter's many-rows shape costs seconds a call: the loops over template points keep to the small
+# shapes, and tests/test_spec_coverage.py runs the seed and the promoted kernels on that one too
+SMALL_SHAPES = tuple(s for s in SPEC.interpreter_shapes if s.dims["M"] < 256)
 EDGE_WIDTHS = {383, 385, 1023, 1025}
 
 
@@ -46,10 +49,12 @@ def test_spec_names_shapes_and_dtypes():
     assert any(s.dims["M"] % 2 == 1 and s.dims["M"] > 1 for s in edge)
     assert EDGE_WIDTHS <= {s.dims["N"] for s in edge}
     small = SPEC.interpreter_shapes
-    assert all(s.dims["M"] * s.dims["N"] <= 32 * 1024 and not s.timed for s in small)
+    assert all(s.dims["M"] * s.dims["N"] <= 32 * 1024 for s in SMALL_SHAPES) and not any(s.timed for s in small)
+    # one shape of many narrow rows besides: the interpreter's cost is per program, not per element
+    assert [(s.dims["M"], s.dims["N"]) for s in small if s not in SMALL_SHAPES] == [(1027, 96)]
     assert EDGE_WIDTHS | {3072, 1536} <= {s.dims["N"] for s in small}
     assert any(s.dims["M"] == 1 for s in small)
-    assert "bfloat16" in SPEC.gpu_dtypes and "bfloat16" not in SPEC.cpu_dtypes
+    assert "bfloat16" in SPEC.gpu_dtypes and "bfloat16" in SPEC.cpu_dtypes  # no tl.dot: exact in the interpreter
     assert SPEC.tolerances["float32"].atol <= SPEC.tolerances["float16"].atol <= SPEC.tolerances["bfloat16"].atol
 
 
@@ -113,7 +118,7 @@ def test_forward_matches_reference(point, dtype):
     params = SPACE.validate(POINTS[point])
     tol = SPEC.tolerances[dtype]
     failures = []
-    for i, s in enumerate(SPEC.interpreter_shapes):
+    for i, s in enumerate(SMALL_SHAPES):
         inputs = SPEC.make_inputs(s, DTYPES[dtype], 100 + i, "cpu")
         originals = [t.clone() for t in inputs]
         out = _bias_gelu_fwd(*inputs, **params)

@@ -12,11 +12,14 @@ import torch
 from evaluators.checker import compare
 from evaluators.static import check_candidate
 from kernels import DTYPES, get_spec
-from kernels.layer_norm import SEED_PARAMS, _layer_norm_fwd, _layer_norm_fwd_kernel, layer_norm
+from kernels.layer_norm import EPS_CHOICES, SEED_PARAMS, _layer_norm_fwd, _layer_norm_fwd_kernel, layer_norm
 from kernels.spec import Shape
 
 SPEC = get_spec("layer_norm")
 SPACE = SPEC.template
+# the interpreter's many-rows shape costs seconds a call: the loops over template points keep to the small
+# shapes, and tests/test_spec_coverage.py runs the seed and the promoted kernels on that one too
+SMALL_SHAPES = tuple(s for s in SPEC.interpreter_shapes if s.dims["M"] < 256)
 EDGE_WIDTHS = {383, 385, 1023, 1025}
 
 
@@ -72,9 +75,12 @@ def test_interpreter_shapes_small_and_cover_edges():
     assert shapes
     assert SPEC.shapes_for("cpu") == shapes
     assert SPEC.shapes_for("cuda") == SPEC.shapes
-    for s in shapes:
+    for s in SMALL_SHAPES:
         assert s.dims["M"] * s.dims["N"] <= 64 * 1024, f"{s} too big for the interpreter"
-        assert not s.timed
+    assert all(not s.timed for s in shapes)
+    # one shape of many narrow rows: the interpreter's cost is per program, so the rows are what costs
+    many = [s for s in shapes if s not in SMALL_SHAPES]
+    assert len(many) == 1 and many[0].dims["M"] >= 512 and many[0].dims["N"] <= 128
     widths = {s.dims["N"] for s in shapes}
     assert EDGE_WIDTHS <= widths
     assert {768, 384} <= widths
@@ -85,8 +91,8 @@ def test_interpreter_shapes_small_and_cover_edges():
 def test_dtypes_and_tolerances():
     assert "bfloat16" in SPEC.gpu_dtypes
     assert {"float32", "float16"} <= set(SPEC.gpu_dtypes)
-    assert "bfloat16" not in SPEC.cpu_dtypes
-    assert {"float32", "float16"} <= set(SPEC.cpu_dtypes)
+    # no tl.dot here, and the interpreter's elementwise bfloat16 is exact: bfloat16 runs on the CPU too
+    assert set(SPEC.cpu_dtypes) == {"float32", "float16", "bfloat16"}
     assert SPEC.dtypes_for("cuda") == SPEC.gpu_dtypes
     assert SPEC.dtypes_for("cpu") == SPEC.cpu_dtypes
     for name in set(SPEC.gpu_dtypes) | set(SPEC.cpu_dtypes):
@@ -115,7 +121,7 @@ def test_make_inputs(dtype):
     x, w, b, eps = SPEC.make_inputs(s, DTYPES[dtype], 1, "cpu")
     assert x.shape == (13, 383) and w.shape == (383,) and b.shape == (383,)
     assert x.dtype == w.dtype == b.dtype == DTYPES[dtype]
-    assert isinstance(eps, float) and 0 < eps < 1e-2
+    assert isinstance(eps, float) and eps in EPS_CHOICES
     for t in (x, w, b):
         assert torch.isfinite(t).all()
         assert t.abs().sum() > 0, "never all zeros"
@@ -185,7 +191,7 @@ def test_seed_kernel_matches_reference(point, dtype):
     params = SPACE.validate(POINTS[point])
     tol = SPEC.tolerances[dtype]
     failures = []
-    for i, s in enumerate(SPEC.interpreter_shapes):
+    for i, s in enumerate(SMALL_SHAPES):
         inputs = SPEC.make_inputs(s, DTYPES[dtype], 100 + i, "cpu")
         originals = [t.clone() for t in inputs[:3]]
         out = _layer_norm_fwd(*inputs, **params)
