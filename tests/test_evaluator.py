@@ -125,8 +125,14 @@ def test_honest_candidate_is_accepted(verdict_of) -> None:
     assert verdict.failure is None, verdict.reason()
     assert verdict.status == "accepted" and verdict.accepted
     # one passed check per interpreter shape and CPU dtype, each with its errors
-    expected = {(s.name, d) for s in SPEC.shapes_for("cpu") for d in SPEC.dtypes_for("cpu")}
-    assert {(c["shape"], c["dtype"]) for c in verdict.checks} == expected
+    from evaluators.judge import INTERPRETER_THOROUGH_NUMEL
+
+    large = {s.name for s in SPEC.shapes_for("cpu") if math.prod(s.dims.values()) > INTERPRETER_THOROUGH_NUMEL}
+    assert large, "no interpreter shape of thousands of rows"
+    expected = {(s.name, d) for s in SPEC.shapes_for("cpu") for d in SPEC.dtypes_for("cpu") if s.name not in large}
+    assert {(c["shape"], c["dtype"]) for c in verdict.checks if c["shape"] not in large} == expected
+    # the large shapes once each, in one dtype (seconds a call under the interpreter)
+    assert sorted(c["shape"] for c in verdict.checks if c["shape"] in large) == sorted(large)
     # every adversarial or strided variant of the inputs met in every dtype
     for dtype in SPEC.dtypes_for("cpu"):
         assert {c["variant"] for c in verdict.checks if c["dtype"] == dtype} == {None, *SPEC.variants}
