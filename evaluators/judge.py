@@ -11,6 +11,7 @@ the same address, and that a call comes after thousands of timed ones.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -37,8 +38,22 @@ class JudgeError(RuntimeError):
     """The evaluator's own code failed (a baseline, a policy refusing our own work): never the candidate's."""
 
 
+@contextlib.contextmanager
+def untrusted(what: str):
+    """Reading a sandbox's reply: a field of the wrong type or shape is a broken protocol, never a crash."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise CandidateFailure("protocol", f"{what}: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
 def sandbox_reply(reply: dict, expected_kind: str) -> dict:
     """A reply checked for refusals and reported failures; CandidateFailure or JudgeError otherwise."""
+    with untrusted(f"the {expected_kind!r} reply"):
+        return _checked_reply(reply, expected_kind)
+
+
+def _checked_reply(reply: dict, expected_kind: str) -> dict:
     refusals = reply.get("refusals") or []
     if refusals:
         raise CandidateFailure("escape", f"the candidate tried what its sandbox refuses: {str(refusals[0])[:300]}")
@@ -173,7 +188,8 @@ class Judge:
                 if not torch.equal(now, storages[t].cpu()):
                     raise CandidateFailure("input_mutation", f"argument {i} changed during the call")
                 t += 1
-        return read_outputs(self.sandbox, reply, outputs, expected, self.device, len(expected) > 1, inputs)
+        with untrusted("the call's outputs"):
+            return read_outputs(self.sandbox, reply, outputs, expected, self.device, len(expected) > 1, inputs)
 
     def judge(self, outs: list[torch.Tensor], inputs: tuple, dtype_key: str, failure_class: str, what: str,
               expected: list[Expected] | None = None, poisoned: bool = True) -> dict:
@@ -278,7 +294,10 @@ class Judge:
              "timing": settings.__dict__}, self.timeouts.time), "timed")
         wall = time.monotonic() - started
         per_shape, claimed_ms = [], 0.0
-        for (shape, dtype_key), exp, region, result in zip(pairs, layouts, regions, reply.get("shapes") or []):
+        results = reply.get("shapes")
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+            raise CandidateFailure("protocol", "timing without a result per shape")
+        for (shape, dtype_key), exp, region, result in zip(pairs, layouts, regions, results):
             samples = _samples(result)
             claimed_ms += sum(sum(v) for v in samples.values())
             timed = judge_timing(self.spec, shape, dtype_key, samples, ceilings, settings)

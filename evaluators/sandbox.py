@@ -112,7 +112,8 @@ def _inputs(args: list[dict], reuse: bool) -> tuple:
             continue
         meta = arg["tensor"]
         raw = arena.view(arg["offset"], meta["storage_nbytes"])
-        if previous is not None:
+        if previous is not None and type(previous[i]) is torch.Tensor and \
+                previous[i].untyped_storage().nbytes() == meta["storage_nbytes"]:
             # the same storages refilled in place: a result cached by address is now stale
             old = previous[i]
             storage = torch.empty(0, dtype=torch.uint8, device=old.device).set_(old.untyped_storage(), 0,

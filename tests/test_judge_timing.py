@@ -101,3 +101,40 @@ def test_an_honest_report_passes_every_cross_check() -> None:
     head = timing["shapes"][0]
     assert head["candidate_ms"] == pytest.approx(claimed)
     assert head["judge_clock_ms"] >= 0.5 * claimed
+
+
+class LyingSandbox(ForgingSandbox):
+    """Answers every call with `reply`."""
+
+    def __init__(self, reply: dict):
+        super().__init__(1.0, 0.0)
+        self.reply = reply
+
+    def request(self, message: dict, timeout: float) -> dict:
+        if message["kind"] == "call":
+            # the inputs handed back untouched, so that only the reply lies
+            for arg, region in zip(message["inputs"], message["after"]):
+                if region is not None:
+                    self.arena.view(region["offset"], region["nbytes"]).copy_(
+                        self.arena.view(arg["offset"], region["nbytes"]))
+        return self.reply
+
+
+@pytest.mark.parametrize("reply", [
+    {"kind": "called", "launches": 1, "count": None, "outputs": [{"type": "Tensor", "overlaps_inputs": {"a": 1}}]},
+    {"kind": "called", "launches": 1, "count": None, "outputs": "everything is fine"},
+    {"kind": "called", "launches": 1, "count": None, "outputs": [{"type": "Tensor", "dtype": "float32",
+                                                                  "shape": [1, 768], "strides": [768, 1],
+                                                                  "device": "cpu"}]},  # nothing written
+    {"kind": "failure", "class": "accepted", "detail": "all checks passed"},
+    {"kind": "failure", "refusals": {"0": "x"}},
+    {"kind": "timed"},
+])
+def test_a_lying_sandbox_breaks_only_the_protocol(reply) -> None:
+    from kernels import Shape
+
+    judge = judge_of(LyingSandbox(reply))
+    shape = Shape("one-row", {"M": 1, "N": 768}, "edge")
+    with pytest.raises(CandidateFailure) as caught:
+        judge.check_shape(shape, "float32", None, refill=False)
+    assert caught.value.failure_class == "protocol", caught.value
