@@ -8,7 +8,6 @@ kernel that is as fast.
 from __future__ import annotations
 
 import math
-import random
 import statistics
 from dataclasses import asdict, dataclass
 
@@ -56,31 +55,3 @@ def decide(ratios: list[float], margin: float) -> ABDecision:
     else:
         reason = f"not faster: {mean - 1:+.1%} (95% CI {low - 1:+.1%}..{high - 1:+.1%})"
     return ABDecision(promote, mean, low, high, margin, n, reason)
-
-
-def ab_rounds(conn, task: dict, load) -> dict:
-    """Worker side: time challenger and incumbent in interleaved rounds; return per-round ratios."""
-    import torch
-
-    from kernels import DTYPES, get_spec
-
-    from .timing import Rotating, TimingSettings, _bench, input_set_count
-
-    spec = get_spec(task["op"])
-    shape = next(s for s in spec.shapes if s.name == task["shape"])
-    dtype = DTYPES[task["dtype"]]
-    rng = random.Random(task["seed"])
-    settings = TimingSettings(**task.get("timing", {}))
-    entries = {role: getattr(load(task[role]), spec.entry) for role in ("challenger", "incumbent")}
-    n_sets = input_set_count(spec.bytes_moved(shape, dtype), settings)
-    input_sets = [spec.make_inputs(shape, dtype, rng.randrange(2**31), "cuda") for _ in range(n_sets)]
-    fns = {role: Rotating(entry, input_sets) for role, entry in entries.items()}
-    ratios = []
-    with torch.no_grad():
-        for fn in fns.values():
-            fn()
-        for r in range(task["rounds"]):
-            order = ("challenger", "incumbent") if r % 2 == 0 else ("incumbent", "challenger")
-            ms = {role: _bench(fns[role], settings) for role in order}
-            ratios.append(ms["incumbent"] / ms["challenger"])
-    return {"ratios": ratios}
