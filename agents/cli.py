@@ -56,10 +56,10 @@ def _children() -> list[int]:
 
 def _interrupted() -> typer.Exit:
     """Exit 130 after Ctrl-C or SIGTERM, first killing any child the evaluator did not stop on its way out (a
-    worker interrupted while it was starting): an interrupted command leaves no process behind."""
+    fork server interrupted while it was starting): an interrupted command leaves no process behind."""
     for pid in _children():
         try:
-            if os.getpgid(pid) == pid:  # a worker leads its own process group, which holds what it started
+            if os.getpgid(pid) == pid:  # a fork server leads its own process group
                 os.killpg(pid, signal.SIGKILL)
             else:
                 os.kill(pid, signal.SIGKILL)
@@ -106,7 +106,7 @@ def main(ctx: typer.Context,
                                                                       "$EVOLVE_CONFIG, or the project's)")):
     ctx.obj = config
     if threading.current_thread() is threading.main_thread():
-        # SIGTERM unwinds like Ctrl-C for every command: the evaluator's context managers stop its workers and
+        # SIGTERM unwinds like Ctrl-C for every command: the evaluator's context managers stop its sandboxes and
         # a run's summary says "interrupted"; the previous handler comes back when the command is done
         previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
         ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))

@@ -23,7 +23,7 @@ from .llm import BudgetSpent, ChatModel, LLMCallFailed
 from .state import best_of
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
-# what a repair can fix: the file itself was wrong; a hang or a crash of the worker is retried as new work
+# what a repair can fix: the file itself was wrong; a hang or a crash of the sandbox is retried as new work
 REPAIRABLE = frozenset({"syntax_error", "compile_error", "exception", "static", "no_kernel", "wrong_result",
                         "stale_memory", "input_mutation", "aliasing", "layout", "caching", "nondeterminism",
                         "no_code", "several_files"})

@@ -1,7 +1,7 @@
 """`evolve run`: set up the evaluator, memory and run folder, drive the graph, show progress, finish cleanly.
 
 Whatever happens (an exception, Ctrl-C), the run folder ends with a summary whose status says so, and
-the worker processes are stopped.
+the evaluator's sandboxes are stopped.
 """
 from __future__ import annotations
 
@@ -300,7 +300,7 @@ def _llm_agents(ctx: RunContext, config: Config, target: str, op_names: list[str
 
 def interrupt_on_sigterm(signum: int, frame: object) -> None:
     """A SIGTERM handler that unwinds the main thread as Ctrl-C does (KeyboardInterrupt), so context managers
-    and `finally` blocks run: the evaluator stops its workers, a run folder records "interrupted"."""
+    and `finally` blocks run: the evaluator stops its sandboxes, a run folder records "interrupted"."""
     # Later SIGTERMs are ignored: a second one (a supervisor that signals the whole group, or twice) must not
     # cut short the cleanup the first one started. SIGKILL still ends everything.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
