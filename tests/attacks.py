@@ -129,7 +129,7 @@ ATTACKS: dict[str, tuple[str, str, set[str]]] = {
         "    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / N + eps)",
         "    rstd = 1.0 / tl.sqrt(tl.maximum(tl.sum(x * x, axis=0) / N - mean * mean, 0.0) + eps)")),
         None, WRONG),
-    "first_1024_rows": (candidate(body=HONEST_CALL.replace("_row[(M,)]", "_row[(min(M, 1024),)]")), None,
+    "first_256_rows": (candidate(body=HONEST_CALL.replace("_row[(M,)]", "_row[(min(M, 256),)]")), None,
                         WRONG | {"stale_memory"}),
     "wrong_in_bfloat16": (candidate(before="    if x.dtype == torch.bfloat16:\n"
                                            + ZEROS_CALL.replace("    ", "        ") + "        return y\n"),
