@@ -21,6 +21,7 @@ from conftest import PROJECT_ROOT
 from evaluators import Evaluator, EvaluatorSettings, FAILURE_CLASSES, Timeouts
 from evaluators import evaluate as evaluate_module
 from evaluators import wire
+from evaluators.static import check_candidate
 
 OP = "layer_norm"
 SECRET = "evolve-test-secret-7f3a"
@@ -57,10 +58,12 @@ def test_attack_table_names_real_classes() -> None:
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_attack_with_the_static_policy(guarded, name: str) -> None:
     source, static, dynamic = ATTACKS[name]
+    if static is None:
+        # legal text: the static policy lets it through to the checks, which the next test runs
+        assert check_candidate(source, "layer_norm") == []
+        return
     verdict = guarded.evaluate_source(OP, source, name)
-    expected = dynamic if static is None else {static}
-    assert (verdict.failure_class or "accepted") in expected, f"{name}: {verdict.reason()}"
-    assert not verdict.accepted or "accepted" in expected
+    assert verdict.failure_class == static, f"{name}: {verdict.reason()}"
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
