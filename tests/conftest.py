@@ -61,3 +61,21 @@ def render(tmp_path: Path, op: str = "layer_norm", name: str = "candidate.py", *
     path = tmp_path / name
     path.write_text(space.render(space.validate(params)))
     return path
+
+
+@pytest.fixture(scope="module")
+def cpu_evaluator():
+    """One CPU evaluator (one fork server) per test module."""
+    from evaluators import Evaluator, EvaluatorSettings
+
+    with Evaluator(EvaluatorSettings(device="cpu")) as ev:
+        yield ev
+
+
+@pytest.fixture(scope="module")
+def cpu_unguarded():
+    """The same with the static policy skipped: the layers behind it are tested alone."""
+    from evaluators import Evaluator, EvaluatorSettings
+
+    with Evaluator(EvaluatorSettings(device="cpu"), skip_static=True) as ev:
+        yield ev

@@ -63,20 +63,17 @@ EXPECTED_DYNAMIC = {
 # classes the judge's checks raise (CandidateFailure): the failing check is recorded in `checks`
 CHECK_CLASSES = {"wrong_result", "input_mutation", "no_kernel", "stale_memory", "aliasing", "layout", "caching",
                  "nondeterminism"}
-FAULT_CLASSES = {"escape", "exception", "compile_error", "out_of_memory", "crash", "timeout", "syntax_error"}
 FIXED_KEYS = {"op", "status", "failure", "checks", "timing", "device"}
 
 
 @pytest.fixture(scope="module")
-def evaluator():
-    with Evaluator(EvaluatorSettings(device="cpu")) as ev:
-        yield ev
+def evaluator(cpu_evaluator):
+    return cpu_evaluator
 
 
 @pytest.fixture(scope="module")
-def unguarded():
-    with Evaluator(EvaluatorSettings(device="cpu"), skip_static=True) as ev:
-        yield ev
+def unguarded(cpu_unguarded):
+    return cpu_unguarded
 
 
 @pytest.fixture(scope="module")

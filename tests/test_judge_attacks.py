@@ -38,15 +38,13 @@ def secret_in_environment():
 
 
 @pytest.fixture(scope="module")
-def guarded():
-    with Evaluator(EvaluatorSettings(device="cpu")) as ev:
-        yield ev
+def guarded(cpu_evaluator):
+    return cpu_evaluator
 
 
 @pytest.fixture(scope="module")
-def unguarded():
-    with Evaluator(EvaluatorSettings(device="cpu"), skip_static=True) as ev:
-        yield ev
+def unguarded(cpu_unguarded):
+    return cpu_unguarded
 
 
 def test_attack_table_names_real_classes() -> None:

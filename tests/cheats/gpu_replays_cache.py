@@ -7,7 +7,7 @@ _SEEN = {}
 
 
 @triton.jit
-def _ln_kernel(X, W, B, Y, stride, N, eps, BLOCK: tl.constexpr):
+def _ln_kernel(X, W, B, Y, stride, stride_y, N, eps, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
@@ -17,7 +17,7 @@ def _ln_kernel(X, W, B, Y, stride, N, eps, BLOCK: tl.constexpr):
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / N + eps)
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + row * stride + cols, (xc * rstd * w + b).to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + row * stride_y + cols, (xc * rstd * w + b).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -32,6 +32,6 @@ def layer_norm(x, weight, bias, eps):
         return _SEEN[key]
     M, N = x.shape
     y = torch.empty_like(x)
-    _ln_kernel[(M,)](x, weight, bias, y, x.stride(0), N, eps, BLOCK=triton.next_power_of_2(N))
+    _ln_kernel[(M,)](x, weight, bias, y, x.stride(0), y.stride(0), N, eps, BLOCK=triton.next_power_of_2(N))
     _SEEN[key] = y
     return y
