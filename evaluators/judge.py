@@ -197,13 +197,24 @@ class Judge:
         result = compare_outputs(tuple(outs), self.spec.reference(*inputs), tol.atol, tol.rtol)
         if not result.ok:
             cls = failure_class
-            if result.nans and failure_class == "wrong_result" and expected is not None and poisoned:
-                again = self.call(inputs, expected, SENTINEL)
-                stale = not any(bool(torch.isnan(o).any()) for o in again) and any(
-                    bool((o == SENTINEL).any()) for o in again)
-                cls = "stale_memory" if stale else "wrong_result"
-            raise CandidateFailure(cls, f"{what}: {result.summary()}")
+            summary = result.summary()
+            if failure_class == "wrong_result" and expected is not None and (result.nans or not poisoned):
+                unwritten = self._unwritten(inputs, expected, tol)
+                if unwritten is not None:
+                    cls, summary = "stale_memory", unwritten
+            raise CandidateFailure(cls, f"{what}: {summary}")
         return result.to_dict()
+
+    def _unwritten(self, inputs: tuple, expected: list[Expected], tol) -> str | None:
+        """Output the kernel never wrote reads as NaN under the NaN poison and as the sentinel under a finite
+        one, where NaN the kernel computes itself stays NaN: the poisoned call's comparison if so, else None."""
+        poisoned = self.call(inputs, expected, NAN)
+        if not any(bool(torch.isnan(o).any()) for o in poisoned):
+            return None
+        again = self.call(inputs, expected, SENTINEL)
+        if any(bool(torch.isnan(o).any()) for o in again) or not any(bool((o == SENTINEL).any()) for o in again):
+            return None
+        return compare_outputs(tuple(poisoned), self.spec.reference(*inputs), tol.atol, tol.rtol).summary()
 
     # ------------------------------------------------------------ one shape and dtype
 
