@@ -262,6 +262,8 @@ def bench(ctx: typer.Context,
     """Per op, the kernel in use (promoted for this GPU, else the seed) against eager and torch.compile."""
     from memory import MemoryStoreError
 
+    from evaluators import JudgeError, SandboxLost
+
     from .bench import bench_table, bench_target
 
     config = _config(ctx)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ import torch
 import triton
 
 from conftest import render
-from evaluators import FAILURE_CLASSES, Evaluator, EvaluatorSettings, Timeouts, TimingSettings, Verdict, compare
+from evaluators import FAILURE_CLASSES, Evaluator, EvaluatorSettings, Timeouts, Verdict, compare
 from evaluators.static import check_candidate
 from kernels import get_spec
 
