@@ -26,7 +26,7 @@ PROMPTS = Path(__file__).resolve().parent / "prompts"
 # what a repair can fix: the file itself was wrong; a hang or a crash of the sandbox is retried as new work
 REPAIRABLE = frozenset({"syntax_error", "compile_error", "exception", "static", "no_kernel", "wrong_result",
                         "stale_memory", "input_mutation", "aliasing", "layout", "caching", "nondeterminism",
-                        "no_code", "several_files"})
+                        "no_code", "several_files", "escape"})
 _FENCE = re.compile(r"^```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 _PYTHON_TAGS = {"", "python", "py", "python3"}
 SOURCE_LIMIT = 12_000   # characters of one kernel shown in a prompt
