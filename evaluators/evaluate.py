@@ -15,7 +15,8 @@ from typing import Callable
 
 from kernels import get_spec
 
-from .judge import Judge, JudgeError, sandbox_reply
+from . import wire
+from .judge import Judge, JudgeError, sandbox_reply, untrusted
 from .promotion import ABDecision, decide
 from .sandboxes import ForkServer, Sandbox, SandboxLost, Timeouts
 from .static import check_candidate
@@ -230,10 +231,8 @@ class Evaluator:
                 ms = {}
                 for role in order:
                     reply = sandbox_reply(sandboxes[role].request(request, self.settings.timeouts.task), "benched")
-                    value = reply.get("ms")
-                    if not isinstance(value, (int, float)) or not value > 0:
-                        raise CandidateFailure("protocol", f"the {role}'s sandbox reported no time")
-                    ms[role] = float(value)
+                    with untrusted(f"the {role}'s time"):
+                        ms[role] = wire.number(reply, "ms", low=1e-9)
                 ratios.append(ms["incumbent"] / ms["challenger"])
         finally:
             for sandbox in sandboxes.values():

@@ -21,6 +21,7 @@ import torch
 
 from kernels import DTYPES, OpSpec, Shape
 
+from . import wire
 from .arena import dtype_name, layout, storage_bytes
 from .checker import as_outputs, compare_outputs
 from .sandboxes import Sandbox, Timeouts
@@ -43,7 +44,7 @@ def untrusted(what: str):
     """Reading a sandbox's reply: a field of the wrong type or shape is a broken protocol, never a crash."""
     try:
         yield
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, wire.WireError) as exc:
         raise CandidateFailure("protocol", f"{what}: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
@@ -351,7 +352,8 @@ class Judge:
                     reply = sandbox_reply(self.sandbox.request({**base, "k": count, "sleep_cycles": sleep},
                                                                self.timeouts.task), "batched")
                     best = min(best, time.monotonic() - started)
-                    enqueue = max(enqueue, float(reply.get("enqueue_s") or 0.0))
+                    with untrusted("the batch reply"):
+                        enqueue = max(enqueue, wire.number(reply, "enqueue_s"))
                 walls[count] = best
             if enqueue < 0.5 * walls[0]:
                 break

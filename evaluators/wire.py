@@ -133,11 +133,3 @@ def number(message: dict, key: str, low: float = 0.0, high: float = math.inf) ->
     if not (math.isfinite(value) and low <= value <= high):
         raise WireError("protocol", f"{key!r} = {value!r} is outside [{low}, {high}]")
     return float(value)
-
-
-def int_list(message: dict, key: str, length: int | None = None) -> list[int]:
-    value = field(message, key, list)
-    if (length is not None and len(value) != length) or len(value) > 16 or not all(
-            isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**62 for v in value):
-        raise WireError("protocol", f"{key!r} is not a short list of integers")
-    return value
