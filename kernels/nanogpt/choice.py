@@ -1,0 +1,115 @@
+"""Which Triton kernel runs each op of the model: the seed, a point of the op's template space, or an entry
+function taken from a kernel file.
+
+A promoted kernel rendered from a template is a point of that template (its meta.toml keeps the point), so
+the model runs the op module's own launcher at that point and keeps the module's Triton backward. A kernel
+written outside the template (by an LLM) supplies its forward only; the backward stays the module's.
+The choice is process-wide, like a library's kernel registry: `install` sets it, the custom ops read it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .. import add_layer_norm, attention, bias_gelu, cross_entropy, embedding, layer_norm
+
+# op -> (the launcher a template point drives, the seed point)
+LAUNCHERS: dict[str, tuple[Callable, dict[str, Any]]] = {
+    "embedding": (embedding._embedding_fwd, embedding.SEED_PARAMS),
+    "layer_norm": (layer_norm._layer_norm_fwd, layer_norm.SEED_PARAMS),
+    "add_layer_norm": (add_layer_norm._add_layer_norm_fwd, add_layer_norm.SEED_PARAMS),
+    "bias_gelu": (bias_gelu._bias_gelu_fwd, bias_gelu.SEED_PARAMS),
+    "attention": (attention._attention_fwd, attention.SEED_PARAMS),
+    "cross_entropy": (cross_entropy._cross_entropy_fwd, cross_entropy.SEED_PARAMS),
+}
+MODEL_OPS = tuple(LAUNCHERS)
+
+
+class KernelChoiceError(ValueError):
+    """A kernel choice that cannot run: unknown op, parameters outside the template, an unloadable file."""
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """One op's kernel. Exactly one of `params` (a template point) and `entry` (a forward from a file)."""
+
+    op: str
+    source: str = "seed"                       # what it is, for people: "seed", "promoted <path>", ...
+    params: Mapping[str, Any] | None = None
+    entry: Callable | None = field(default=None, compare=False)
+
+    def forward(self) -> Callable:
+        """The forward as the op's entry signature sees it (attention gets `lse=` when it has params)."""
+        launcher, _ = LAUNCHERS[self.op]
+        if self.params is None:
+            return self.entry
+        params = dict(self.params)
+        return lambda *args, **extra: launcher(*args, **params, **extra)
+
+
+def seed(op: str) -> KernelChoice:
+    if op not in LAUNCHERS:
+        raise KernelChoiceError(f"unknown op {op!r}; the model's ops are {', '.join(MODEL_OPS)}")
+    return KernelChoice(op, "seed", dict(LAUNCHERS[op][1]))
+
+
+def from_params(op: str, params: Mapping[str, Any], source: str) -> KernelChoice:
+    """A template point; knobs added to the template since the point was recorded read as their seed value."""
+    if op not in LAUNCHERS:
+        raise KernelChoiceError(f"unknown op {op!r}; the model's ops are {', '.join(MODEL_OPS)}")
+    from .. import get_spec
+
+    try:
+        point = get_spec(op).template.validate(dict(params))
+    except ValueError as exc:
+        raise KernelChoiceError(f"{source}: {exc}") from None
+    return KernelChoice(op, source, point)
+
+
+def from_file(op: str, path: Path, entry_name: str) -> KernelChoice:
+    """The entry function of a kernel file (a judged candidate), imported as a module of its own."""
+    path = Path(path)
+    name = f"_evolve_kernel_{op}_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise KernelChoiceError(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        sys.modules[name] = module  # Triton's jit reads a kernel's globals through its module
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise KernelChoiceError(f"{path}: does not load: {type(exc).__name__}: {exc}") from None
+    entry = getattr(module, entry_name, None)
+    if not callable(entry):
+        raise KernelChoiceError(f"{path}: defines no {entry_name}()")
+    return KernelChoice(op, f"file {path}", None, entry)
+
+
+_ACTIVE: dict[str, KernelChoice] = {op: seed(op) for op in MODEL_OPS}
+
+
+def install(choices: Mapping[str, KernelChoice] | None) -> None:
+    """Use these kernels in this process from now on; ops left out keep their seed."""
+    fresh = {op: seed(op) for op in MODEL_OPS}
+    for op, choice in (choices or {}).items():
+        if op not in fresh:
+            raise KernelChoiceError(f"unknown op {op!r}; the model's ops are {', '.join(MODEL_OPS)}")
+        fresh[op] = choice
+    _ACTIVE.clear()
+    _ACTIVE.update(fresh)
+
+
+def active() -> dict[str, KernelChoice]:
+    return dict(_ACTIVE)
+
+
+def forward_of(op: str) -> Callable:
+    return _ACTIVE[op].forward()
+
+
+def has_params(op: str) -> bool:
+    return _ACTIVE[op].params is not None
