@@ -14,6 +14,13 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+import torch
+
+if not torch.cuda.is_available():
+    # the model's Triton kernels (train, sample) run in Triton's interpreter without a GPU; this must be set
+    # before triton is first imported, as the evaluator's sandboxes set it for themselves
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -126,9 +133,15 @@ def run(ctx: typer.Context,
         seed: Optional[int] = typer.Option(None, "--seed", help="seed of the coder's search choices (inputs stay "
                                                                 "random)"),
         llm_replay: Optional[str] = typer.Option(None, "--llm-replay", metavar="RUN",
-                                                 help="re-run RUN with its recorded LLM answers; no server needed")):
-    """Evolve the target's ops: plan, propose, evaluate, select, promote."""
+                                                 help="re-run RUN with its recorded LLM answers; no server needed"),
+        assemble: Optional[bool] = typer.Option(None, "--assemble/--no-assemble",
+                                                help="end with the NanoGPT build ([model].assemble)")):
+    """Evolve the target's ops: plan, propose, evaluate, select, promote; then build NanoGPT from them."""
     config = _config(ctx)
+    if assemble is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, assemble=assemble))
     try:
         if llm_replay is not None:
             config = config.with_run(check_llm=False, device=device)
@@ -258,8 +271,15 @@ def bench(ctx: typer.Context,
           target: str = typer.Argument(..., help="what to measure: nanogpt"),
           ops: Optional[str] = typer.Option(None, "--ops", help="comma-separated subset of the target's ops"),
           device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu"),
-          as_json: bool = typer.Option(False, "--json", help="print the rows as one JSON object")):
-    """Per op, the kernel in use (promoted for this GPU, else the seed) against eager and torch.compile."""
+          as_json: bool = typer.Option(False, "--json", help="print the rows as one JSON object"),
+          model: Optional[str] = typer.Option(None, "--model", help="gpt2 | shakespeare-char: the whole model "
+                                                                    "(training step and inference) instead of "
+                                                                    "the ops")):
+    """Per op, the kernel in use (promoted for this GPU, else the seed) against eager and torch.compile;
+    with --model, the whole model against PyTorch eager and torch.compile."""
+    if model is not None:
+        _bench_model(ctx, target, model, device, as_json)
+        return
     from memory import MemoryStoreError
 
     from evaluators import JudgeError, SandboxLost
@@ -282,6 +302,121 @@ def bench(ctx: typer.Context,
     else:
         console.print(bench_table(rows, info))
     raise typer.Exit(0 if all(r.verdict.accepted for r in rows) else 1)
+
+
+def _bench_model(ctx: typer.Context, target: str, model: str, device: Optional[str], as_json: bool) -> None:
+    from .assembly import kernel_choices
+    from .model_bench import SHAPES, bench_model, model_table
+
+    config = _config(ctx)
+    if target != "nanogpt":
+        _fail(f"--model is a model of the nanogpt target, not of {target!r}")
+    if model not in SHAPES:
+        _fail(f"unknown model config {model!r}; known: {', '.join(SHAPES)}")
+    try:
+        if resolve_device(device or config.run.device) != "cuda":
+            _fail("the model benchmark times a GPU: it needs CUDA (on the CPU, `evolve run nanogpt` checks the "
+                  "model's parity and convergence)")
+    except UsageError as exc:
+        _fail(str(exc))
+    from kernels.nanogpt.choice import install
+
+    install(kernel_choices(Path(config.run.memory_dir), torch.cuda.get_device_name()))
+    quiet = Console(file=sys.stderr) if as_json else console
+    try:
+        result = bench_model(model, on_row=lambda r: quiet.print(
+            f"[cyan]bench[/] {r.kind} {r.variant} B{r.batch} T{r.seq}: "
+            + (f"{r.ms:.3f} ms" if r.ms is not None else f"[red]failed[/] {escape(r.error or '')}"), highlight=False))
+    except KeyboardInterrupt:
+        raise _interrupted()
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        console.print(model_table(result))
+    raise typer.Exit(0 if all(r["ms"] is not None for r in result["rows"]) else 1)
+
+
+def _train_device(config: Config, device: Optional[str]) -> tuple[str, str]:
+    from memory import INTERPRETER_GPU
+
+    try:
+        resolved = resolve_device(device or config.run.device)
+    except UsageError as exc:
+        _fail(str(exc))
+    return resolved, (torch.cuda.get_device_name() if resolved == "cuda" else INTERPRETER_GPU)
+
+
+@app.command()
+def train(ctx: typer.Context,
+          model: str = typer.Argument("shakespeare-char", help="shakespeare-char | gpt2 (on the CPU: a tiny "
+                                                               "model of the same shape of config)"),
+          backend: str = typer.Option("triton", "--backend", help="triton | torch | both (same init, same "
+                                                                   "batches; loss curves drawn side by side)"),
+          steps: int = typer.Option(200, "--steps", help="training steps"),
+          data: Optional[str] = typer.Option(None, "--data", help="a text file or a prepared folder "
+                                                                 "(train.bin, val.bin, meta.pkl); default: "
+                                                                 "the generated corpus"),
+          out: Optional[Path] = typer.Option(None, "--out", help="folder for ckpt.pt and the loss log "
+                                                                 "(default: a new folder under runs/)"),
+          device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu"),
+          batch_size: Optional[int] = typer.Option(None, "--batch-size", help="sequences per step"),
+          dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16 | float16 | float32 (activations)"),
+          cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="on a GPU, capture the "
+                                                                                    "whole step in one CUDA graph"),
+          init_from: Optional[Path] = typer.Option(None, "--init-from", help="start from this checkpoint (of "
+                                                                             "the same config)")):
+    """Train NanoGPT on character data; checkpoints in nanoGPT's format."""
+    from kernels.nanogpt.data import DataError
+    from kernels.nanogpt.train import DTYPES, CheckpointError
+
+    from .training import TrainUsageError, default_out, run_training
+
+    config = _config(ctx)
+    if dtype is not None and dtype not in DTYPES:
+        _fail(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if batch_size is not None and batch_size < 1:
+        _fail(f"--batch-size must be at least 1, not {batch_size}")
+    resolved, gpu = _train_device(config, device)
+    try:
+        run_training(model, backend, steps, data, resolved, out or default_out(config.run.runs_dir, model),
+                     Path(config.run.memory_dir), gpu, console, batch_size, dtype, cuda_graph, init_from)
+    except (TrainUsageError, DataError, CheckpointError) as exc:
+        _fail(str(exc))
+    except ValueError as exc:  # the model's own checks (e.g. a sequence longer than the block size)
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        raise _interrupted()
+
+
+@app.command()
+def sample(ctx: typer.Context,
+           checkpoint: Path = typer.Argument(..., help="a ckpt.pt written by `evolve train` (or nanoGPT, with "
+                                                       "its vocabulary)"),
+           prompt: str = typer.Option("\n", "--prompt", help="text to continue"),
+           tokens: int = typer.Option(300, "--tokens", help="characters to generate"),
+           temperature: float = typer.Option(0.8, "--temperature"),
+           top_k: Optional[int] = typer.Option(200, "--top-k"),
+           backend: str = typer.Option("torch", "--backend", help="torch | triton"),
+           device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu"),
+           seed: int = typer.Option(1337, "--seed")):
+    """Print text generated by a trained checkpoint."""
+    from kernels.nanogpt.data import DataError
+    from kernels.nanogpt.train import CheckpointError
+
+    from .training import TrainUsageError, sample as generate
+
+    config = _config(ctx)
+    if backend not in ("torch", "triton"):
+        _fail(f"unknown backend {backend!r}; choose torch or triton")
+    resolved, gpu = _train_device(config, device)
+    try:
+        text = generate(checkpoint, prompt, tokens, temperature, top_k, resolved, Path(config.run.memory_dir), gpu,
+                        backend, seed)
+    except (TrainUsageError, DataError, CheckpointError, ValueError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        raise _interrupted()
+    sys.stdout.write(text + "\n")
 
 
 if __name__ == "__main__":

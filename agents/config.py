@@ -64,6 +64,13 @@ class PromotionConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    assemble: bool = True
+    bench: bool = True
+    convergence_steps: int = 0
+
+
+@dataclass(frozen=True)
 class LLMConfig:
     base_url: str = ""                 # "" -> $OPENAI_BASE_URL, else OpenAI's own endpoint
     model: str = "gpt-4o-mini"
@@ -92,6 +99,7 @@ class Config:
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     source: Path | None = None
 
@@ -198,7 +206,8 @@ def _validate_llm(llm: LLMConfig, origin: str) -> None:
 _POSITIVE = {"evaluator": ("start_timeout_s", "load_timeout_s", "compile_timeout_s", "check_timeout_s",
                            "timing_timeout_s"),
              "timing": ("warmup_ms", "rep_ms", "rotate_mib")}
-_AT_LEAST = {("timing", "rounds"): 1, ("promotion", "ab_rounds"): 2, ("promotion", "margin"): 0}
+_AT_LEAST = {("timing", "rounds"): 1, ("promotion", "ab_rounds"): 2, ("promotion", "margin"): 0,
+             ("model", "convergence_steps"): 0}
 
 
 def _validate_bounds(config: Config, origin: str) -> None:

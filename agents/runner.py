@@ -238,6 +238,8 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         with RunDisplay(console) as display:
             ctx.on_event = display
             graph.invoke(state, {"recursion_limit": steps})
+        if target == "nanogpt" and config.model.assemble:
+            _assemble(folder, config, device, memory_dir if use_memory else None, console)
         folder.finish("complete")
         return folder
     except KeyboardInterrupt:
@@ -257,6 +259,23 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         evaluator.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _assemble(folder: RunFolder, config: Config, device: str, memory_dir: Path | None, console: Console) -> None:
+    """The NanoGPT build from what the run promoted (agents/assembly.py), its result into summary.json."""
+    from .assembly import assemble
+
+    console.print("[bold]assembly[/]: NanoGPT from the promoted kernels: invariants, parity, convergence"
+                  + (", model bench" if device == "cuda" and config.model.bench else ""))
+    folder.log("assembly", stage="start")
+    result = assemble(memory_dir, device, folder.path / "model.json", device == "cuda" and config.model.bench,
+                      lambda line: console.print(f"  {escape(line)}", style="dim", highlight=False),
+                      steps=config.model.convergence_steps or None)
+    folder.summary["model"] = result
+    folder.log("assembly", stage="done", passed=result.get("passed"), error=result.get("error"))
+    folder.write_summary()
+    verdict = "[green]passed[/]" if result.get("passed") else f"[red]failed[/] {escape(result.get('error') or '')}"
+    console.print(f"[bold]assembly[/]: {verdict}")
 
 
 def _llm_agents(ctx: RunContext, config: Config, target: str, op_names: list[str], seed: int, endpoint,
