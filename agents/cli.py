@@ -274,11 +274,16 @@ def bench(ctx: typer.Context,
           as_json: bool = typer.Option(False, "--json", help="print the rows as one JSON object"),
           model: Optional[str] = typer.Option(None, "--model", help="gpt2 | shakespeare-char: the whole model "
                                                                     "(training step and inference) instead of "
-                                                                    "the ops")):
+                                                                    "the ops"),
+          variants: Optional[str] = typer.Option(None, "--variants", help="with --model: a comma-separated "
+                                                                         "subset of eager, compile, compile-ro, "
+                                                                         "ours, ours-graph, ours-compile"),
+          profile: bool = typer.Option(False, "--profile", help="with --model: also where our training "
+                                                                 "step's device time goes, kernel by kernel")):
     """Per op, the kernel in use (promoted for this GPU, else the seed) against eager and torch.compile;
     with --model, the whole model against PyTorch eager and torch.compile."""
     if model is not None:
-        _bench_model(ctx, target, model, device, as_json)
+        _bench_model(ctx, target, model, device, as_json, profile, variants)
         return
     from memory import MemoryStoreError
 
@@ -304,9 +309,15 @@ def bench(ctx: typer.Context,
     raise typer.Exit(0 if all(r.verdict.accepted for r in rows) else 1)
 
 
-def _bench_model(ctx: typer.Context, target: str, model: str, device: Optional[str], as_json: bool) -> None:
+def _bench_model(ctx: typer.Context, target: str, model: str, device: Optional[str], as_json: bool,
+                 profile: bool, variants: Optional[str]) -> None:
     from .assembly import kernel_choices
-    from .model_bench import SHAPES, bench_model, model_table
+    from .model_bench import SHAPES, VARIANTS, bench_model, model_table, profile_step, profile_table
+
+    chosen = VARIANTS if variants is None else tuple(v.strip() for v in variants.split(","))
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown or not chosen:
+        _fail(f"unknown variant(s) {', '.join(unknown) or '(none)'}; known: {', '.join(VARIANTS)}")
 
     config = _config(ctx)
     if target != "nanogpt":
@@ -324,15 +335,19 @@ def _bench_model(ctx: typer.Context, target: str, model: str, device: Optional[s
     install(kernel_choices(Path(config.run.memory_dir), torch.cuda.get_device_name()))
     quiet = Console(file=sys.stderr) if as_json else console
     try:
-        result = bench_model(model, on_row=lambda r: quiet.print(
+        result = bench_model(model, chosen, on_row=lambda r: quiet.print(
             f"[cyan]bench[/] {r.kind} {r.variant} B{r.batch} T{r.seq}: "
             + (f"{r.ms:.3f} ms" if r.ms is not None else f"[red]failed[/] {escape(r.error or '')}"), highlight=False))
+        if profile:
+            result["profile"] = profile_step(model)
     except KeyboardInterrupt:
         raise _interrupted()
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
         console.print(model_table(result))
+        if profile:
+            console.print(profile_table(result["profile"]))
     raise typer.Exit(0 if all(r["ms"] is not None for r in result["rows"]) else 1)
 
 

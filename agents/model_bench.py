@@ -223,3 +223,53 @@ def model_table(result: dict):
                      "backward, fused AdamW, zero_grad, bf16 autocast. Inference: the last position's logits. "
                      "Kernels: " + escape(", ".join(f"{op} {src}" for op, src in result["kernels"].items())))
     return table
+
+
+def profile_step(model_name: str, kind: str = "train", variant: str = "ours", steps: int = 5, top: int = 15) -> dict:
+    """Where a step's device time goes: the kernels of `steps` steps under torch.profiler, per step.
+
+    Kernel times are the same whether the step is launched op by op or replayed from a CUDA graph; the
+    difference between their sum and the graphed step's wall time is what launching still costs.
+    """
+    (train_b, train_t), inference = SHAPES[model_name]
+    batch, seq = (train_b, train_t) if kind == "train" else inference[0]
+    make = _train_step if kind == "train" else _inference_step
+    step = make(variant, model_name, batch, seq)
+    for i in range(5):
+        step(i)
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for i in range(steps):
+            step(i)
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", None)
+        if device_us is None:
+            device_us = getattr(event, "self_cuda_time_total", 0.0)
+        if device_us > 0:
+            rows.append({"kernel": event.key, "us_per_step": device_us / steps, "calls_per_step": event.count / steps})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    total = sum(r["us_per_step"] for r in rows)
+    for r in rows:
+        r["share"] = r["us_per_step"] / total if total else 0.0
+    torch._dynamo.reset()
+    return {"model": model_name, "kind": kind, "variant": variant, "batch": batch, "seq": seq,
+            "device_ms_per_step": total / 1e3, "kernels_per_step": sum(r["calls_per_step"] for r in rows),
+            "top": rows[:top]}
+
+
+def profile_table(profile: dict):
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(f"device time of one {profile['kind']} step, {LABELS[profile['variant']]}, "
+                               f"B{profile['batch']} T{profile['seq']}: {profile['device_ms_per_step']:.3f} ms in "
+                               f"{profile['kernels_per_step']:.0f} kernels"), title_justify="left")
+    for column in ("kernel", "µs/step", "calls", "share"):
+        table.add_column(column, justify="left" if column == "kernel" else "right", no_wrap=column != "kernel")
+    for r in profile["top"]:
+        table.add_row(escape(r["kernel"][:90]), f"{r['us_per_step']:,.1f}", f"{r['calls_per_step']:.0f}",
+                      f"{r['share']:.1%}")
+    return table

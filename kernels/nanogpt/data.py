@@ -3,7 +3,7 @@
 nanoGPT's prepared folder holds train.bin and val.bin (uint16 token ids) and meta.pkl ({"vocab_size",
 "itos", "stoi"}). `load_data` reads such a folder, or a text file (encoded by its characters, 90% train),
 or, given nothing, the corpus `generate_corpus` makes: a play of invented speakers whose lines follow a
-small grammar, so a model can learn its words, agreement and layout within a few hundred steps.
+small grammar over invented words, so a model learns its words, agreement and layout step by step.
 """
 from __future__ import annotations
 
@@ -45,37 +45,52 @@ class CharData:
 
 # ----------------------------------------------------------------------------- the generated corpus
 
-_SPEAKERS = ("ORSINO", "MARGERY", "TOBIAS", "HELENA", "QUILLON", "BEATRIX", "FENWICK", "ROSALIND")
-_NOUNS = (("king", "kings"), ("sword", "swords"), ("river", "rivers"), ("crown", "crowns"), ("friend", "friends"),
-          ("night", "nights"), ("letter", "letters"), ("garden", "gardens"), ("storm", "storms"))
-_VERBS = (("keeps", "keep"), ("waits", "wait"), ("burns", "burn"), ("falls", "fall"), ("sings", "sing"),
-          ("turns", "turn"), ("knows", "know"))
-_ADJECTIVES = ("old", "bright", "cold", "silent", "gentle", "proud", "weary", "golden")
-_PLACES = ("by the gate", "in the hall", "upon the hill", "under the moon", "at the shore", "within the wood")
-_REPLIES = ("Aye, my lord.", "Not so.", "I swear it.", "What news?", "Then go!", "Peace, I pray you.")
+_SYLLABLES = ("ka", "ro", "mi", "len", "tor", "va", "shi", "un", "del", "bra", "es", "ol", "ith", "mar", "qua",
+              "fen", "dor", "li", "sa", "gre", "wy", "th", "an", "bel", "cor", "ny", "pe", "ush", "zo", "har")
+_PLACES = ("by the gate", "in the hall", "upon the hill", "under the moon", "at the shore", "within the wood",
+           "before the king", "across the river", "beneath the tower", "beyond the sea")
+_REPLIES = ("Aye, my lord.", "Not so.", "I swear it.", "What news?", "Then go!", "Peace, I pray you.",
+            "Speak on.", "It shall be done.", "Alas!", "Who goes there?")
 
 
-def _sentence(rng: random.Random) -> str:
+def _lexicon(rng: random.Random, count: int, syllables: tuple[int, int]) -> list[str]:
+    words: set[str] = set()
+    while len(words) < count:
+        words.add("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(*syllables))))
+    return sorted(words)
+
+
+def _zipf(rng: random.Random, words: list[str]) -> str:
+    # frequent words and rare ones, as in real text: the loss falls steadily as rarer words are learned
+    return rng.choices(words, weights=[1.0 / (rank + 1) for rank in range(len(words))])[0]
+
+
+def _sentence(rng: random.Random, nouns, verbs, adjectives) -> str:
     plural = rng.random() < 0.4
-    noun = rng.choice(_NOUNS)[1 if plural else 0]
-    verb = rng.choice(_VERBS)[1 if plural else 0]  # agreement: the learnable part that spans words
+    noun = _zipf(rng, nouns) + ("s" if plural else "")
+    verb = _zipf(rng, verbs) + ("" if plural else "s")  # agreement: the learnable part that spans words
     article = "the" if plural or rng.random() < 0.5 else "a"
-    words = [article, rng.choice(_ADJECTIVES), noun, verb, rng.choice(_PLACES)]
+    words = [article, _zipf(rng, adjectives), noun, verb, rng.choice(_PLACES)]
     if rng.random() < 0.3:
-        words += ["and", rng.choice(_VERBS)[1 if plural else 0], "again"]
+        words += ["and", _zipf(rng, verbs) + ("" if plural else "s"), "the", _zipf(rng, nouns)]
     text = " ".join(words)
-    return text[0].upper() + text[1:] + rng.choice((".", ".", "!", ";", ","))[0]
+    return text[0].upper() + text[1:] + rng.choice((".", ".", "!", ";", ","))
 
 
-def generate_corpus(n_chars: int = 200_000, seed: int = 1337) -> str:
-    """A deterministic play: speakers in capitals, each with a few lines of grammatical verse or a reply."""
+def generate_corpus(n_chars: int = 400_000, seed: int = 1337) -> str:
+    """A deterministic play in an invented tongue: speakers in capitals, each with a few lines that follow a
+    small grammar (articles, agreement, places) over a lexicon of invented words drawn Zipf-like, or a reply."""
     rng = random.Random(seed)
+    nouns = _lexicon(rng, 150, (1, 3))
+    verbs = _lexicon(rng, 80, (1, 2))
+    adjectives = _lexicon(rng, 80, (2, 3))
+    speakers = [name.upper() for name in _lexicon(rng, 12, (2, 3))]
     parts: list[str] = []
     total = 0
     while total < n_chars:
-        lines = [_sentence(rng) if rng.random() < 0.75 else rng.choice(_REPLIES)
+        lines = [_sentence(rng, nouns, verbs, adjectives) if rng.random() < 0.8 else rng.choice(_REPLIES)
                  for _ in range(rng.randint(1, 4))]
-        speech = f"{rng.choice(_SPEAKERS)}:\n" + "\n".join(lines) + "\n\n"
+        speech = f"{rng.choice(speakers)}:\n" + "\n".join(lines) + "\n\n"
         parts.append(speech)
         total += len(speech)
     return "".join(parts)[:n_chars]

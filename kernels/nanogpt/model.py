@@ -184,7 +184,7 @@ class GPT(nn.Module):
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         else:
-            logits = self.lm_head(x[:, [-1], :])  # inference: only the last position
+            logits = self.lm_head(x[:, -1:, :])  # inference: only the last position
             loss = None
         return logits, loss
 
@@ -206,7 +206,8 @@ class GPT(nn.Module):
             logits = F.linear(h, self.lm_head.weight)
             loss = ops.cross_entropy(logits, targets.reshape(-1))
             return logits.view(B, T, -1), loss
-        return F.linear(h.view(B, T, C)[:, [-1], :], self.lm_head.weight), None
+        # a slice, not nanoGPT's [-1] list: a list index is a host tensor, which a CUDA graph cannot copy
+        return F.linear(h.view(B, T, C)[:, -1:, :], self.lm_head.weight), None
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, capturable: bool = False):
         """AdamW with weight decay on the matrices only (fused on a GPU); capturable for a CUDA graph."""
