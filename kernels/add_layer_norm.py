@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .candidate import render_candidate
-from .layer_norm import EPS_CHOICES
+from .layer_norm import EPS_CHOICES, SUM_BLOCK_G, SUM_BLOCK_N, bwd_layout
 from .rowwise import _row_center, _row_scale_shift, _row_tile
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
 from .variants import (LARGE_MEAN_RESIDUAL, LARGE_MEAN_SPREAD, binade_grid, constant_rows_split, copies,
@@ -167,14 +167,16 @@ def _add_layer_norm_fwd(x, residual, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WA
             or bias.shape != (x.shape[1],)):
         raise ValueError(f"add_layer_norm wants x [M, N], residual [M, N], weight [N], bias [N]; got "
                          f"{tuple(x.shape)}, {tuple(residual.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}")
-    if residual.dtype != x.dtype:
-        raise ValueError(f"residual is {residual.dtype}, x is {x.dtype}; both must have one dtype")
+    if not (x.dtype.is_floating_point and residual.dtype.is_floating_point):
+        raise ValueError(f"add_layer_norm wants floating tensors; got x {x.dtype}, residual {residual.dtype}")
     if x.stride(1) != 1:
         x = x.contiguous()
     if residual.stride(1) != 1:
         residual = residual.contiguous()
     M, N = x.shape
-    s = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    # the sum in the residual's dtype, the norm in x's: one dtype for both as the op's contract has it, or a
+    # float32 residual stream with 16-bit branches, as mixed-precision training keeps them
+    s = torch.empty((M, N), dtype=residual.dtype, device=x.device)
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     if M == 0:
         return s, y
@@ -203,7 +205,8 @@ def _add_layer_norm_bwd_kernel(
     W,          # [N] scale
     DY,         # [M, N] gradient of y, rows stride_dy apart
     DS,         # [M, N] gradient of s, rows stride_ds apart (read only when HAS_DS)
-    DX,         # [M, N] gradient of x and of residual alike (written), rows stride_dx apart
+    DX,         # [M, N] gradient of x and of residual alike (written, in s's dtype), rows stride_dx apart
+    DX_LO,      # [M, N] the same gradient in x's narrower dtype (written only when HAS_LO), rows stride_dx apart
     DW_PART,    # [G, N] float32 per-program partial sums of dy * shat
     DB_PART,    # [G, N] float32 per-program partial sums of dy
     stride_s,
@@ -214,34 +217,40 @@ def _add_layer_norm_bwd_kernel(
     N,
     eps,
     BLOCK_N: tl.constexpr,
+    ROWS: tl.constexpr,         # rows per step: several rows' loads in flight hide memory latency
     HAS_DS: tl.constexpr,       # s has a gradient of its own (it is None when s feeds nothing)
+    HAS_LO: tl.constexpr,       # x is narrower than the residual (bf16 into a float32 stream)
 ):
-    # int64 row index: row * stride overflows int32 past 2**31 elements
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
-    db = tl.zeros([BLOCK_N], dtype=tl.float32)
-    # each program owns rows pid, pid + G, ...: its dw/db partials need no atomics
-    for row in range(pid, M, tl.num_programs(0)):
-        s = tl.load(S + row * stride_s + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.sum(s, axis=0) / N
-        sc = tl.where(mask, s - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(sc * sc, axis=0) / N + eps)
-        shat = sc * rstd
-        wdy = w * dy
-        c1 = tl.sum(shat * wdy, axis=0) / N
-        c2 = tl.sum(wdy, axis=0) / N
-        dx = (wdy - (shat * c1 + c2)) * rstd
+    dw = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    # each program owns row tiles pid, pid + G, ...: its dw/db partials need no atomics
+    for tile in range(pid, tl.cdiv(M, ROWS), tl.num_programs(0)):
+        # int64 row index: row * stride overflows int32 past 2**31 elements
+        rows = tl.cast(tile, tl.int64) * ROWS + tl.arange(0, ROWS)
+        m2 = (rows < M)[:, None] & mask[None, :]
+        s = tl.load(S + rows[:, None] * stride_s + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        mean = tl.sum(s, axis=1) / N
+        sc = tl.where(m2, s - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(sc * sc, axis=1) / N + eps)
+        shat = sc * rstd[:, None]
+        wdy = w[None, :] * dy
+        c1 = tl.sum(shat * wdy, axis=1) / N
+        c2 = tl.sum(wdy, axis=1) / N
+        dx = (wdy - (shat * c1[:, None] + c2[:, None])) * rstd[:, None]
         if HAS_DS:
-            dx += tl.load(DS + row * stride_ds + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+            dx += tl.load(DS + rows[:, None] * stride_ds + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=m2)
+        if HAS_LO:
+            tl.store(DX_LO + rows[:, None] * stride_dx + cols[None, :], dx.to(DX_LO.dtype.element_ty), mask=m2)
         dw += dy * shat
         db += dy
-    tl.store(DW_PART + pid * N + cols, dw, mask=mask)
-    tl.store(DB_PART + pid * N + cols, db, mask=mask)
+    tl.store(DW_PART + pid.to(tl.int64) * N + cols, tl.sum(dw, axis=0), mask=mask)
+    tl.store(DB_PART + pid.to(tl.int64) * N + cols, tl.sum(db, axis=0), mask=mask)
 
 
 @triton.jit
@@ -268,8 +277,10 @@ def _column_sums_kernel(
     tl.store(DB + cols, acc_b.to(DB.dtype.element_ty), mask=cols < N)
 
 
-def _add_layer_norm_bwd(ds, dy, s, weight, eps):
-    """Gradients (d x = d residual, d weight, d bias) from the saved sum s; ds may be None."""
+def _add_layer_norm_bwd(ds, dy, s, weight, eps, x_dtype=None):
+    """Gradients (d residual, d x, d weight, d bias) from the saved sum s; ds may be None. d x is d residual
+    itself unless x_dtype is narrower than s's dtype (a bf16 branch into a float32 stream): then it is the
+    same gradient rounded to x_dtype, written by the same pass."""
     M, N = s.shape
     if dy.stride(1) != 1:
         dy = dy.contiguous()
@@ -279,17 +290,19 @@ def _add_layer_norm_bwd(ds, dy, s, weight, eps):
     dw = torch.empty_like(weight)
     db = torch.empty_like(weight)
     sms = torch.cuda.get_device_properties(s.device).multi_processor_count if s.is_cuda else 4
-    groups = max(1, min(M, 4 * sms))
+    block_n, rows, warps, groups = bwd_layout(M, N, sms)
     dw_part = torch.empty((groups, N), dtype=torch.float32, device=s.device)
     db_part = torch.empty((groups, N), dtype=torch.float32, device=s.device)
-    block_n = triton.next_power_of_2(N)
     has_ds = ds is not None
+    has_lo = x_dtype is not None and x_dtype != s.dtype
+    dx_lo = torch.empty((M, N), dtype=x_dtype, device=s.device) if has_lo else dx
     _add_layer_norm_bwd_kernel[(groups,)](
-        s, weight, dy, ds if has_ds else dy, dx, dw_part, db_part,
+        s, weight, dy, ds if has_ds else dy, dx, dx_lo, dw_part, db_part,
         s.stride(0), dy.stride(0), ds.stride(0) if has_ds else 0, dx.stride(0), M, N, eps,
-        BLOCK_N=block_n, HAS_DS=has_ds, num_warps=4 if block_n <= 1024 else 8)
-    _column_sums_kernel[(triton.cdiv(N, 128),)](dw_part, db_part, dw, db, groups, N, BLOCK_G=32, BLOCK_N=128)
-    return dx, dw, db
+        BLOCK_N=block_n, ROWS=rows, HAS_DS=has_ds, HAS_LO=has_lo, num_warps=warps)
+    _column_sums_kernel[(triton.cdiv(N, SUM_BLOCK_N),)](dw_part, db_part, dw, db, groups, N,
+                                                         BLOCK_G=SUM_BLOCK_G, BLOCK_N=SUM_BLOCK_N)
+    return dx, dx_lo, dw, db
 
 
 SEED_PARAMS = {
@@ -326,7 +339,7 @@ class AddLayerNormFunction(torch.autograd.Function):
         if dy is None:
             # y feeds nothing: s's gradient passes straight to both summands, the norm has none
             return ds, ds, None, None, None
-        dx, dw, db = _add_layer_norm_bwd(ds, dy, s, weight, ctx.eps)
+        dx, _, dw, db = _add_layer_norm_bwd(ds, dy, s, weight, ctx.eps)
         # one tensor for both summands, as autograd's own add does
         return dx, dx, dw, db, None
 

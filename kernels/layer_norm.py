@@ -177,31 +177,34 @@ def _layer_norm_bwd_kernel(
     N,
     eps,
     BLOCK_N: tl.constexpr,
+    ROWS: tl.constexpr,     # rows per step: several rows' loads in flight hide memory latency
 ):
-    # int64 row index: row * stride overflows int32 past 2**31 elements
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
-    db = tl.zeros([BLOCK_N], dtype=tl.float32)
-    # each program owns rows pid, pid + G, ...: its dw/db partials need no atomics
-    for row in range(pid, M, tl.num_programs(0)):
-        x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=0) / N
-        xc = tl.where(mask, x - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / N + eps)
-        xhat = xc * rstd
-        wdy = w * dy
-        c1 = tl.sum(xhat * wdy, axis=0) / N
-        c2 = tl.sum(wdy, axis=0) / N
-        dx = (wdy - (xhat * c1 + c2)) * rstd
-        tl.store(DX + row * stride_x + cols, dx.to(DX.dtype.element_ty), mask=mask)
+    dw = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    # each program owns row tiles pid, pid + G, ...: its dw/db partials need no atomics
+    for tile in range(pid, tl.cdiv(M, ROWS), tl.num_programs(0)):
+        # int64 row index: row * stride overflows int32 past 2**31 elements
+        rows = tl.cast(tile, tl.int64) * ROWS + tl.arange(0, ROWS)
+        m2 = (rows < M)[:, None] & mask[None, :]
+        x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / N
+        xc = tl.where(m2, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / N + eps)
+        xhat = xc * rstd[:, None]
+        wdy = w[None, :] * dy
+        c1 = tl.sum(xhat * wdy, axis=1) / N
+        c2 = tl.sum(wdy, axis=1) / N
+        dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        tl.store(DX + rows[:, None] * stride_x + cols[None, :], dx.to(DX.dtype.element_ty), mask=m2)
         dw += dy * xhat
         db += dy
-    tl.store(DW_PART + pid * N + cols, dw, mask=mask)
-    tl.store(DB_PART + pid * N + cols, db, mask=mask)
+    tl.store(DW_PART + pid.to(tl.int64) * N + cols, tl.sum(dw, axis=0), mask=mask)
+    tl.store(DB_PART + pid.to(tl.int64) * N + cols, tl.sum(db, axis=0), mask=mask)
 
 
 @triton.jit
@@ -222,22 +225,38 @@ def _column_sum_kernel(
     tl.store(OUT + cols, acc.to(OUT.dtype.element_ty), mask=cols < N)
 
 
+# the second reduction: narrow column strips, so that even N = 384 spreads over a dozen programs, each
+# summing the partial rows in a few wide steps rather than many dependent ones
+SUM_BLOCK_G = 64
+SUM_BLOCK_N = 32
+
+
+def bwd_layout(M, N, sms):
+    """(BLOCK_N, rows per step, warps, programs) of the LayerNorm backwards: tiles of about 2048 elements
+    (4 rows of 384 or 512, 2 of 768 or 1024) and two programs an SM, so each SM keeps several rows' loads in
+    flight while the partial sums stay few (2 x SMs rows of N floats for the second reduction)."""
+    block_n = triton.next_power_of_2(N)
+    rows = max(1, min(8, 2048 // block_n))
+    warps = 4 if block_n * rows <= 2048 else 8
+    groups = max(1, min(triton.cdiv(M, rows), 2 * sms))
+    return block_n, rows, warps, groups
+
+
 def _layer_norm_bwd(dy, x, weight, eps):
     M, N = x.shape
     dy = dy.contiguous()
     dx = torch.empty_like(x)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-    groups = max(1, min(M, 4 * sms))
+    block_n, rows, warps, groups = bwd_layout(M, N, sms)
     dw_part = torch.empty((groups, N), dtype=torch.float32, device=x.device)
     db_part = torch.empty((groups, N), dtype=torch.float32, device=x.device)
-    block_n = triton.next_power_of_2(N)
     _layer_norm_bwd_kernel[(groups,)](x, weight, dy, dx, dw_part, db_part, x.stride(0), dy.stride(0),
-                                      M, N, eps, BLOCK_N=block_n, num_warps=4 if block_n <= 1024 else 8)
+                                      M, N, eps, BLOCK_N=block_n, ROWS=rows, num_warps=warps)
     dw = torch.empty_like(weight)
     db = torch.empty_like(weight)
-    grid = (triton.cdiv(N, 128),)
-    _column_sum_kernel[grid](dw_part, dw, groups, N, BLOCK_G=32, BLOCK_N=128)
-    _column_sum_kernel[grid](db_part, db, groups, N, BLOCK_G=32, BLOCK_N=128)
+    grid = (triton.cdiv(N, SUM_BLOCK_N),)
+    _column_sum_kernel[grid](dw_part, dw, groups, N, BLOCK_G=SUM_BLOCK_G, BLOCK_N=SUM_BLOCK_N)
+    _column_sum_kernel[grid](db_part, db, groups, N, BLOCK_G=SUM_BLOCK_G, BLOCK_N=SUM_BLOCK_N)
     return dx, dw, db
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from evaluators.checker import compare
 from evaluators.static import check_candidate
 from kernels import DTYPES, get_spec
-from kernels.add_layer_norm import SEED_PARAMS, _add_layer_norm_fwd, _add_layer_norm_fwd_kernel, add_layer_norm
+from kernels.add_layer_norm import _add_layer_norm_bwd, SEED_PARAMS, _add_layer_norm_fwd, _add_layer_norm_fwd_kernel, add_layer_norm
 from kernels.layer_norm import EPS_CHOICES
 from kernels.spec import Shape
 from memory import Rulebook
@@ -258,8 +258,24 @@ def test_seed_kernel_rejects_bad_inputs():
         _add_layer_norm_fwd(x, r, w[:32], b, eps, **SEED_PARAMS)
     with pytest.raises(ValueError):
         _add_layer_norm_fwd(x.reshape(2, 2, 64), r.reshape(2, 2, 64), w, b, eps, **SEED_PARAMS)
-    with pytest.raises(ValueError, match="dtype"):
-        _add_layer_norm_fwd(x, r.half(), w, b, eps, **SEED_PARAMS)
+    with pytest.raises(ValueError, match="floating"):
+        _add_layer_norm_fwd(x, r.to(torch.int32), w, b, eps, **SEED_PARAMS)
+
+
+def test_a_16_bit_branch_into_a_float32_stream():
+    # mixed-precision training: s stays in the residual's float32, y comes out in the branch's dtype
+    x, r, w, b, eps = SPEC.make_inputs(shape(6, 96), torch.float32, 3, "cpu")
+    branch = x.half()
+    s, y = _add_layer_norm_fwd(branch, r, w, b, eps, **SEED_PARAMS)
+    assert (s.dtype, y.dtype) == (torch.float32, torch.float16)
+    want = branch.double() + r.double()
+    assert torch.allclose(s.double(), want, atol=1e-6)
+    ref = torch.nn.functional.layer_norm(want, (96,), w.double(), b.double(), eps)
+    assert torch.allclose(y.double(), ref, atol=4e-3, rtol=4e-3)
+    dy, ds = torch.randn(6, 96).half(), torch.randn(6, 96)
+    dx, dx_lo, dw, db = _add_layer_norm_bwd(ds, dy, s, w, eps, torch.float16)
+    assert (dx.dtype, dx_lo.dtype) == (torch.float32, torch.float16)
+    assert torch.equal(dx_lo, dx.half())
 
 
 def test_no_rows_gives_empty_outputs():

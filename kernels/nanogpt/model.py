@@ -8,8 +8,10 @@ backend="torch" is nanoGPT's forward: PyTorch ops, scaled_dot_product_attention.
 backend="triton" runs the same parameters through the Triton kernels (see ops.py): the token+position
 embedding gather, LayerNorm, causal attention straight from the packed qkv, the residual add fused with
 the LayerNorm that follows it, c_fc's bias fused with GELU, and cross-entropy with its gradient written in
-the forward pass. The matmuls stay cuBLAS. Its residual stream is in the activations' dtype (bf16 under
-autocast), where nanoGPT's is float32.
+the forward pass. The matmuls stay cuBLAS; the Linears' bias gradients are summed by a Triton kernel.
+As in nanoGPT under autocast, the residual stream and its gradient stay in the weights' dtype (float32)
+while the branches run in bf16: a bf16 stream trained measurably slower (its loss ~2-3% above PyTorch's
+from step 100 on, in 200 steps of shakespeare-char on an H200).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
+from .linear import linear
 
 BACKENDS = ("torch", "triton")
 
@@ -91,9 +94,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward_triton(self, h, B: int, T: int):
         """h [B*T, C] (the normalised stream) -> the projected attention output [B*T, C]."""
-        qkv = self.c_attn(h).view(B, T, 3 * self.n_embd)
+        qkv = linear(h, self.c_attn.weight, self.c_attn.bias).view(B, T, 3 * self.n_embd)
         y = ops.attention(qkv, self.n_head)  # [B, T, C], heads merged
-        return self.c_proj(y.view(B * T, self.n_embd))
+        return linear(y.view(B * T, self.n_embd), self.c_proj.weight, self.c_proj.bias)
 
 
 class MLP(nn.Module):
@@ -112,7 +115,7 @@ class MLP(nn.Module):
     def forward_triton(self, h):
         """h [M, C] -> [M, C]; c_fc's bias is added inside the GELU kernel, not by the matmul."""
         bias = self.c_fc.bias if self.c_fc.bias is not None else self.zero_bias
-        return self.c_proj(ops.bias_gelu(F.linear(h, self.c_fc.weight), bias))
+        return linear(ops.bias_gelu(F.linear(h, self.c_fc.weight), bias), self.c_proj.weight, self.c_proj.bias)
 
 
 class Block(nn.Module):
@@ -194,8 +197,7 @@ class GPT(nn.Module):
         B, T = idx.shape
         C = self.config.n_embd
         wte, wpe = self.transformer.wte.weight, self.transformer.wpe.weight
-        dtype = _activation_dtype(idx.device.type, wte.dtype)
-        x = ops.embedding(idx, wte, wpe).to(dtype).view(B * T, C)  # the residual stream [B*T, C]
+        x = ops.embedding(idx, wte, wpe).view(B * T, C)  # the residual stream [B*T, C], in the weights' dtype
         branch = None  # a block's output not yet added into the stream: added by the next norm's kernel
         for block in self.transformer.h:
             x, h = _add_norm(x, branch, block.ln_1)
@@ -237,13 +239,6 @@ class GPT(nn.Module):
             probs = F.softmax(logits, dim=-1)
             idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
         return idx
-
-
-def _activation_dtype(device_type: str, weight_dtype: torch.dtype) -> torch.dtype:
-    """The dtype the matmuls produce: autocast's when it is on, else the weights'."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return weight_dtype
 
 
 def _add_norm(x, branch, ln: LayerNorm):

@@ -120,35 +120,39 @@ def _add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor, e
 
 @_add_layer_norm.register_fake
 def _(x, residual, weight, bias, eps):
-    return x.new_empty(x.shape), x.new_empty(x.shape)
+    return residual.new_empty(x.shape), x.new_empty(x.shape)
 
 
 @custom_op(_name("add_layer_norm_backward"), mutates_args=())
-def _add_layer_norm_backward(ds: Optional[Tensor], dy: Tensor, s: Tensor, weight: Tensor, eps: float
-                             ) -> tuple[Tensor, Tensor, Tensor]:
-    return _aln._add_layer_norm_bwd(ds, dy, s, weight, eps)
+def _add_layer_norm_backward(ds: Optional[Tensor], dy: Tensor, s: Tensor, weight: Tensor, eps: float,
+                             x_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dx, dx_lo, dw, db = _aln._add_layer_norm_bwd(ds, dy, s, weight, eps, x_dtype)
+    # outputs may not alias each other: with one dtype the second gradient is an empty placeholder
+    return dx, (dx_lo if dx_lo is not dx else dx.new_empty((0,))), dw, db
 
 
 @_add_layer_norm_backward.register_fake
-def _(ds, dy, s, weight, eps):
-    return s.new_empty(s.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+def _(ds, dy, s, weight, eps, x_dtype):
+    lo = s.new_empty(s.shape, dtype=x_dtype) if x_dtype != s.dtype else s.new_empty((0,))
+    return s.new_empty(s.shape), lo, weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
 def _add_layer_norm_setup(ctx, inputs, output):
-    _, _, weight, _, eps = inputs
+    x, _, weight, _, eps = inputs
     # an output that feeds nothing gets None, not a tensor of zeros to write and read back
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(output[0], weight)
     ctx.eps = eps
+    ctx.x_dtype = x.dtype
 
 
 def _add_layer_norm_grad(ctx, ds, dy):
     s, weight = ctx.saved_tensors
     if dy is None:
         # the norm feeds nothing: the sum's gradient passes straight to both summands
-        return ds, ds, None, None, None
-    dx, dw, db = _add_layer_norm_backward(ds, dy, s, weight, ctx.eps)
-    return dx, dx, dw, db, None
+        return ds.to(ctx.x_dtype), ds, None, None, None
+    dx, dx_lo, dw, db = _add_layer_norm_backward(ds, dy, s, weight, ctx.eps, ctx.x_dtype)
+    return (dx_lo if ctx.x_dtype != s.dtype else dx), dx, dw, db, None
 
 
 _add_layer_norm.register_autograd(_add_layer_norm_grad, setup_context=_add_layer_norm_setup)

@@ -149,7 +149,8 @@ class LogPoint:
 
 def train(model: GPT, data, cfg: TrainConfig, device: str, on_log: Callable[[LogPoint], None] | None = None,
           val_every: int = 0, eval_iters: int = 20) -> tuple[list[LogPoint], Stepper]:
-    """Train on data.train for cfg.steps steps; the loss of every log_every-th step (and the last) is logged.
+    """Train on data.train for cfg.steps steps; every log_every-th step (and the last) logs the mean loss of the
+    steps since the previous log.
     Returns the log and the stepper (whose optimizer a checkpoint saves)."""
     import time
 
@@ -161,13 +162,20 @@ def train(model: GPT, data, cfg: TrainConfig, device: str, on_log: Callable[[Log
     history: list[LogPoint] = []
     tokens = cfg.batch_size * cfg.block_size
     mark, mark_step = time.perf_counter(), 0
+    # the logged loss is the mean over the steps since the last log: one batch's loss is noisy, and a mean
+    # kept on the device costs no host sync between logs
+    window, count = torch.zeros((), dtype=torch.float32, device=device), 0
     for step in range(cfg.steps):
         stepper.set_lr(lr_at(step, cfg))
         x, y = get_batch(data.train, cfg.batch_size, cfg.block_size, generator, device)
         loss = stepper.step(x, y)
+        window += loss.float()
+        count += 1
         last = step == cfg.steps - 1
         if step % cfg.log_every == 0 or last:
-            value = float(loss.item())  # the one host sync of a logged step
+            value = float(window.item()) / count  # the one host sync of a logged step
+            window.zero_()
+            count = 0
             now = time.perf_counter()
             rate = tokens * (step + 1 - mark_step) / max(now - mark, 1e-9)
             mark, mark_step = now, step + 1
