@@ -100,7 +100,8 @@ def build_and_check(memory_dir: Path | None, device: str, bench: bool, steps: in
     conv = checks.convergence(config, data, train, device,
                               on_log=lambda b, p: _say(f"  {b} step {p.step}: loss {p.loss:.4f}"))
     result["convergence"] = conv.to_dict()
-    _say(f"convergence: worst gap {conv.worst:.2%} ({'ok' if conv.passed else 'FAILED'})")
+    own = "" if conv.torch_self_gap is None else f", PyTorch against itself {conv.torch_self_gap:.2%}"
+    _say(f"convergence: worst gap {conv.worst:.2%}{own} ({'ok' if conv.passed else 'FAILED'})")
     if bench and device == "cuda":
         from .model_bench import bench_model
 

@@ -278,12 +278,13 @@ def bench(ctx: typer.Context,
           variants: Optional[str] = typer.Option(None, "--variants", help="with --model: a comma-separated "
                                                                          "subset of eager, compile, compile-ro, "
                                                                          "ours, ours-graph, ours-compile"),
+          only: Optional[str] = typer.Option(None, "--only", help="with --model: train | inference"),
           profile: bool = typer.Option(False, "--profile", help="with --model: also where our training "
                                                                  "step's device time goes, kernel by kernel")):
     """Per op, the kernel in use (promoted for this GPU, else the seed) against eager and torch.compile;
     with --model, the whole model against PyTorch eager and torch.compile."""
     if model is not None:
-        _bench_model(ctx, target, model, device, as_json, profile, variants)
+        _bench_model(ctx, target, model, device, as_json, profile, variants, only)
         return
     from memory import MemoryStoreError
 
@@ -310,7 +311,7 @@ def bench(ctx: typer.Context,
 
 
 def _bench_model(ctx: typer.Context, target: str, model: str, device: Optional[str], as_json: bool,
-                 profile: bool, variants: Optional[str]) -> None:
+                 profile: bool, variants: Optional[str], only: Optional[str]) -> None:
     from .assembly import kernel_choices
     from .model_bench import SHAPES, VARIANTS, bench_model, model_table, profile_step, profile_table
 
@@ -320,6 +321,8 @@ def _bench_model(ctx: typer.Context, target: str, model: str, device: Optional[s
         _fail(f"unknown variant(s) {', '.join(unknown) or '(none)'}; known: {', '.join(VARIANTS)}")
 
     config = _config(ctx)
+    if only not in (None, "train", "inference"):
+        _fail(f"--only {only!r}: train or inference")
     if target != "nanogpt":
         _fail(f"--model is a model of the nanogpt target, not of {target!r}")
     if model not in SHAPES:
@@ -335,7 +338,7 @@ def _bench_model(ctx: typer.Context, target: str, model: str, device: Optional[s
     install(kernel_choices(Path(config.run.memory_dir), torch.cuda.get_device_name()))
     quiet = Console(file=sys.stderr) if as_json else console
     try:
-        result = bench_model(model, chosen, on_row=lambda r: quiet.print(
+        result = bench_model(model, chosen, kinds=(only,) if only else ("train", "inference"), on_row=lambda r: quiet.print(
             f"[cyan]bench[/] {r.kind} {r.variant} B{r.batch} T{r.seq}: "
             + (f"{r.ms:.3f} ms" if r.ms is not None else f"[red]failed[/] {escape(r.error or '')}"), highlight=False))
         if profile:

@@ -164,7 +164,7 @@ def _ratios(rows: list[ModelRow]) -> None:
 
 
 def bench_model(model_name: str, variants=VARIANTS, warmup: int = 10, steps: int = 20, windows: int = 5,
-                on_row: Callable[[ModelRow], None] | None = None) -> dict:
+                on_row: Callable[[ModelRow], None] | None = None, kinds=("train", "inference")) -> dict:
     """Every variant's training step and inference for one model config; returns rows and context."""
     if model_name not in SHAPES:
         raise ValueError(f"unknown model config {model_name!r}; known: {', '.join(SHAPES)}")
@@ -175,8 +175,8 @@ def bench_model(model_name: str, variants=VARIANTS, warmup: int = 10, steps: int
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     (train_b, train_t), inference = SHAPES[model_name]
-    plan = [("train", v, train_b, train_t) for v in variants]
-    plan += [("inference", v, b, t) for b, t in inference for v in variants]
+    plan = [("train", v, train_b, train_t) for v in variants] if "train" in kinds else []
+    plan += [("inference", v, b, t) for b, t in inference for v in variants] if "inference" in kinds else []
     rows = []
     for kind, variant, batch, seq in plan:
         row = _measure(kind, variant, model_name, batch, seq, warmup, steps, windows)

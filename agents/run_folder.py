@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-EVENT_KINDS = ("plan", "candidate", "verdict", "promotion", "lesson", "error", "llm", "reflection")
+EVENT_KINDS = ("plan", "candidate", "verdict", "promotion", "lesson", "error", "llm", "reflection", "assembly")
 STATUSES = ("running", "complete", "interrupted", "failed")
 
 

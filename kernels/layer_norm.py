@@ -229,16 +229,19 @@ def _column_sum_kernel(
 # summing the partial rows in a few wide steps rather than many dependent ones
 SUM_BLOCK_G = 64
 SUM_BLOCK_N = 32
+# the backwards' row tiles hold about this many elements, and this many programs run on each SM
+BWD_TILE = 2048
+BWD_PROGRAMS_PER_SM = 2
 
 
 def bwd_layout(M, N, sms):
-    """(BLOCK_N, rows per step, warps, programs) of the LayerNorm backwards: tiles of about 2048 elements
-    (4 rows of 384 or 512, 2 of 768 or 1024) and two programs an SM, so each SM keeps several rows' loads in
-    flight while the partial sums stay few (2 x SMs rows of N floats for the second reduction)."""
+    """(BLOCK_N, rows per step, warps, programs) of the LayerNorm backwards: tiles of about BWD_TILE elements
+    (4 rows of 384 or 512, 2 of 768 or 1024) and BWD_PROGRAMS_PER_SM programs an SM, so each SM keeps several
+    rows' loads in flight while the partial sums stay few (that many rows of N floats per SM)."""
     block_n = triton.next_power_of_2(N)
-    rows = max(1, min(8, 2048 // block_n))
+    rows = max(1, min(8, BWD_TILE // block_n))
     warps = 4 if block_n * rows <= 2048 else 8
-    groups = max(1, min(triton.cdiv(M, rows), 2 * sms))
+    groups = max(1, min(triton.cdiv(M, rows), BWD_PROGRAMS_PER_SM * sms))
     return block_n, rows, warps, groups
 
 

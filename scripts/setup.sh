@@ -20,12 +20,17 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${pip[@]}" "${TORCH_SPEC:-torch}"
   else
     # the CPU build. A wheel provided by the machine's own pip sources (find-links) is taken first;
-    # failing that, PyTorch's CPU index. Never PyPI's default build, which depends on CUDA packages.
+    # failing that, the CPU wheel index named by TORCH_CPU_INDEX (PyTorch publishes one). Never the
+    # default build of the package index, which depends on several GB of CUDA packages.
     spec=${TORCH_SPEC:-torch==2.13.0}
     if "${pip[@]}" --no-index --no-deps "$spec" 2>/dev/null; then
       "${pip[@]}" "$spec"  # its dependencies; torch itself is already satisfied
+    elif [ -n "${TORCH_CPU_INDEX:-}" ]; then
+      "${pip[@]}" --no-deps "$spec" --index-url "$TORCH_CPU_INDEX"
+      "${pip[@]}" "$spec"
     else
-      "${pip[@]}" "$spec" --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+      echo "setup: no CPU build of $spec in this machine's pip sources; set TORCH_CPU_INDEX to a CPU wheel index" >&2
+      exit 2
     fi
   fi
 fi

@@ -131,32 +131,56 @@ class Convergence:
     triton_loss: list[float]
     tolerance: float = CONVERGENCE_TOLERANCE
     tokens_per_s: dict[str, float] = field(default_factory=dict)
+    # PyTorch trained a second time from the same init on the same batches (on a GPU its kernels are not
+    # deterministic: cuDNN attention's backward and the embedding's accumulate with atomics); None on the CPU
+    torch_repeat_loss: list[float] | None = None
+
+    @staticmethod
+    def _gap(a: list[float], b: list[float]) -> float:
+        return max(abs(x - y) / abs(x) for x, y in zip(a, b))
 
     @property
     def worst(self) -> float:
-        return max(abs(a - b) / abs(a) for a, b in zip(self.torch_loss, self.triton_loss))
+        return self._gap(self.torch_loss, self.triton_loss)
+
+    @property
+    def torch_self_gap(self) -> float | None:
+        return None if self.torch_repeat_loss is None else self._gap(self.torch_loss, self.torch_repeat_loss)
+
+    @property
+    def allowed(self) -> float:
+        """The tolerance, or PyTorch's own run-to-run gap where that is larger: a model cannot be asked to
+        follow PyTorch more closely than PyTorch follows itself."""
+        own = self.torch_self_gap
+        return self.tolerance if own is None else max(self.tolerance, own)
 
     @property
     def passed(self) -> bool:
-        return all(math.isfinite(v) for v in self.triton_loss) and self.worst <= self.tolerance
+        return all(math.isfinite(v) for v in self.triton_loss) and self.worst <= self.allowed
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "logged": self.logged, "torch": self.torch_loss, "triton": self.triton_loss,
-                "worst_relative_gap": self.worst, "tolerance": self.tolerance, "passed": self.passed,
-                "tokens_per_s": self.tokens_per_s}
+                "torch_repeat": self.torch_repeat_loss, "worst_relative_gap": self.worst,
+                "torch_self_gap": self.torch_self_gap, "tolerance": self.tolerance, "allowed": self.allowed,
+                "passed": self.passed, "tokens_per_s": self.tokens_per_s}
 
 
-def convergence(config: GPTConfig, data, cfg: TrainConfig, device: str, on_log=None) -> Convergence:
-    """Both backends trained from the same init on the same batches; their logged losses side by side."""
+def convergence(config: GPTConfig, data, cfg: TrainConfig, device: str, on_log=None,
+                repeat_torch: bool | None = None) -> Convergence:
+    """Both backends trained from the same init on the same batches; their logged losses side by side.
+    `repeat_torch` (default: on a GPU) trains PyTorch twice, to measure how closely it follows itself."""
+    if repeat_torch is None:
+        repeat_torch = torch.device(device).type == "cuda"
+    runs = [("torch", "torch"), ("triton", "triton")] + ([("torch", "torch again")] if repeat_torch else [])
     curves, rates = {}, {}
-    for backend in ("torch", "triton"):
+    for backend, label in runs:
         torch.manual_seed(cfg.seed)
         model = GPT(config, backend).to(device)
-        log = (lambda p, b=backend: on_log(b, p)) if on_log else None
+        log = (lambda p, b=label: on_log(b, p)) if on_log else None
         history, _ = train(model, data, cfg, device, on_log=log)
-        curves[backend] = history
-        rates[backend] = history[-1].tokens_per_s if history else 0.0
+        curves[label] = [p.loss for p in history]
+        rates[label] = history[-1].tokens_per_s if history else 0.0
+        steps = [p.step for p in history]
         del model
-    steps = [p.step for p in curves["torch"]]
-    return Convergence(cfg.steps, steps, [p.loss for p in curves["torch"]], [p.loss for p in curves["triton"]],
-                       tokens_per_s=rates)
+    return Convergence(cfg.steps, steps, curves["torch"], curves["triton"], tokens_per_s=rates,
+                       torch_repeat_loss=curves.get("torch again"))
