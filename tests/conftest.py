@@ -16,7 +16,7 @@ if not HAS_GPU:
     os.environ["TRITON_INTERPRET"] = "1"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-EVOLVE = [sys.executable, "-m", "agents.cli"]
+EVOLVE = [sys.executable, "-m", "agents.app.cli"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agents.coder import Proposal, TemplateCoder, counterfactual, follows
-from agents.state import best_of
+from agents.search.coder import Proposal, TemplateCoder, counterfactual, follows
+from agents.search.state import best_of
 from agents.config import Config, ConfigError, load_config
-from agents.lessons import judge_rule
-from agents.planner import OpPlan, Planner
-from agents.report import print_run, run_table, runs_table
+from agents.search.lessons import judge_rule
+from agents.search.planner import OpPlan, Planner
+from agents.app.report import print_run, run_table, runs_table
 from agents.run_folder import EVENT_KINDS, RunFolder, RunNotFound, list_runs
 from kernels import TemplateSpace, get_spec
 from memory import INTERPRETER_GPU, KernelStore, Rule, Rulebook

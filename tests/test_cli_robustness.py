@@ -16,7 +16,7 @@ from rich.console import Console
 
 from conftest import PROJECT_ROOT, render
 
-EVOLVE = [sys.executable, "-m", "agents.cli"]
+EVOLVE = [sys.executable, "-m", "agents.app.cli"]
 MARKUP = "[/] [bold red]x[/bold red] [link=file:///etc]y"
 
 
@@ -135,7 +135,7 @@ def _console() -> tuple[Console, io.StringIO]:
 
 
 def test_printing_a_verdict_never_reads_its_detail_as_markup() -> None:
-    from agents.cli import print_verdict
+    from agents.app.cli import print_verdict
     from evaluators.verdict import Verdict
 
     out, text = _console()
@@ -144,9 +144,9 @@ def test_printing_a_verdict_never_reads_its_detail_as_markup() -> None:
 
 
 def test_the_run_display_and_report_print_markup_literally(tmp_path: Path) -> None:
-    from agents.report import print_run
+    from agents.app.report import print_run
     from agents.run_folder import RunFolder
-    from agents.runner import RunDisplay
+    from agents.app.runner import RunDisplay
     from evaluators.verdict import Verdict
 
     out, text = _console()
@@ -179,7 +179,7 @@ def test_the_run_display_and_report_print_markup_literally(tmp_path: Path) -> No
 
 
 def test_the_bench_table_prints_markup_literally() -> None:
-    from agents.bench import BenchRow, bench_table
+    from agents.app.bench import BenchRow, bench_table
     from evaluators.verdict import Verdict
 
     rows = [BenchRow("layer_norm", "promoted /m/[/]k.py", Verdict.failed("layer_norm", "exception", "[/] x"))]

@@ -219,7 +219,7 @@ def _processes_mentioning(text: str) -> list[int]:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_no_process_outlives_a_killed_eval(tmp_path: Path, sig) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "eval", OP, str(CHEATS / "kernel_spins.py")],
+    proc = subprocess.Popen([sys.executable, "-m", "agents.app.cli", "eval", OP, str(CHEATS / "kernel_spins.py")],
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     marker = f"evolve-sandboxes-{proc.pid}-"
     deadline = time.monotonic() + 120

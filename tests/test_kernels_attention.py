@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from agents.coder import counterfactual
-from agents.planner import Planner
+from agents.search.coder import counterfactual
+from agents.search.planner import Planner
 from evaluators.checker import compare
 from evaluators.static import check_candidate
 from kernels import DTYPES, TARGETS, get_spec

@@ -1,5 +1,5 @@
 """`evolve run --coder llm|mixed` end to end: a scripted OpenAI-compatible server on loopback, the real
-openai client in a real `python -m agents.cli run` subprocess (OPENAI_BASE_URL pointing at the server, as
+openai client in a real `python -m agents.app.cli run` subprocess (OPENAI_BASE_URL pointing at the server, as
 a user would), then the run folder: exchanges, ledger, failure classes, and a replay without a server.
 
 Run A (--coder llm, budget 4) meets: broken code then its repair, HTTP 500 then prose with no
@@ -22,7 +22,7 @@ import pytest
 from conftest import PROJECT_ROOT
 from test_llm_server import ScriptedServer, answer, error
 
-EVOLVE = [sys.executable, "-m", "agents.cli"]
+EVOLVE = [sys.executable, "-m", "agents.app.cli"]
 RUN_TIMEOUT = 300
 SECRET = "sk-test-not-a-real-key-4242"
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from agents.config import Config, ConfigError, LLMConfig, load_config
-from agents.graph import RunContext
-from agents.llm import (BudgetSpent, ChatModel, LLMCallFailed, LLMUnavailable, Ledger, Recorder, preflight,
+from agents.search.graph import RunContext
+from agents.llm.client import (BudgetSpent, ChatModel, LLMCallFailed, LLMUnavailable, Ledger, Recorder, preflight,
                         read_exchanges, resolve_endpoint)
-from agents.llm_coder import extract_code
-from agents.llm_planner import Unusable, parse_json_object, validate
-from agents.planner import Planner
-from agents.reflector import lesson_rules
+from agents.llm.coder import extract_code
+from agents.llm.planner import Unusable, parse_json_object, validate
+from agents.search.planner import Planner
+from agents.llm.reflector import lesson_rules
 from evaluators import FAILURE_CLASSES
 from kernels import TARGETS, get_spec
 from memory import INTERPRETER_GPU, KernelStore, Rulebook
@@ -357,7 +357,7 @@ def _summary(ops: list[str]) -> dict:
 
 
 def test_llm_planner_picks_the_op_and_strategy(tmp_path, planner):
-    from agents.llm_planner import LLMPlanner
+    from agents.llm.planner import LLMPlanner
 
     other = next(op for op in ("add_layer_norm", "bias_gelu", "embedding") if op in TARGETS["nanogpt"])
     queue = ["layer_norm", other]
@@ -376,7 +376,7 @@ def test_llm_planner_picks_the_op_and_strategy(tmp_path, planner):
 
 
 def test_llm_coder_prompt_carries_strategy_and_incumbent(tmp_path, memory_root):
-    from agents.llm_coder import LLMCoder
+    from agents.llm.coder import LLMCoder
 
     rules = Rulebook.load(memory_root).query("layer_norm", CONTEXT)
     coder = LLMCoder(SPEC, None, "cpu", rules, "try two rows per program", ("# the incumbent\n", {"speedup_eager": 1.5,

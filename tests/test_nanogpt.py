@@ -151,7 +151,7 @@ def test_kernel_choices_from_a_template_point_and_a_file(tmp_path):
 
 
 def test_promoted_kernels_become_the_models_choices(memory_root):
-    from agents.assembly import kernel_choices
+    from agents.app.assembly import kernel_choices
     from kernels import get_spec
     from memory import INTERPRETER_GPU, KernelStore
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-import agents.graph
-from agents.coder import Proposal
+import agents.search.graph
+from agents.search.coder import Proposal
 from agents.config import load_config
-from agents.runner import run_target
+from agents.app.runner import run_target
 from kernels import get_spec
 
 CHEATS = Path(__file__).parent / "cheats"
@@ -38,7 +38,7 @@ class MixedCoder:
 @pytest.mark.slow
 def test_a_third_of_candidates_hanging_or_crashing_loses_nothing(config_file, monkeypatch):
     config_file.write_text(config_file.read_text() + "compile_timeout_s = 8\ncheck_timeout_s = 60\n")
-    monkeypatch.setattr(agents.graph, "TemplateCoder", MixedCoder)
+    monkeypatch.setattr(agents.search.graph, "TemplateCoder", MixedCoder)
     config = load_config(config_file).with_run(device="cpu", budget=6)
     folder = run_target(config, "nanogpt", "layer_norm", True, Console(file=io.StringIO()))
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import HAS_GPU, PROJECT_ROOT
 from evaluators.static import check_candidate
 
-EVOLVE = [sys.executable, "-m", "agents.cli"]
+EVOLVE = [sys.executable, "-m", "agents.app.cli"]
 RUN_TIMEOUT = 300
 CLI_TIMEOUT = 120
 WIDE = {"COLUMNS": "200"}  # rich wraps and truncates at 80 columns when output is not a terminal

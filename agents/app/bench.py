@@ -19,9 +19,9 @@ from evaluators import Evaluator, Verdict
 from kernels import get_spec
 from memory import INTERPRETER_GPU, KernelStore
 
-from .config import Config
-from .report import rate_text
-from .runner import evaluator_settings, resolve_device, resolve_ops
+from agents.config import Config
+from agents.app.report import rate_text
+from agents.app.runner import evaluator_settings, resolve_device, resolve_ops
 
 
 @dataclass

@@ -16,9 +16,9 @@ from typing import Any
 from kernels import get_spec
 from memory import Rulebook
 
-from .llm import BudgetSpent, ChatModel, LLMCallFailed
-from .llm_coder import lessons_text, prompt
-from .planner import OpPlan, Planner
+from agents.llm.client import BudgetSpent, ChatModel, LLMCallFailed
+from agents.llm.coder import lessons_text, prompt
+from agents.search.planner import OpPlan, Planner
 
 PLAN_SCHEMA = {
     "type": "object",

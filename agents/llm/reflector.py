@@ -13,9 +13,9 @@ from typing import Any
 from kernels import OpSpec
 from memory import MemoryStoreError, Rule, Rulebook
 
-from .llm import BudgetSpent, ChatModel, LLMCallFailed
-from .llm_coder import lessons_text, prompt
-from .llm_planner import Unusable, parse_json_object
+from agents.llm.client import BudgetSpent, ChatModel, LLMCallFailed
+from agents.llm.coder import lessons_text, prompt
+from agents.llm.planner import Unusable, parse_json_object
 
 MAX_LESSONS = 3
 _NAME = re.compile(r"[^a-z0-9]+")

@@ -1,6 +1,6 @@
 """The LLM coder: asks the model for a candidate file, and for a repair when one fails.
 
-The prompt (agents/prompts/) gives the op's contract, the PyTorch reference's source, the best kernels so
+The prompt (agents/llm/prompts/) gives the op's contract, the PyTorch reference's source, the best kernels so
 far with their numbers, the rulebook lessons that apply, and for a repair the evaluator's failure class
 and message. The answer's one ```python block is the candidate; it then goes through the same evaluator
 as any other. An answer that cannot be a candidate (no code, several files) is a counted failure of its
@@ -18,9 +18,9 @@ from evaluators import FAILURE_CLASSES
 from kernels import OpSpec
 from memory import Rule
 
-from .coder import Proposal
-from .llm import BudgetSpent, ChatModel, LLMCallFailed
-from .state import best_of
+from agents.search.coder import Proposal
+from agents.llm.client import BudgetSpent, ChatModel, LLMCallFailed
+from agents.search.state import best_of
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 # what a repair can fix: the file itself was wrong; a hang or a crash of the sandbox is retried as new work

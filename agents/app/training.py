@@ -17,7 +17,7 @@ from kernels.nanogpt.data import CharData, load_data
 from kernels.nanogpt.model import CONFIGS, GPT, GPTConfig, config_named
 from kernels.nanogpt.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
-from .assembly import TINY, kernel_choices
+from agents.app.assembly import TINY, kernel_choices
 
 BACKENDS = ("triton", "torch", "both")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from kernels import TemplateSpace
 from memory import Rule
 
-from .coder import counterfactual, follows
-from .state import best_of
+from agents.search.coder import counterfactual, follows
+from agents.search.state import best_of
 
 
 def judge_rule(rule: Rule, space: TemplateSpace, history: list[dict], margin: float) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from .config import LLMConfig
+from agents.config import LLMConfig
 
 OPENAI_URL = "https://api.openai.com/v1"
 # sent when the server takes no key: the SDK insists on one, and local servers ignore the header

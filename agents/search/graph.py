@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from langgraph.graph import END, START, StateGraph
 
@@ -18,16 +18,19 @@ from evaluators import CandidateFailure, Evaluator, SandboxLost, Verdict
 from kernels import get_spec
 from memory import CandidateArchive, Evidence, KernelStore, Rulebook, source_sha
 
-from .coder import TemplateCoder
-from .config import Config
-from .lessons import judge_rule
-from .llm import ChatModel
-from .llm_coder import LLMCoder
-from .llm_planner import LLMPlanner
-from .planner import OpPlan, Planner
-from .reflector import Reflector
-from .run_folder import RunFolder
-from .state import Candidate, RunState, best_of
+from agents.search.coder import TemplateCoder
+from agents.config import Config
+from agents.search.lessons import judge_rule
+from agents.search.planner import OpPlan, Planner
+from agents.run_folder import RunFolder
+from agents.search.state import Candidate, RunState, best_of
+
+if TYPE_CHECKING:
+    # the LLM agents sit above the search: the application hands them in through the context
+    from agents.llm.client import ChatModel
+    from agents.llm.coder import LLMCoder
+    from agents.llm.planner import LLMPlanner
+    from agents.llm.reflector import Reflector
 
 
 # the numbers of a verdict's headline timing that candidates, summaries and promotions carry
@@ -54,6 +57,7 @@ class RunContext:
     llm_planner: LLMPlanner | None = None
     reflector: Reflector | None = None
     llm_coder: LLMCoder | None = None
+    make_llm_coder: Callable[..., LLMCoder] | None = None  # the LLM coder's class, for each op's coder
     replay_of: str | None = None               # the run whose recorded answers this run replays
     replay_plans: dict[str, dict] = field(default_factory=dict)   # op -> that run's plan event
     fallback_noted: bool = False
@@ -140,7 +144,7 @@ def build_graph(ctx: RunContext):
         ctx.coder = TemplateCoder(spec, ctx.plan, ctx.config.coder.explore, ctx.rng)
         context = spec.context(spec.headline_shape(), ctx.planner.sm_count)
         lessons = ctx.rulebook.query(op, context) if ctx.rulebook else []
-        ctx.llm_coder = LLMCoder(spec, ctx.model, ctx.config.run.device, lessons, strategy,
+        ctx.llm_coder = ctx.make_llm_coder(spec, ctx.model, ctx.config.run.device, lessons, strategy,
                                  (incumbent.source(), incumbent.metrics) if incumbent else None,
                                  ctx.config.llm.repairs)
         return {"queue": [q for q in queue if q != op], "op": op, "proposed": 0, "pending": None, "history": [],

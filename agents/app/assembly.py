@@ -1,7 +1,7 @@
 """The NanoGPT build: the model assembled from the kernels promoted for this device (else the seeds), its
 invariants, parity with PyTorch, a short convergence check of both backends and, on a GPU, the model bench.
 
-It runs in a process of its own (`python -m agents.assembly`): promoted kernels are imported and run
+It runs in a process of its own (`python -m agents.app.assembly`): promoted kernels are imported and run
 there, never in the judge's process, and a crash or a GPU fault of the model leaves the run standing.
 The parent streams the worker's progress lines and reads its result, a JSON file.
 """
@@ -103,7 +103,7 @@ def build_and_check(memory_dir: Path | None, device: str, bench: bool, steps: in
     own = "" if conv.torch_self_gap is None else f", PyTorch against itself {conv.torch_self_gap:.2%}"
     _say(f"convergence: worst gap {conv.worst:.2%}{own} ({'ok' if conv.passed else 'FAILED'})")
     if bench and device == "cuda":
-        from .model_bench import bench_model
+        from agents.app.model_bench import bench_model
 
         result["bench"] = {}
         for name in ("shakespeare-char", "gpt2"):
@@ -118,7 +118,7 @@ def build_and_check(memory_dir: Path | None, device: str, bench: bool, steps: in
 def assemble(memory_dir: Path | None, device: str, out: Path, bench: bool, on_line: Callable[[str], None],
              steps: int | None = None, timeout_s: float = 3600) -> dict:
     """Run the assembly stage in a fresh process; returns its result (or {"passed": False, "error": ...})."""
-    cmd = [sys.executable, "-m", "agents.assembly", "--device", device, "--out", str(out)]
+    cmd = [sys.executable, "-m", "agents.app.assembly", "--device", device, "--out", str(out)]
     if memory_dir is not None:
         cmd += ["--memory", str(memory_dir)]
     if bench:
@@ -153,7 +153,7 @@ def assemble(memory_dir: Path | None, device: str, out: Path, bench: bool, on_li
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agents.assembly")
+    parser = argparse.ArgumentParser(prog="python -m agents.app.assembly")
     parser.add_argument("--device", choices=("cpu", "cuda"), required=True)
     parser.add_argument("--memory", type=Path, default=None)
     parser.add_argument("--out", type=Path, required=True)

@@ -2,7 +2,7 @@
 
 It reads the rulebook against the facts of the op's headline shape on this device (e.g. more rows than
 twice the SM count) and turns the suggestions that name knobs of the op's template into the first
-candidate's defaults; agents/lessons.py judges the rules after the search.
+candidate's defaults; agents/search/lessons.py judges the rules after the search.
 """
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ from typing import Any
 from kernels import OpSpec, TemplateSpace
 from memory import Rule
 
-from .planner import OpPlan
-from .state import best_of
+from agents.search.planner import OpPlan
+from agents.search.state import best_of
 
 
 @dataclass(frozen=True)

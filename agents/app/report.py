@@ -5,7 +5,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .run_folder import RunFolder
+from agents.run_folder import RunFolder
 
 
 def _ratio(value: float | None) -> str:

@@ -26,10 +26,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .config import Config, ConfigError, find_config, load_config
-from .report import print_run, runs_table
-from .run_folder import RunFolder, RunNotFound, list_runs
-from .runner import UsageError, evaluator_settings, interrupt_on_sigterm, resolve_device, run_target
+from agents.config import Config, ConfigError, find_config, load_config
+from agents.app.report import print_run, runs_table
+from agents.run_folder import RunFolder, RunNotFound, list_runs
+from agents.app.runner import UsageError, evaluator_settings, interrupt_on_sigterm, resolve_device, run_target
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evolve fast, verified Triton kernels for NanoGPT.")
@@ -290,7 +290,7 @@ def bench(ctx: typer.Context,
 
     from evaluators import JudgeError, SandboxLost
 
-    from .bench import bench_table, bench_target
+    from agents.app.bench import bench_table, bench_target
 
     config = _config(ctx)
     try:
@@ -312,8 +312,8 @@ def bench(ctx: typer.Context,
 
 def _bench_model(ctx: typer.Context, target: str, model: str, device: Optional[str], as_json: bool,
                  profile: bool, variants: Optional[str], only: Optional[str]) -> None:
-    from .assembly import kernel_choices
-    from .model_bench import SHAPES, VARIANTS, bench_model, model_table, profile_step, profile_table
+    from agents.app.assembly import kernel_choices
+    from agents.app.model_bench import SHAPES, VARIANTS, bench_model, model_table, profile_step, profile_table
 
     chosen = VARIANTS if variants is None else tuple(v.strip() for v in variants.split(","))
     unknown = [v for v in chosen if v not in VARIANTS]
@@ -387,7 +387,7 @@ def train(ctx: typer.Context,
     from kernels.nanogpt.data import DataError
     from kernels.nanogpt.train import DTYPES, CheckpointError
 
-    from .training import TrainUsageError, default_out, run_training
+    from agents.app.training import TrainUsageError, default_out, run_training
 
     config = _config(ctx)
     if dtype is not None and dtype not in DTYPES:
@@ -421,7 +421,7 @@ def sample(ctx: typer.Context,
     from kernels.nanogpt.data import DataError
     from kernels.nanogpt.train import CheckpointError
 
-    from .training import TrainUsageError, sample as generate
+    from agents.app.training import TrainUsageError, sample as generate
 
     config = _config(ctx)
     if backend not in ("torch", "triton"):

@@ -20,13 +20,14 @@ from evaluators import Evaluator, EvaluatorSettings, Timeouts, TimingSettings
 from kernels import TARGETS, get_spec
 from memory import INTERPRETER_GPU, CandidateArchive, KernelStore, Rulebook
 
-from .config import Config, load_config
-from .graph import RunContext, build_graph
-from .llm import ChatModel, LLMUnavailable, Recorder, preflight, read_exchanges, read_meta
-from .llm_planner import LLMPlanner
-from .planner import Planner
-from .reflector import Reflector
-from .run_folder import RunFolder, RunNotFound
+from agents.config import Config, load_config
+from agents.search.graph import RunContext, build_graph
+from agents.llm.client import ChatModel, LLMUnavailable, Recorder, preflight, read_exchanges, read_meta
+from agents.llm.coder import LLMCoder
+from agents.llm.planner import LLMPlanner
+from agents.search.planner import Planner
+from agents.llm.reflector import Reflector
+from agents.run_folder import RunFolder, RunNotFound
 
 
 class UsageError(ValueError):
@@ -262,8 +263,8 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
 
 
 def _assemble(folder: RunFolder, config: Config, device: str, memory_dir: Path | None, console: Console) -> None:
-    """The NanoGPT build from what the run promoted (agents/assembly.py), its result into summary.json."""
-    from .assembly import assemble
+    """The NanoGPT build from what the run promoted (agents/app/assembly.py), its result into summary.json."""
+    from agents.app.assembly import assemble
 
     console.print("[bold]assembly[/]: NanoGPT from the promoted kernels: invariants, parity, convergence"
                   + (", model bench" if device == "cuda" and config.model.bench else ""))
@@ -302,6 +303,7 @@ def _llm_agents(ctx: RunContext, config: Config, target: str, op_names: list[str
 
     model = ChatModel(config.llm, recorder, endpoint, exchanges, on_call)
     ctx.model = model
+    ctx.make_llm_coder = LLMCoder
     folder.summary["llm"] = {"model": config.llm.model, "coder": config.run.coder, **model.ledger.summary(),
                              "replay_of": past.run_id if past else None}
     folder.write_summary()
