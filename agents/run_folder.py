@@ -76,9 +76,14 @@ class RunFolder:
             return runs[-1]
         path = Path(run) if Path(run).is_dir() and (Path(run) / "summary.json").exists() else runs_dir / run
         if not (path / "summary.json").is_file():
+            if path.is_dir() or Path(run).is_dir():
+                raise RunNotFound(f"{run} is a folder without summary.json: not a run folder")
             raise RunNotFound(f"no run {run!r} in {runs_dir}")
         folder = cls(path)
-        folder.summary = folder.read_summary()
+        try:
+            folder.summary = folder.read_summary()
+        except (ValueError, OSError) as exc:
+            raise RunNotFound(f"{folder.summary_path} cannot be read: {exc}") from None
         return folder
 
     def read_summary(self) -> dict:

@@ -165,6 +165,39 @@ def test_promoted_kernels_become_the_models_choices(memory_root):
     assert kernel_choices(memory_root, "some other gpu")["bias_gelu"].source == "seed"
 
 
+def test_patch_swaps_a_nanogpt_style_model_in_place_and_back():
+    from kernels.nanogpt.patch import patch, unpatch
+
+    torch.manual_seed(0)
+    reference = GPT(TINY)
+    patched = GPT(TINY)
+    patched.load_state_dict(reference.state_dict())
+    report = patch(patched)
+    assert (report.layer_norms, report.attentions, report.mlps) == (5, 2, 2) and not report.skipped
+    idx = torch.randint(0, TINY.vocab_size, (2, 16))
+    targets = torch.randint(0, TINY.vocab_size, (2, 16))
+    results = []
+    for model in (reference, patched):
+        logits, loss = model(idx, targets)
+        loss.backward()
+        results.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-5)
+    for name, grad in results[0][1].items():
+        assert torch.allclose(grad, results[1][1][name], atol=1e-5, rtol=1e-4), name
+    assert set(patched.state_dict()) == set(reference.state_dict())
+    # the kernels ran: a planted wrong LayerNorm shows in the patched model's output only
+    choice.install({"layer_norm": choice.KernelChoice("layer_norm", "planted", None, _wrong_layer_norm)})
+    with torch.no_grad():
+        assert not torch.allclose(patched(idx)[0], reference(idx)[0], atol=1e-3)
+        unpatch(patched)
+        assert torch.allclose(patched(idx)[0], reference(idx)[0], atol=1e-6)
+    exact = GPT(TINY)
+    for block in exact.transformer.h:
+        block.mlp.gelu = torch.nn.GELU()
+    kept = patch(exact)
+    assert kept.mlps == 0 and len(kept.skipped) == 2 and "exact GELU" in kept.skipped[0]
+
+
 # ----------------------------------------------------------------------------- training
 
 def test_learning_rate_schedule():
@@ -258,6 +291,19 @@ def test_train_and_sample_commands(config_file, tmp_path):
     assert sampled.stdout.startswith("The") and len(sampled.stdout.rstrip("\n")) == 33
 
 
+def test_train_both_backends_writes_their_curves(config_file, tmp_path):
+    import json
+
+    out = tmp_path / "both"
+    done = _evolve(config_file, "train", "shakespeare-char", "--backend", "both", "--steps", "3", "--out", str(out),
+                   "--device", "cpu")
+    assert done.returncode == 0, done.stderr + done.stdout
+    curves = json.loads((out / "curves.json").read_text())["convergence"]
+    assert len(curves["torch"]) == len(curves["triton"]) == len(curves["logged"]) == 3
+    assert curves["torch_repeat"] is None  # PyTorch on the CPU is deterministic: no second run
+    assert "loss curves" in done.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (("train", "gpt5"), "unknown model config 'gpt5'"),
     (("train", "shakespeare-char", "--data", "/no/such/file.txt"), "does not exist"),
@@ -271,6 +317,20 @@ def test_bad_input_is_one_line(config_file, args, message):
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_of_another_config_and_a_prompt_longer_than_the_block(config_file, tmp_path):
+    data = D.load_data()
+    other = GPTConfig(**{**TINY.__dict__, "vocab_size": data.vocab_size, "n_embd": 64})
+    path = save_checkpoint(tmp_path / "other.pt", GPT(other), None, 0, 0.0, TrainConfig(), data.itos)
+    done = _evolve(config_file, "train", "shakespeare-char", "--init-from", str(path), "--steps", "1",
+                   "--device", "cpu", "--out", str(tmp_path / "t"))
+    assert done.returncode == 2 and "checkpoint of another config: n_embd 64 (not 32)" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    ok = save_checkpoint(tmp_path / "ok.pt", GPT(GPTConfig(**{**other.__dict__, "n_embd": 32})), None, 0, 0.0,
+                         TrainConfig(), data.itos)
+    long = _evolve(config_file, "sample", str(ok), "--prompt", "The king " * 3, "--device", "cpu")
+    assert long.returncode == 2 and "longer than the block size 16" in long.stderr
 
 
 def test_model_bench_needs_a_gpu(config_file):
@@ -306,6 +366,9 @@ def test_run_ends_with_the_assembly_stage(config_file):
     assert all(math.isfinite(v) for v in model["convergence"]["triton"])
     assert model["convergence"]["triton"][-1] < model["convergence"]["triton"][0]
     assert "assembly" in done.stdout
+    report = _evolve(config_file, "report", "latest")
+    assert report.returncode == 0 and "NanoGPT build: passed" in report.stdout
+    assert "convergence: 30 steps" in report.stdout
 
 
 # ----------------------------------------------------------------------------- on a GPU

@@ -205,17 +205,48 @@ def runs(ctx: typer.Context):
 @app.command()
 def report(ctx: typer.Context,
            run_id: str = typer.Argument("latest", metavar="RUN", help="run id, or latest"),
-           as_json: bool = typer.Option(False, "--json", help="print summary.json")):
+           as_json: bool = typer.Option(False, "--json", help="print summary.json"),
+           as_html: bool = typer.Option(False, "--html", help="write report.html into the run folder: one "
+                                                             "self-contained page (plots, lineage, sources)"),
+           as_md: bool = typer.Option(False, "--md", help="write report.md into the run folder (the same "
+                                                         "content as markdown)")):
     """Per op: best speedups vs eager and torch.compile, roofline fraction, candidates, failure classes."""
     config = _config(ctx)
+    if sum((as_json, as_html, as_md)) > 1:
+        _fail("choose one of --json, --html and --md")
     try:
         folder = RunFolder.open(config.run.runs_dir, run_id)
     except RunNotFound as exc:
         _fail(str(exc))
     if as_json:
         sys.stdout.write(json.dumps(folder.summary, indent=2) + "\n")
+    elif as_html or as_md:
+        from agents.app.html_report import write_html, write_markdown
+
+        path = (write_html if as_html else write_markdown)(folder)
+        console.print(f"wrote {escape(str(path))}", highlight=False)
     else:
         print_run(console, folder)
+
+
+@app.command()
+def export(ctx: typer.Context,
+           run_id: str = typer.Argument("latest", metavar="RUN", help="run id, or latest"),
+           out: Path = typer.Option(..., "--out", help="a new (or empty) folder for the package"),
+           name: str = typer.Option("evolved_kernels", "--name", help="the package's import name"),
+           version: str = typer.Option("0.1.0", "--version", help="the package's version")):
+    """Write the run's kernels as a pip-installable package: every GPU's promoted kernels, the seeds as the
+    fallback, the custom ops, the NanoGPT model, patch(model), MANIFEST.json and its own tests."""
+    from agents.app.export import ExportError, export_run
+
+    config = _config(ctx)
+    try:
+        folder = RunFolder.open(config.run.runs_dir, run_id)
+        manifest = export_run(folder, Path(config.run.memory_dir), out, name, version)
+    except (RunNotFound, ExportError) as exc:
+        _fail(str(exc))
+    console.print(f"exported {len(manifest['kernels'])} promoted kernels as {escape(name)} {escape(version)} into "
+                  f"{escape(str(out))}; install it with: pip install {escape(str(out))}", highlight=False)
 
 
 @app.command()

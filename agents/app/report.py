@@ -88,6 +88,30 @@ def llm_lines(summary: dict) -> list[str]:
     return lines
 
 
+def model_lines(summary: dict) -> list[str]:
+    """The NanoGPT build of a run (summary["model"]): kernels, invariants, parity and convergence."""
+    model = summary.get("model")
+    if not model:
+        return []
+    if model.get("error"):
+        return [f"NanoGPT build: failed: {model['error']}"]
+    lines = [f"NanoGPT build: {'passed' if model.get('passed') else 'FAILED'} on {model.get('device', '?')}",
+             "  kernels: " + ", ".join(f"{op} {src}" for op, src in (model.get("kernels") or {}).items())]
+    invariants = model.get("invariants") or []
+    lines.append("  invariants: " + ", ".join(f"{i['name']} {'ok' if i['passed'] else 'FAILED: ' + i['detail']}"
+                                              for i in invariants))
+    for p in model.get("parity") or []:
+        verdict = "ok" if p["passed"] else "FAILED: " + "; ".join(p["failures"])
+        lines.append(f"  parity {p['dtype']}: {verdict} (logits error {p['logits_error']:.1e}, worst "
+                     f"{p['worst']} {p['worst_error']:.1e})")
+    conv = model.get("convergence")
+    if conv:
+        own = "" if conv.get("torch_self_gap") is None else f"; PyTorch against itself {conv['torch_self_gap']:.2%}"
+        lines.append(f"  convergence: {conv['steps']} steps, worst gap {conv['worst_relative_gap']:.2%} "
+                     f"(allowed {conv['allowed']:.2%}{own}): {'ok' if conv['passed'] else 'FAILED'}")
+    return lines
+
+
 def print_run(console: Console, folder: RunFolder) -> None:
     console.print(run_table(folder))
     # promotion reasons, rule ids and statements may hold text from candidates or the model: never markup
@@ -101,6 +125,14 @@ def print_run(console: Console, folder: RunFolder) -> None:
                           f"{learned['statement']}", highlight=False, markup=False)
     for line in llm_lines(folder.summary):
         console.print(line, highlight=False, markup=False)
+    for line in model_lines(folder.summary):
+        console.print(line, highlight=False, markup=False)
+    bench = (folder.summary.get("model") or {}).get("bench") or {}
+    if bench:
+        from agents.app.model_bench import model_table
+
+        for result in bench.values():
+            console.print(model_table(result))
 
 
 def runs_table(folders: list[RunFolder]) -> Table:

@@ -89,6 +89,33 @@ def from_file(op: str, path: Path, entry_name: str) -> KernelChoice:
     return KernelChoice(op, f"file {path}", None, entry)
 
 
+def device_slug(name: str) -> str:
+    """A device name as a folder name: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def shipped_choices(root: Path, device_name: str) -> dict[str, KernelChoice]:
+    """The kernels shipped under `root` (an exported package's kernels/<op>/<device slug>/) for this device:
+    per op its template point (meta.json's params) or its file's entry; ops without one keep the seed."""
+    import json
+
+    from .. import get_spec
+
+    out = {}
+    for op in MODEL_OPS:
+        folder = Path(root) / op / device_slug(device_name)
+        if not (folder / "kernel.py").is_file():
+            continue
+        meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
+        params = (meta.get("lineage") or {}).get("params")
+        source = f"shipped {op}/{folder.name}"
+        out[op] = (from_params(op, params, source) if isinstance(params, dict)
+                   else from_file(op, folder / "kernel.py", get_spec(op).entry))
+    return out
+
+
 _ACTIVE: dict[str, KernelChoice] = {op: seed(op) for op in MODEL_OPS}
 
 
