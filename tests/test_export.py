@@ -95,3 +95,16 @@ def test_export_bad_input_is_one_line(promoted_run, tmp_path, config_file):
     assert run.returncode == 0, run.stderr
     done = _evolve(config_file, "export", "latest", "--out", str(tmp_path / "c"))
     assert done.returncode == 2 and "promoted no kernel" in done.stderr
+
+
+def test_a_folder_that_is_no_run_is_one_line(config_file, tmp_path):
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    broken = tmp_path / "broken-run"
+    broken.mkdir()
+    (broken / "summary.json").write_text("{ not json")
+    for folder, message in ((empty, "folder without summary.json"), (broken, "cannot be read")):
+        for command in (("export", str(folder), "--out", str(tmp_path / "out")), ("report", str(folder), "--html")):
+            done = _evolve(config_file, *command)
+            assert done.returncode == 2 and message in done.stderr, (command, done.stderr)
+            assert len(done.stderr.strip().splitlines()) == 1
