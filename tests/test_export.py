@@ -89,11 +89,13 @@ def test_export_bad_input_is_one_line(promoted_run, tmp_path, config_file):
         done = _evolve(promoted_run, "export", *args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    # a run that promoted nothing: the conftest config's fresh runs folder holds a run with --no-memory
-    run = _evolve(config_file, "run", "nanogpt", "--ops", "bias_gelu", "--budget", "1", "--device", "cpu",
-                  "--no-memory")
-    assert run.returncode == 0, run.stderr
-    done = _evolve(config_file, "export", "latest", "--out", str(tmp_path / "c"))
+    # a run that promoted nothing (its one op's summary says so)
+    from agents.run_folder import RunFolder
+
+    folder = RunFolder.create(tmp_path / "runs", "nanogpt", "", {"name": "interpreter", "arch": "interpreter"},
+                              ["bias_gelu"])
+    folder.finish("complete")
+    done = _evolve(config_file, "export", str(folder.path), "--out", str(tmp_path / "c"))
     assert done.returncode == 2 and "promoted no kernel" in done.stderr
 
 
