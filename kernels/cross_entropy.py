@@ -238,20 +238,37 @@ FUSED_PARAMS = {
 }
 
 
+def _fused_fwd(logits, targets):
+    """(mean loss, its gradient for an incoming gradient of 1), both from one pass over the logits."""
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    targets = targets.contiguous()
+    M, V = logits.shape
+    dlogits = torch.empty((M, V), dtype=logits.dtype, device=logits.device)
+    n_valid = torch.empty((1,), dtype=torch.int32, device=logits.device)
+    _count_valid_kernel[(1,)](targets, n_valid, targets.numel(), BLOCK_R=1024)
+    loss = _cross_entropy_fwd(logits, targets, **FUSED_PARAMS, dlogits=dlogits, n_valid=n_valid)
+    return loss, dlogits
+
+
+def _scale_grad_(dlogits, grad_loss):
+    """dlogits *= grad_loss in place (the kernel returns at once when it is 1, as loss.backward() passes)."""
+    grad_loss = grad_loss.to(device=dlogits.device, dtype=torch.float32).contiguous()
+    numel = dlogits.numel()
+    if numel:
+        sms = torch.cuda.get_device_properties(dlogits.device).multi_processor_count if dlogits.is_cuda else 4
+        block = 4096
+        grid = max(1, min(triton.cdiv(numel, block), 4 * sms))
+        _scale_in_place_kernel[(grid,)](dlogits, grad_loss, numel, BLOCK=block, num_warps=8)
+
+
 class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets):
         if logits.dim() != 2 or targets.shape != (logits.shape[0],) or targets.dtype != torch.int64:
             raise ValueError(f"cross_entropy wants logits [M, V] and int64 targets [M]; got {tuple(logits.shape)}, "
                              f"{tuple(targets.shape)} {targets.dtype}")
-        if logits.stride(1) != 1:
-            logits = logits.contiguous()
-        targets = targets.contiguous()
-        M, V = logits.shape
-        dlogits = torch.empty((M, V), dtype=logits.dtype, device=logits.device)
-        n_valid = torch.empty((1,), dtype=torch.int32, device=logits.device)
-        _count_valid_kernel[(1,)](targets, n_valid, targets.numel(), BLOCK_R=1024)
-        loss = _cross_entropy_fwd(logits, targets, **FUSED_PARAMS, dlogits=dlogits, n_valid=n_valid)
+        loss, dlogits = _fused_fwd(logits, targets)
         ctx.save_for_backward(dlogits)
         ctx.used = False
         ctx.mark_non_differentiable(targets)
@@ -264,13 +281,7 @@ class CrossEntropyFunction(torch.autograd.Function):
                                "runs once per forward (no retain_graph)")
         ctx.used = True
         (dlogits,) = ctx.saved_tensors
-        grad_loss = grad_loss.to(device=dlogits.device, dtype=torch.float32).contiguous()
-        numel = dlogits.numel()
-        if numel:
-            sms = torch.cuda.get_device_properties(dlogits.device).multi_processor_count if dlogits.is_cuda else 4
-            block = 4096
-            grid = max(1, min(triton.cdiv(numel, block), 4 * sms))
-            _scale_in_place_kernel[(grid,)](dlogits, grad_loss, numel, BLOCK=block, num_warps=8)
+        _scale_grad_(dlogits, grad_loss)
         return dlogits, None
 
 

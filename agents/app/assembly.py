@@ -25,24 +25,10 @@ TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16)
 
 def choice_of(op: str, promoted: PromotedKernel):
     """The promoted kernel as the model runs it: its template point if it is one, else its file's entry."""
-    from kernels import get_spec
     from kernels.nanogpt import choice
 
     params = (promoted.lineage or {}).get("params")
-    spec = get_spec(op)
-    if isinstance(params, dict):
-        try:
-            point = spec.template.validate(params)
-            if spec.template.render(point) == promoted.path.read_text():
-                return choice.from_params(op, point, f"promoted {promoted.path}")
-        except (ValueError, OSError):
-            pass
-        # rendered by an older template: the point stands for the kernel, knobs added since read as the seed
-        try:
-            return choice.from_params(op, params, f"promoted {promoted.path} (its template point)")
-        except choice.KernelChoiceError:
-            pass
-    return choice.from_file(op, promoted.path, spec.entry)
+    return choice.from_promoted(op, params, promoted.path, f"promoted {promoted.path}")
 
 
 def kernel_choices(memory_dir: Path | None, gpu: str) -> dict:

@@ -159,8 +159,7 @@ def _model_report(summary: dict) -> dict | None:
         return None
     conv = model.get("convergence") or {}
     try:
-        # a build recorded before PyTorch's own gap was measured allowed its tolerance alone
-        lines = model_lines({"model": {**model, "convergence": conv and {"allowed": conv.get("tolerance"), **conv}}})
+        lines = model_lines({"model": model})
     except (KeyError, TypeError, ValueError):  # a build record of another version
         lines = [f"NanoGPT build: {'passed' if model.get('passed') else 'FAILED'} on {model.get('device', '?')}"]
     steps = conv.get("logged") if isinstance(conv.get("logged"), list) else []

@@ -107,10 +107,11 @@ def _one(config, backend, data, cfg, device, out, console, init_from) -> dict:
 
 def _both(config, data, cfg, device, out, console) -> dict:
     with _progress(console) as progress:
-        labels = ("torch", "triton", "torch again") if device == "cuda" else ("torch", "triton")
-        tasks = {b: progress.add_task(f"train {b}", total=cfg.steps, loss="—", rate="—") for b in labels}
+        tasks = {}
 
         def on_log(backend, point):
+            if backend not in tasks:  # a bar per training run, as the check starts it
+                tasks[backend] = progress.add_task(f"train {backend}", total=cfg.steps, loss="—", rate="—")
             progress.update(tasks[backend], completed=point.step + 1, loss=f"{point.loss:.4f}",
                             rate=f"{point.tokens_per_s:,.0f}")
 

@@ -89,6 +89,19 @@ def from_file(op: str, path: Path, entry_name: str) -> KernelChoice:
     return KernelChoice(op, f"file {path}", None, entry)
 
 
+def from_promoted(op: str, params: Mapping[str, Any] | None, path: Path, source: str) -> KernelChoice:
+    """A promoted kernel: the template point it records, where the template still takes it (knobs added
+    since read as their seed), else the entry of its file."""
+    if isinstance(params, dict):
+        try:
+            return from_params(op, params, source)
+        except KernelChoiceError:
+            pass
+    from .. import get_spec
+
+    return from_file(op, path, get_spec(op).entry)
+
+
 def device_slug(name: str) -> str:
     """A device name as a folder name: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
     import re
@@ -101,8 +114,6 @@ def shipped_choices(root: Path, device_name: str) -> dict[str, KernelChoice]:
     per op its template point (meta.json's params) or its file's entry; ops without one keep the seed."""
     import json
 
-    from .. import get_spec
-
     out = {}
     for op in MODEL_OPS:
         folder = Path(root) / op / device_slug(device_name)
@@ -110,9 +121,7 @@ def shipped_choices(root: Path, device_name: str) -> dict[str, KernelChoice]:
             continue
         meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
         params = (meta.get("lineage") or {}).get("params")
-        source = f"shipped {op}/{folder.name}"
-        out[op] = (from_params(op, params, source) if isinstance(params, dict)
-                   else from_file(op, folder / "kernel.py", get_spec(op).entry))
+        out[op] = from_promoted(op, params, folder / "kernel.py", f"shipped {op}/{folder.name}")
     return out
 
 

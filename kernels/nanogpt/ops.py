@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 from torch import Tensor
 from torch.library import custom_op
 
@@ -262,13 +261,7 @@ def _(logits, targets):
 @custom_op(_name("cross_entropy_train"), mutates_args=())
 def _cross_entropy_train(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """The mean loss and, written in the same pass over the logits, its gradient for an incoming gradient of 1."""
-    logits = _contiguous_rows(logits)
-    targets = targets.contiguous()
-    dlogits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    n_valid = torch.empty((1,), dtype=torch.int32, device=logits.device)
-    _ce._count_valid_kernel[(1,)](targets, n_valid, targets.numel(), BLOCK_R=1024)
-    loss = _ce._cross_entropy_fwd(logits, targets, **_ce.FUSED_PARAMS, dlogits=dlogits, n_valid=n_valid)
-    return loss, dlogits
+    return _ce._fused_fwd(logits, targets)
 
 
 @_cross_entropy_train.register_fake
@@ -279,14 +272,7 @@ def _(logits, targets):
 @custom_op(_name("scale_"), mutates_args=("grad",))
 def _scale_(grad: Tensor, scale: Tensor) -> None:
     """grad *= scale, in place (a no-op launch when scale is 1, as it is for loss.backward())."""
-    numel = grad.numel()
-    if numel == 0:
-        return
-    sms = torch.cuda.get_device_properties(grad.device).multi_processor_count if grad.is_cuda else 4
-    block = 4096
-    scale = scale.to(device=grad.device, dtype=torch.float32).contiguous()
-    _ce._scale_in_place_kernel[(max(1, min(triton.cdiv(numel, block), 4 * sms)),)](
-        grad, scale, numel, BLOCK=block, num_warps=8)
+    _ce._scale_grad_(grad, scale)
 
 
 @_scale_.register_fake
