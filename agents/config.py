@@ -12,6 +12,8 @@ from typing import Any
 
 import tomli_w
 
+from memory import mark_shipped_beneath
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ("auto", "cuda", "cpu")
 CODERS = ("template", "llm", "mixed")
@@ -29,6 +31,7 @@ class RunConfig:
     budget: int = 8
     device: str = "auto"
     coder: str = "template"
+    training: bool = True              # evolve each op's forward and backward, timed together (--inference: forward only)
 
 
 @dataclass(frozen=True)
@@ -294,11 +297,46 @@ def load_config(path: Path, check_llm: bool = True) -> Config:
     return config
 
 
-def find_config(explicit: str | os.PathLike | None = None) -> Path:
-    """--config, else $EVOLVE_CONFIG, else ./config.toml, else the project's own config.toml."""
+def find_config(explicit: str | os.PathLike | None = None) -> Path | None:
+    """--config, else $EVOLVE_CONFIG, else ./config.toml, else (unless $EVOLVE_WORKSPACE names a workspace)
+    the config.toml of a source checkout; None when none applies: an installed package, or a workspace
+    asked for (the workspace settings apply, see workspace_config)."""
     if explicit:
         return Path(explicit)
     if os.environ.get("EVOLVE_CONFIG"):
         return Path(os.environ["EVOLVE_CONFIG"])
     local = Path.cwd() / "config.toml"
-    return local if local.is_file() else PROJECT_ROOT / "config.toml"
+    if local.is_file():
+        return local
+    if os.environ.get("EVOLVE_WORKSPACE"):
+        return None
+    checkout = PROJECT_ROOT / "config.toml"
+    return checkout if checkout.is_file() else None
+
+
+def workspace_folder() -> Path:
+    """Where an installed evolve keeps a user's runs and memory: $EVOLVE_WORKSPACE, else the user's data
+    folder ($XDG_DATA_HOME/evolve, by default ~/.local/share/evolve); never the installation itself."""
+    if os.environ.get("EVOLVE_WORKSPACE"):
+        return Path(os.environ["EVOLVE_WORKSPACE"]).expanduser().resolve()
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data).expanduser().resolve() / "evolve"
+
+
+def workspace_config(check_llm: bool = True) -> Config:
+    """The default settings with runs and memory in the workspace folder, the project's shipped rulebook
+    and kernels read beneath them as read-only defaults (the memory folder says so in its layers.toml)."""
+    folder = workspace_folder()
+    defaults = Config()
+    run = dataclasses.replace(defaults.run, runs_dir=folder / "runs", memory_dir=folder / "memory")
+    evaluator = dataclasses.replace(defaults.evaluator, ceilings_cache=folder / "runs" / "ceilings.json")
+    config = dataclasses.replace(defaults, run=run, evaluator=evaluator, source=None)
+    _validate(config, f"the workspace {folder}", check_llm)
+    mark_shipped_beneath(folder / "memory")
+    return config
+
+
+def resolve_config(explicit: str | os.PathLike | None = None, check_llm: bool = True) -> Config:
+    """The configuration a command runs with: the config file found, else the workspace's."""
+    path = find_config(explicit)
+    return workspace_config(check_llm) if path is None else load_config(path, check_llm)

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-EVENT_KINDS = ("plan", "candidate", "verdict", "promotion", "lesson", "error", "llm", "reflection", "assembly")
+EVENT_KINDS = ("plan", "candidate", "verdict", "promotion", "lesson", "error", "llm", "reflection", "assembly",
+               "resume")
 STATUSES = ("running", "complete", "interrupted", "failed")
 
 
@@ -28,6 +30,20 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _owner() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process of that number: alive, and not ours to judge
+    return True
 
 
 def empty_op_summary() -> dict:
@@ -61,9 +77,25 @@ class RunFolder:
         folder.summary = {
             "run_id": folder.run_id, "target": target, "status": "running", "device": device,
             "ops": {op: empty_op_summary() for op in ops}, "started": _now(), "finished": None,
+            **_owner(),
         }
         folder.write_summary()
         return folder
+
+    def status(self) -> str:
+        """The summary's status, except that a run whose process died without saying so (SIGKILL, a lost
+        machine) reads as interrupted rather than running forever."""
+        status = self.summary.get("status")
+        if status == "running" and self.summary.get("host") == socket.gethostname() \
+                and isinstance(self.summary.get("pid"), int) and not _alive(self.summary["pid"]):
+            return "interrupted"
+        return status
+
+    def claim(self) -> None:
+        """This process takes the run over (a resume): running again, owned by this process."""
+        self.summary.update(status="running", finished=None, **_owner())
+        self.summary.setdefault("resumed", []).append(_now())
+        self.write_summary()
 
     @classmethod
     def open(cls, runs_dir: Path, run: str) -> "RunFolder":

@@ -11,11 +11,12 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
-from kernels import get_spec
+from kernels import OpSpec, get_spec
 
 from . import wire
+from .gradients import GradientJudge
 from .judge import Judge, JudgeError, sandbox_reply, untrusted
 from .promotion import ABDecision, decide
 from .sandboxes import ForkServer, Sandbox, SandboxLost, Timeouts
@@ -34,11 +35,22 @@ class EvaluatorSettings:
     promotion_margin: float = 0.02
     ab_rounds: int = 10
     namespaces: bool = True                      # Linux namespaces around each sandbox, where available
+    # check (and on a GPU time) the backward of a differentiable candidate; off for an inference-only search
+    backward: bool = True
+    # op -> the shapes to time, the headline first (a target's choice); other ops time their spec's
+    timed_shapes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _fresh_seed() -> int:
     # never a fixed seed: each evaluation draws inputs no candidate could have seen
     return random.SystemRandom().randrange(2**31)
+
+
+def _partial(backward: dict | None, checks: list[dict]) -> dict | None:
+    """The backward block of a verdict that failed: the backward checks made so far, if any were."""
+    if backward is not None:
+        return backward
+    return {"checks": checks, "deterministic": None, "timing": None} if checks else None
 
 
 def read_source(path: Path) -> str:
@@ -57,6 +69,12 @@ class Evaluator:
         self.sandboxes_started = 0
 
     # ------------------------------------------------------------ infrastructure
+
+    def spec(self, op: str) -> OpSpec:
+        """The op's spec as this evaluator judges it: with the timed shapes its settings choose."""
+        spec = get_spec(op)
+        names = self.settings.timed_shapes.get(op)
+        return spec.with_timed(names) if names else spec
 
     def _fork_server(self) -> ForkServer:
         if self._server is None or not self._server.alive():
@@ -135,7 +153,7 @@ class Evaluator:
                         on_message: Callable[[tuple], None] | None = None, dtypes: tuple[str, ...] | None = None,
                         started: float | None = None) -> Verdict:
         started = time.perf_counter() if started is None else started
-        spec = get_spec(op)
+        spec = self.spec(op)
         device = self.device_info
         found = self._static_failure(op, source)
         if found:
@@ -143,6 +161,8 @@ class Evaluator:
         ceilings = self.ceilings()
         self._fork_server()  # a fork server that cannot start is the evaluator's failure, raised as such
         checks: list[dict] = []
+        backward_checks: list[dict] = []
+        backward = None
         sandbox = None
         try:
             sandbox = self._sandbox()
@@ -154,19 +174,35 @@ class Evaluator:
             judge = Judge(spec, sandbox, self.settings.device, random.Random(_fresh_seed()), self.settings.timeouts)
             if on_message:
                 on_message(("phase", "check"))
-            judge.run_checks(tuple(dtypes or spec.dtypes_for(self.settings.device)), checks)
+            checked_dtypes = tuple(dtypes or spec.dtypes_for(self.settings.device))
+            judge.run_checks(checked_dtypes, checks)
+            gradients = None
+            if self.settings.backward and spec.has_backward:
+                if on_message:
+                    on_message(("phase", "backward"))
+                gradients = GradientJudge(judge)
+                backward = gradients.run(checked_dtypes, backward_checks)
+                if backward is None:
+                    gradients = None
             timing = None
             if self.settings.device == "cuda":
                 if on_message:
                     on_message(("phase", "time"))
-                timing = judge.time(self.settings.timed_dtypes, ceilings, self.settings.timing)
+                timing = judge.time(self.settings.timed_dtypes, ceilings, self.settings.timing,
+                                    backward=gradients is not None)
+                if gradients is not None:
+                    backward["timing"] = judge.backward_timing
+                    # after thousands of timed backwards: one honest only for its first calls fails here
+                    gradients.check_shape(spec.headline_shape(), self.settings.timed_dtypes[0], None, repeat=True,
+                                          refill=False)
             verdict = Verdict(op=op, status="accepted", failure=None, checks=checks, timing=timing, device=device,
-                              candidate=name)
+                              candidate=name, backward=backward)
         except CandidateFailure as failure:
             verdict = Verdict.failed(op, failure.failure_class, failure.detail, checks=checks, device=device,
-                                     candidate=name)
+                                     candidate=name, backward=_partial(backward, backward_checks))
         except SandboxLost as lost:
-            verdict = Verdict.failed(op, lost.failure_class, lost.detail, checks=checks, device=device, candidate=name)
+            verdict = Verdict.failed(op, lost.failure_class, lost.detail, checks=checks, device=device, candidate=name,
+                                     backward=_partial(backward, backward_checks))
         except JudgeError:
             raise
         finally:
@@ -197,14 +233,24 @@ class Evaluator:
         """A promotion candidate timed again in a fresh sandbox, with every timing cross-check."""
         if self.settings.device != "cuda":
             raise RuntimeError("timing needs a GPU")
-        spec = get_spec(op)
+        spec = self.spec(op)
         sandbox = None
         try:
             sandbox = self._loaded(op, path)
             judge = Judge(spec, sandbox, "cuda", random.Random(_fresh_seed()), self.settings.timeouts)
-            timing = judge.time(self.settings.timed_dtypes[:1], self.ceilings(), self.settings.timing)
+            backward = None
+            if self.settings.backward and spec.has_backward:
+                # one backward check says whether it is differentiable, and that its backward is still right
+                checks = [GradientJudge(judge).check_shape(spec.headline_shape(), self.settings.timed_dtypes[0],
+                                                           None, repeat=True, refill=False)]
+                if checks[0] is not None:
+                    backward = {"checks": checks, "deterministic": None, "timing": None}
+            timing = judge.time(self.settings.timed_dtypes[:1], self.ceilings(), self.settings.timing,
+                                backward=backward is not None)
+            if backward is not None:
+                backward["timing"] = judge.backward_timing
             return Verdict(op=op, status="accepted", failure=None, timing=timing, device=self.device_info,
-                           candidate=str(path))
+                           candidate=str(path), backward=backward)
         except (CandidateFailure, SandboxLost) as failure:
             return Verdict.failed(op, failure.failure_class, failure.detail, device=self.device_info,
                                   candidate=str(path))
@@ -212,19 +258,21 @@ class Evaluator:
             if sandbox is not None:
                 sandbox.close()
 
-    def ab(self, op: str, challenger: Path, incumbent: Path) -> ABDecision:
+    def ab(self, op: str, challenger: Path, incumbent: Path, backward: bool = False) -> ABDecision:
         """Interleaved A/B rounds at the op's headline shape and first timed dtype, each kernel in its own
-        fresh sandbox, so neither can reach the other."""
+        fresh sandbox, so neither can reach the other; of forward+backward with `backward`."""
         if self.settings.device != "cuda":
             raise RuntimeError("A/B timing needs a GPU")
-        spec = get_spec(op)
+        spec = self.spec(op)
         sandboxes: dict[str, Sandbox] = {}
         try:
             for role, path in (("challenger", challenger), ("incumbent", incumbent)):
                 sandboxes[role] = self._loaded(op, path)
             seed = _fresh_seed()
+            # forward+backward in a training search: both carry a checked backward (graph._promotion races
+            # only such pairs there)
             request = {"kind": "bench", "shape": spec.headline_shape().name, "dtype": self.settings.timed_dtypes[0],
-                       "seed": seed, "timing": asdict(self.settings.timing)}
+                       "seed": seed, "timing": asdict(self.settings.timing), "backward": backward}
             ratios = []
             for r in range(self.settings.ab_rounds):
                 order = ("challenger", "incumbent") if r % 2 == 0 else ("incumbent", "challenger")

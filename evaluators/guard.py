@@ -117,6 +117,16 @@ class LaunchCounter:
         return self
 
 
+def guarded_grad(outputs: list, inputs: list, grad_outputs: list) -> tuple:
+    """The gradients of `inputs` (None where unused), as torch.autograd.grad gives them, but from autograd's
+    engine directly: torch.autograd.grad is itself a torch function, and a mode is off while it handles one,
+    so under the guard the backward it runs, candidate code as much as the forward, would run unguarded."""
+    from torch.autograd import Variable
+
+    return Variable._execution_engine.run_backward(tuple(outputs), tuple(grad_outputs), False, False, tuple(inputs),
+                                                   True, False)
+
+
 def poison_free_memory(nbytes: int, device: str, value: float, copies: int = 4) -> None:
     """Fill freed blocks of the output's size with the poison, so the allocator hands poisoned memory back
     even to allocations the guard does not see (e.g. made inside torch for the candidate)."""

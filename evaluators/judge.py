@@ -288,8 +288,11 @@ class Judge:
 
     # ------------------------------------------------------------ timing, GPU only
 
-    def time(self, dtypes: tuple[str, ...], ceilings: dict, settings, final_check: bool = True) -> dict:
-        from .timing import judge_timing, summarise
+    def time(self, dtypes: tuple[str, ...], ceilings: dict, settings, final_check: bool = True,
+             backward: bool = False) -> dict:
+        """The forward's timing block; with `backward`, forward+backward is timed in the same request and its
+        block left in `self.backward_timing`."""
+        from .timing import judge_backward_timing, judge_timing, summarise
 
         pairs = [(shape, d) for shape in self.spec.timed_shapes() for d in dtypes]
         layouts = [expected_layout(self.spec, self.fresh_inputs(s, DTYPES[d])) for s, d in pairs]
@@ -303,9 +306,10 @@ class Judge:
         started = time.monotonic()
         reply = sandbox_reply(self.sandbox.request(
             {"kind": "time", "shapes": [[s.name, d] for s, d in pairs], "outputs": regions, "seed": seed,
-             "timing": settings.__dict__}, self.timeouts.time), "timed")
+             "timing": settings.__dict__, "backward": backward}, self.timeouts.time * (3 if backward else 1)),
+            "timed")
         wall = time.monotonic() - started
-        per_shape, claimed_ms = [], 0.0
+        per_shape, per_shape_bwd, claimed_ms = [], [], 0.0
         results = reply.get("shapes")
         if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
             raise CandidateFailure("protocol", "timing without a result per shape")
@@ -313,6 +317,16 @@ class Judge:
             samples = _samples(result)
             claimed_ms += sum(sum(v) for v in samples.values())
             timed = judge_timing(self.spec, shape, dtype_key, samples, ceilings, settings)
+            if backward:
+                with untrusted("the forward+backward timing"):
+                    bwd = result["backward"]
+                    bwd_samples = _samples(bwd)
+                    peaks = {k: wire.number(bwd["peak_mib"], k, low=0.0) for k in ("candidate", "eager", "compile",
+                                                                                       *self.spec.baselines)}
+                claimed_ms += sum(sum(v) for v in bwd_samples.values())
+                per_shape_bwd.append(judge_backward_timing(self.spec, shape, dtype_key,
+                                                           {"samples_ms": bwd_samples, "peak_mib": peaks},
+                                                           ceilings, settings))
             # the output of the last timed call must still be right: work skipped under repetition shows here
             if not isinstance(result.get("last_seed"), int) or not all(result.get("written") or [False]):
                 raise CandidateFailure("caching", f"the timed calls at {shape} {dtype_key} left no output to check")
@@ -333,6 +347,12 @@ class Judge:
             shape = self.spec.headline_shape()
             self.phase = "check"
             self.check_shape(shape, dtypes[0], None, refill=False)
+        if backward:
+            head = per_shape_bwd[0]
+            self.backward_timing = {**{k: head[k] for k in ("candidate_ms", "eager_ms", "compile_ms", "speedup_eager",
+                                                            "speedup_compile", "gbps", "tflops", "roofline_fraction",
+                                                            "spread", "peak_mib")},
+                                    "headline": f"{head['shape']} {head['dtype']}", "shapes": per_shape_bwd}
         return summarise(per_shape, ceilings)
 
     def cross_check_clock(self, headline: dict, settings) -> None:

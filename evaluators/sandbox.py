@@ -2,7 +2,7 @@
 and runs it as the judge asks. It decides nothing: it returns raw outputs, launch counts, layouts and
 timings, and the judge (another process, which never imports candidate code) draws every conclusion.
 
-Requests (JSON frames, see wire.py): arena, load, call, time, batch, bench, ceilings, stop.
+Requests (JSON frames, see wire.py): arena, load, call, grad, time, batch, bench, ceilings, stop.
 """
 from __future__ import annotations
 
@@ -150,31 +150,100 @@ def _call(request: dict) -> dict:
     seconds = time.perf_counter() - started
     launches = counter.count - before
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
-    reply_outs = []
     previous = STATE.get("previous_outputs", [])
-    for k, o in enumerate(outs[:8]):
-        if type(o) is not torch.Tensor:
-            # never call a method of an object that is not exactly a tensor: it could run anything
-            reply_outs.append({"type": type(o).__qualname__[:80]})
-            continue
-        meta = {"type": "Tensor", **describe(o), "device": o.device.type,
-                "overlaps_inputs": [i for i, a in enumerate(inputs) if type(a) is torch.Tensor and overlaps(o, a)],
-                "overlaps_outputs": [j for j in range(k) if type(outs[j]) is torch.Tensor and overlaps(o, outs[j])],
-                "overlaps_previous": any(overlaps(o, p) for p in previous)}
-        region = request["outputs"][k] if k < len(request["outputs"]) else None
-        if region is not None and o.numel() * o.element_size() == region["nbytes"]:
-            STATE["arena"].view(region["offset"], region["nbytes"]).copy_(_as_bytes(o).cpu())
-            meta["written"] = True
-        reply_outs.append(meta)
-    for arg, region in zip(inputs, request.get("after", [])):
-        if region is not None and type(arg) is torch.Tensor:
-            raw = torch.empty(0, dtype=torch.uint8, device=arg.device).set_(
-                arg.untyped_storage(), 0, (arg.untyped_storage().nbytes(),))
-            STATE["arena"].view(region["offset"], region["nbytes"]).copy_(raw.cpu())
+    reply_outs = _write_tensors(outs[:8], request["outputs"], {"inputs": inputs}, previous)
+    _write_back(inputs, request.get("after", []))
     # kept alive until the next call: an output that reuses their storage was returned twice
     STATE["previous_outputs"] = [o for o in outs if type(o) is torch.Tensor]
     return {"kind": "called", "launches": launches, "count": len(outs) if isinstance(out, (tuple, list)) else None,
             "outputs": reply_outs, "seconds": seconds}
+
+
+def _write_tensors(values: list, regions: list, others: dict[str, tuple], previous: list) -> list[dict]:
+    """Each value's layout, the storages it shares (with each group of `others`, with the values before it,
+    with the previous call's results), and its bytes written into its region when they fit."""
+    import torch
+
+    from .guard import overlaps
+
+    metas = []
+    for k, o in enumerate(values):
+        if type(o) is not torch.Tensor:
+            # never call a method of an object that is not exactly a tensor: it could run anything
+            metas.append({"type": "None" if o is None else type(o).__qualname__[:80]})
+            continue
+        meta = {"type": "Tensor", **describe(o), "device": o.device.type,
+                "overlaps_outputs": [j for j in range(k) if type(values[j]) is torch.Tensor and overlaps(o, values[j])],
+                "overlaps_previous": any(overlaps(o, p) for p in previous)}
+        for group, tensors in others.items():
+            meta[f"overlaps_{group}"] = [i for i, a in enumerate(tensors) if type(a) is torch.Tensor and overlaps(o, a)]
+        region = regions[k] if k < len(regions) else None
+        if region is not None and o.numel() * o.element_size() == region["nbytes"]:
+            STATE["arena"].view(region["offset"], region["nbytes"]).copy_(_as_bytes(o).cpu())
+            meta["written"] = True
+        metas.append(meta)
+    return metas
+
+
+def _write_back(tensors: tuple, regions: list) -> None:
+    """The whole storages of the call's tensors, as they are now, into the judge's regions."""
+    import torch
+
+    for arg, region in zip(tensors, regions):
+        if region is not None and type(arg) is torch.Tensor:
+            raw = torch.empty(0, dtype=torch.uint8, device=arg.device).set_(
+                arg.untyped_storage(), 0, (arg.untyped_storage().nbytes(),))
+            STATE["arena"].view(region["offset"], region["nbytes"]).copy_(raw.cpu())
+
+
+def _grad(request: dict) -> dict:
+    """One forward and backward: the entry called on inputs whose floating tensors require a gradient, then
+    autograd asked for their gradients given the judge's output gradients. A candidate whose outputs need
+    no gradient is forward-only; the judge decides what that means."""
+    import torch
+
+    from .guard import TorchGuard, guarded_grad, poison_free_memory
+
+    inputs = _inputs(request["inputs"], bool(request.get("reuse")))
+    for t in inputs:
+        if type(t) is torch.Tensor and t.is_floating_point():
+            t.requires_grad_(True)
+    wanted = [t for t in inputs if type(t) is torch.Tensor and t.requires_grad]
+    poison = request.get("poison")
+    guard_poison = None if poison is None else float(poison)
+    counter = STATE["launches"]
+    before = counter.count
+    with torch.enable_grad(), TorchGuard(guard_poison):
+        out = STATE["entry"](*inputs)
+    _sync()
+    forward_launches = counter.count - before
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    differentiable = [(k, o) for k, o in enumerate(outs[:8]) if type(o) is torch.Tensor and o.requires_grad]
+    if not differentiable:
+        return {"kind": "graded", "differentiable": False, "launches": forward_launches}
+    dys = []
+    for spec in request["grad_outputs"]:
+        if spec is None:
+            dys.append(None)
+            continue
+        raw = STATE["arena"].view(spec["offset"], spec["tensor"]["storage_nbytes"]).to(STATE["device"], copy=True)
+        dys.append(rebuild(raw, spec["tensor"]))
+    pairs = [(o, dys[k]) for k, o in differentiable if k < len(dys) and dys[k] is not None]
+    if poison is not None:
+        poison_free_memory(sum(r["nbytes"] for r in request["grads"]), STATE["device"], float(poison))
+    before = counter.count
+    with TorchGuard(guard_poison):
+        grads = guarded_grad([o for o, _ in pairs], wanted, [dy for _, dy in pairs])
+    _sync()
+    backward_launches = counter.count - before
+    previous = STATE.get("previous_outputs", [])
+    metas = _write_tensors(list(grads), request["grads"], {"inputs": inputs, "outputs": outs, "dys": dys},
+                           previous)
+    _write_back(inputs, request.get("after", []))
+    _write_back(tuple(dys), request.get("dys_after", []))
+    STATE["previous_outputs"] = [g for g in grads if type(g) is torch.Tensor]
+    return {"kind": "graded", "differentiable": True, "launches": forward_launches,
+            "backward_launches": backward_launches, "grads": metas}
 
 
 def _shape(name: str):
@@ -203,8 +272,10 @@ def _time(request: dict) -> dict:
     results = []
     for (shape_name, dtype_key), regions in zip(request["shapes"], request["outputs"]):
         shape = _shape(shape_name)
+        # forward+backward as well when asked, the backward under the guard like the forward
+        guard = (lambda run: _guarded(run)()) if request.get("backward") else None
         result, last_out = time_shape(_guarded(STATE["entry"]), STATE["spec"], shape, dtype_key, settings,
-                                      request["seed"])
+                                      request["seed"], guard)
         outs = list(last_out) if isinstance(last_out, (tuple, list)) else [last_out]
         written = []
         for o, region in zip(outs, regions):
@@ -259,6 +330,13 @@ def _bench(request: dict) -> dict:
     from .timing import Rotating, _bench as bench
 
     sets, settings = _rotating_inputs(request)
+    if request.get("backward"):
+        from .timing import ForwardBackward, gradient_sets
+
+        fn = Rotating(ForwardBackward(_guarded(STATE["entry"]), lambda run: _guarded(run)()),
+                      gradient_sets(STATE["spec"], sets, request["seed"]))
+        fn()
+        return {"kind": "benched", "ms": bench(fn, settings)}
     fn = Rotating(_guarded(STATE["entry"]), sets)
     with torch.no_grad():
         fn()
@@ -288,7 +366,7 @@ def _handle(request: dict) -> dict:
                     "detail": f"the candidate defines no callable {STATE['spec'].entry}()"}
         STATE["entry"] = entry
         return {"kind": "loaded"}
-    handlers = {"call": _call, "time": _time, "batch": _batch, "bench": _bench, "ceilings": _ceilings}
+    handlers = {"call": _call, "grad": _grad, "time": _time, "batch": _batch, "bench": _bench, "ceilings": _ceilings}
     if kind not in handlers:
         return {"kind": "failure", "class": "protocol", "detail": f"unknown request {kind!r}"}
     return handlers[kind](request)

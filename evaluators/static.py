@@ -483,6 +483,8 @@ class _Checker(Resolver):
             return self._function(node)
         if isinstance(node, COMPREHENSIONS):
             return self._comprehension(node)
+        if isinstance(node, ast.Dict):
+            return self._dict(node)
         # d["__builtins__"] reaches what the name rule forbids; "__main__" is the one dunder string needed
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and is_dunder(node.value) \
                 and node.value != "__main__":
@@ -540,6 +542,14 @@ class _Checker(Resolver):
             if k.arg is None and isinstance(k.value, ast.Name) and self.lookup(k.value.id) == "params":
                 continue  # **PARAMS: the rendered candidates' baked knobs, unpacked into a fresh dict
             self._visit(k)
+
+    def _dict(self, node: ast.Dict) -> None:
+        for key, value in zip(node.keys, node.values):
+            if key is None and isinstance(value, ast.Name) and self.lookup(value.id) == "params":
+                continue  # {**PARAMS}: a fresh copy of the baked knobs (constants), which may be passed on
+            if key is not None:
+                self._expr(key)
+            self._expr(value)
 
     def _comprehension(self, node: ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp) -> None:
         saved = self.scope

@@ -156,8 +156,92 @@ def interleaved_samples(variants: dict[str, Callable[[], object]], settings: Tim
     return samples
 
 
+def _output_gradients(outs: tuple, gen: torch.Generator) -> list:
+    """Random gradients (on the GPU, in each output's dtype) for the floating outputs of one input set."""
+    return [torch.randn(o.shape, generator=gen, device="cuda").to(o.dtype) if o.is_floating_point() else None
+            for o in outs]
+
+
+def gradient_sets(spec: OpSpec, input_sets: list[tuple], seed: int) -> list[tuple[tuple, list]]:
+    """Each input set with its floating tensors requiring a gradient (sharing their storage), and random
+    output gradients of the op's output layout."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    sets = []
+    for inputs in input_sets:
+        leaves = tuple(a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point()
+                       else a for a in inputs)
+        with torch.no_grad():
+            probe = spec.eager(*inputs)
+        sets.append((leaves, _output_gradients(probe if isinstance(probe, (tuple, list)) else (probe,), gen)))
+        del probe
+    return sets
+
+
+class ForwardBackward:
+    """fn's forward and the gradients of every floating input by autograd, on one input set and its dys;
+    `guarded` wraps the whole of it, so a candidate's backward runs under the same guard as its forward."""
+
+    def __init__(self, fn: Callable, guarded: Callable | None = None):
+        self.fn = fn
+        self.guarded = guarded
+
+    def __call__(self, inputs: tuple, dys: list) -> object:
+        from .guard import guarded_grad
+
+        def grad(outs, wanted, grads):
+            return guarded_grad(outs, wanted, grads) if self.guarded else torch.autograd.grad(
+                outs, wanted, grads, allow_unused=True)
+
+        def run():
+            with torch.enable_grad():
+                out = self.fn(*inputs)
+                outs = out if isinstance(out, (tuple, list)) else (out,)
+                pairs = [(o, dy) for o, dy in zip(outs, dys) if dy is not None and o.requires_grad]
+                wanted = [a for a in inputs if isinstance(a, torch.Tensor) and a.requires_grad]
+                if not pairs:
+                    return outs  # forward-only: nothing to differentiate
+                return grad([o for o, _ in pairs], wanted, [d for _, d in pairs])
+        return self.guarded(run) if self.guarded else run()
+
+
+def peak_mib(fn: Callable[[], object]) -> float:
+    """Memory one call allocates at its peak beyond what was allocated before it, in MiB."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    result = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del result
+    return peak / 2**20
+
+
+def time_backward(entry: Callable, guard: Callable, spec: OpSpec, input_sets: list[tuple], seed: int,
+                  settings: TimingSettings) -> dict:
+    """Sandbox side: forward+backward of the candidate, eager and torch.compile (which compiles the backward
+    with the forward), interleaved on the same rotated inputs with the same dys; and each one's peak memory."""
+    sets = gradient_sets(spec, input_sets, seed)
+    variants = {
+        "candidate": Rotating(ForwardBackward(entry, guard), sets),
+        "eager": Rotating(ForwardBackward(spec.eager), sets),
+        "compile": Rotating(ForwardBackward(compiled_baseline(spec)), sets),
+        **{name: Rotating(ForwardBackward(fn), sets) for name, fn in spec.baselines.items()},
+    }
+    for name in ("eager", "compile", *spec.baselines):
+        try:
+            variants[name]()
+            torch.cuda.synchronize()
+        except Exception as exc:
+            raise BaselineError(f"the {name} forward+backward baseline failed: {type(exc).__name__}: {exc}")
+    variants["candidate"]()
+    torch.cuda.synchronize()
+    peaks = {name: peak_mib(v) for name, v in variants.items()}
+    samples = interleaved_samples(variants, settings)
+    return {"samples_ms": samples, "peak_mib": peaks}
+
+
 def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, settings: TimingSettings,
-               seed: int) -> tuple[dict, object]:
+               seed: int, backward_guard: Callable | None = None) -> tuple[dict, object]:
     """Sandbox side: medians of the candidate, eager, torch.compile and the other baselines, interleaved on
     the same rotated inputs; and the output of the candidate's last timed call, for the judge to re-check.
     The judge, not this function, decides what the numbers mean (the physical floor, its own clock)."""
@@ -194,8 +278,12 @@ def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, sett
     torch.cuda.synchronize()
     last_inputs, last_out = variants["candidate"].last
     last_seed = next((s for s, inputs in zip(seeds, input_sets) if inputs is last_inputs), None)
-    return {"shape": shape.name, "dtype": dtype_key, "samples_ms": samples, "rounds": settings.rounds,
-            "last_seed": last_seed}, last_out
+    result = {"shape": shape.name, "dtype": dtype_key, "samples_ms": samples, "rounds": settings.rounds,
+              "last_seed": last_seed}
+    if backward_guard is not None:
+        del variants
+        result["backward"] = time_backward(entry, backward_guard, spec, input_sets, rng.randrange(2**31), settings)
+    return result, last_out
 
 
 def judge_timing(spec: OpSpec, shape: Shape, dtype_key: str, samples: dict[str, list[float]], ceilings: dict,
@@ -234,6 +322,39 @@ def judge_timing(spec: OpSpec, shape: Shape, dtype_key: str, samples: dict[str, 
         # time of a Triton copy of the same bytes over ours: 1.0 means as fast as moving the bytes can be at this size
         "copy_ms": med.get("copy"),
         "copy_fraction": med["copy"] / cand if "copy" in med else None,
+    }
+
+
+def judge_backward_timing(spec: OpSpec, shape: Shape, dtype_key: str, timed: dict, ceilings: dict,
+                          settings: TimingSettings) -> dict:
+    """Judge side: the forward+backward numbers of one timed shape. The floor is the forward's alone (a
+    forward+backward moves at least the forward's bytes), and the judge's clock around the whole timing
+    request bounds the sum of every sample, the backward's included."""
+    samples = {k: v for k, v in timed["samples_ms"].items() if k in ("candidate", "eager", "compile", *spec.baselines)}
+    dtype = DTYPES[dtype_key]
+    med = {name: statistics.median(vals) for name, vals in samples.items()}
+    cand = med["candidate"]
+    floor_ms = max(spec.bytes_moved(shape, dtype) / (ceilings["copy_gbps"] * 1e9),
+                   spec.flops(shape) / (ceilings["matmul_tflops"] * 1e12)) * 1e3
+    if cand < settings.floor_slack * floor_ms:
+        raise CandidateFailure("too_fast", f"forward+backward {cand * 1e3:.1f} us at {shape} {dtype_key} is under "
+                                           f"the forward's physical floor of {floor_ms * 1e3:.1f} us")
+    bytes_moved = spec.bytes_moved(shape, dtype) + (spec.backward_bytes(shape, dtype) if spec.backward_bytes else 0)
+    flops = spec.flops(shape) + (spec.backward_flops(shape) if spec.backward_flops else 0)
+    gbps = bytes_moved / (cand * 1e-3) / 1e9
+    tflops = flops / (cand * 1e-3) / 1e12
+    return {
+        "shape": shape.name, "dims": dict(shape.dims), "dtype": dtype_key,
+        "candidate_ms": cand, "eager_ms": med["eager"], "compile_ms": med["compile"],
+        "speedup_eager": med["eager"] / cand, "speedup_compile": med["compile"] / cand,
+        # over the forward's and the backward's declared bytes and flops (the forward's alone where the
+        # op declares no backward's)
+        "gbps": gbps, "tflops": tflops,
+        "roofline_fraction": gbps / ceilings["copy_gbps"] if spec.bound == "memory" else tflops / ceilings["matmul_tflops"],
+        "spread": (max(samples["candidate"]) - min(samples["candidate"])) / cand,
+        "peak_mib": dict(timed.get("peak_mib") or {}),
+        "samples_ms": samples,
+        "baselines": {name: {"ms": med[name], "speedup": med[name] / cand} for name in spec.baselines if name in med},
     }
 
 

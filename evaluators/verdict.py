@@ -21,6 +21,8 @@ FAILURE_CLASSES: dict[str, tuple[str, str]] = {
     "layout": ("rejected", "the output's type, dtype, shape or strides differ from the reference's"),
     "caching": ("rejected", "right once, wrong for other inputs or after timing (cached or lazy work)"),
     "nondeterminism": ("rejected", "the same inputs gave different outputs beyond rounding"),
+    "wrong_gradient": ("rejected", "a gradient differs from autograd of the reference beyond tolerance, or is "
+                                   "missing"),
     "too_fast": ("rejected", "faster than the physical floor: a measurement error or a cheat"),
     "escape": ("rejected", "the candidate tried what its sandbox refuses (files, processes, sockets, imports, "
                            "torch computing the op, patching the evaluator)"),
@@ -65,6 +67,9 @@ class Verdict:
     candidate: str = ""                      # path of the source file evaluated
     seconds: float = 0.0                     # wall time of the evaluation
     stderr: str = ""                         # what the sandbox printed (capped), for a failure's diagnosis
+    # null for a forward-only candidate (or a run that checks no backward); else {"checks": [...],
+    # "deterministic": bitwise-equal gradients on repeated calls, "timing": forward+backward on a GPU}
+    backward: dict | None = None
 
     @classmethod
     def failed(cls, op: str, failure_class: str, detail: str, **kwargs: Any) -> "Verdict":
@@ -83,11 +88,21 @@ class Verdict:
         """One line for humans."""
         if self.failure:
             return f"{self.failure['class']}: {self.failure['detail']}"
+        grads = ""
+        if self.backward is not None:
+            kind = "deterministic" if self.backward.get("deterministic") else "with atomics" \
+                if self.backward.get("deterministic") is False else "checked"
+            grads = f", gradients too (backward {kind})"
         if self.timing is None:
-            return "correct on every shape and dtype; speed not measured (no GPU: Triton interpreter)"
+            return f"correct on every shape and dtype{grads}; speed not measured (no GPU: Triton interpreter)"
         t = self.timing
-        return (f"{t['speedup_eager']:.2f}x eager, {t['speedup_compile']:.2f}x torch.compile, "
+        line = (f"{t['speedup_eager']:.2f}x eager, {t['speedup_compile']:.2f}x torch.compile, "
                 f"{t['roofline_fraction']:.0%} of the roofline")
+        train = (self.backward or {}).get("timing")
+        if train:
+            line += (f"; forward+backward {train['speedup_eager']:.2f}x eager, {train['speedup_compile']:.2f}x "
+                     f"torch.compile, {train['peak_mib']['candidate']:.0f} MiB peak")
+        return line
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .candidate import render_candidate
-from .layer_norm import EPS_CHOICES, SUM_BLOCK_G, SUM_BLOCK_N, bwd_layout
+from .candidate import Backward, render_candidate
+from .layer_norm import EPS_CHOICES, bwd_layout
 from .rowwise import _row_center, _row_scale_shift, _row_tile
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
 from .variants import (LARGE_MEAN_RESIDUAL, LARGE_MEAN_SPREAD, binade_grid, constant_rows_split, copies,
@@ -277,10 +277,20 @@ def _column_sums_kernel(
     tl.store(DB + cols, acc_b.to(DB.dtype.element_ty), mask=cols < N)
 
 
-def _add_layer_norm_bwd(ds, dy, s, weight, eps, x_dtype=None):
+def _add_layer_norm_bwd(ds, dy, s, weight, eps, x_dtype, BWD_TILE, BWD_PROGRAMS_PER_SM, BWD_WARPS, SUM_BLOCK_G,
+                        SUM_BLOCK_N):
     """Gradients (d residual, d x, d weight, d bias) from the saved sum s; ds may be None. d x is d residual
-    itself unless x_dtype is narrower than s's dtype (a bf16 branch into a float32 stream): then it is the
-    same gradient rounded to x_dtype, written by the same pass."""
+    itself unless x_dtype (None: s's dtype) is narrower than s's dtype (a bf16 branch into a float32
+    stream): then it is the same gradient rounded to x_dtype, written by the same pass.
+
+    Parameters in capitals are the backward's template knobs, as in layer_norm's backward:
+    BWD_TILE            elements of a row tile of the first pass (rows per step = BWD_TILE // next_pow2(N),
+                        1 to 8), which writes d residual and per-program partial sums of d weight and d bias
+    BWD_PROGRAMS_PER_SM programs an SM in the first pass: more hide more latency, but each adds a partial row
+    BWD_WARPS           warps of the first pass; 0 picks 4 up to 2048 elements a tile and 8 above
+    SUM_BLOCK_G         partial rows the second pass (the column sums of the partials) adds a step
+    SUM_BLOCK_N         columns a program of the second pass owns
+    """
     M, N = s.shape
     if dy.stride(1) != 1:
         dy = dy.contiguous()
@@ -290,7 +300,7 @@ def _add_layer_norm_bwd(ds, dy, s, weight, eps, x_dtype=None):
     dw = torch.empty_like(weight)
     db = torch.empty_like(weight)
     sms = torch.cuda.get_device_properties(s.device).multi_processor_count if s.is_cuda else 4
-    block_n, rows, warps, groups = bwd_layout(M, N, sms)
+    block_n, rows, warps, groups = bwd_layout(M, N, sms, BWD_TILE, BWD_PROGRAMS_PER_SM, BWD_WARPS)
     dw_part = torch.empty((groups, N), dtype=torch.float32, device=s.device)
     db_part = torch.empty((groups, N), dtype=torch.float32, device=s.device)
     has_ds = ds is not None
@@ -303,6 +313,26 @@ def _add_layer_norm_bwd(ds, dy, s, weight, eps, x_dtype=None):
     _column_sums_kernel[(triton.cdiv(N, SUM_BLOCK_N),)](dw_part, db_part, dw, db, groups, N,
                                                          BLOCK_G=SUM_BLOCK_G, BLOCK_N=SUM_BLOCK_N)
     return dx, dx_lo, dw, db
+
+
+# the backward is layer_norm's with a residual folded in: the same first pass over rows of s and dy and the
+# same column sums, so it starts at layer_norm's backward seed (tiles of 2048 elements, 2 programs an SM,
+# narrow column strips for the second reduction) and searches the same knobs; its own dicts, so that a
+# search of one op's backward never moves the other's
+BWD_SEED_PARAMS = {
+    "BWD_TILE": 2048,
+    "BWD_PROGRAMS_PER_SM": 2,
+    "BWD_WARPS": 0,
+    "SUM_BLOCK_G": 64,
+    "SUM_BLOCK_N": 32,
+}
+BWD_KNOBS = {
+    "BWD_TILE": (1024, 2048, 4096, 8192),
+    "BWD_PROGRAMS_PER_SM": (1, 2, 4, 8),
+    "BWD_WARPS": (0, 2, 4, 8, 16),
+    "SUM_BLOCK_G": (16, 32, 64, 128),
+    "SUM_BLOCK_N": (16, 32, 64, 128),
+}
 
 
 SEED_PARAMS = {
@@ -325,28 +355,32 @@ SEED_PARAMS = {
 
 class AddLayerNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, residual, weight, bias, eps):
-        s, y = _add_layer_norm_fwd(x, residual, weight, bias, eps, **SEED_PARAMS)
+    def forward(ctx, x, residual, weight, bias, eps, params, bwd_params):
+        s, y = _add_layer_norm_fwd(x, residual, weight, bias, eps, **params)
         # an unused output gets None instead of a tensor of zeros: no zeros to write and read back
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(s, weight)
         ctx.eps = eps
+        ctx.bwd_params = bwd_params
         return s, y
 
     @staticmethod
     def backward(ctx, ds, dy):
         s, weight = ctx.saved_tensors
         if dy is None:
-            # y feeds nothing: s's gradient passes straight to both summands, the norm has none
-            return ds, ds, None, None, None
-        dx, _, dw, db = _add_layer_norm_bwd(ds, dy, s, weight, ctx.eps)
-        # one tensor for both summands, as autograd's own add does
-        return dx, dx, dw, db, None
+            # y feeds nothing: s's gradient passes straight to both summands, the norm has none. This hands
+            # back the incoming gradient itself; the evaluator always supplies both outputs' gradients, so
+            # its aliasing check never takes this path
+            return ds, ds, None, None, None, None, None
+        dx, _, dw, db = _add_layer_norm_bwd(ds, dy, s, weight, ctx.eps, None, **ctx.bwd_params)
+        # one tensor for both summands, as autograd's own add does (gradients may share storage with each
+        # other, never with an input, an output or dy)
+        return dx, dx, dw, db, None, None, None
 
 
 def add_layer_norm(x, residual, weight, bias, eps=1e-5):
     """The seed kernel, differentiable: (x + residual, LayerNorm(x + residual)) of [M, N] tensors over N."""
-    return AddLayerNormFunction.apply(x, residual, weight, bias, eps)
+    return AddLayerNormFunction.apply(x, residual, weight, bias, eps, SEED_PARAMS, BWD_SEED_PARAMS)
 
 
 # ----------------------------------------------------------------------------- spec
@@ -452,6 +486,18 @@ def _flops(shape: Shape) -> int:
     return 9 * M * N  # the add, then LayerNorm's 8 per element
 
 
+def _backward_bytes(shape: Shape, dtype: torch.dtype) -> int:
+    M, N = shape.dims["M"], shape.dims["N"]
+    size = torch.tensor([], dtype=dtype).element_size()
+    # read s, dy and ds, write the one gradient both summands share; weight in, dweight and dbias out
+    return (4 * M * N + 3 * N) * size
+
+
+def _backward_flops(shape: Shape) -> int:
+    M, N = shape.dims["M"], shape.dims["N"]
+    return 14 * M * N  # the statistics again, the two row sums, dx, the partial sums of dweight and dbias
+
+
 def _context(shape: Shape, sm_count: int) -> dict:
     return {
         "row_wise": True,
@@ -481,8 +527,9 @@ TEMPLATE = TemplateSpace(
         "EVICTION": ("", "evict_first"),
         "STORE_CACHE": ("", ".cs"),
         "CONST_WIDTH": (False, True),
+        **BWD_KNOBS,
     },
-    seed=SEED_PARAMS,
+    seed={**SEED_PARAMS, **BWD_SEED_PARAMS},
     render=lambda params: render_candidate(
         op="add_layer_norm",
         entry="add_layer_norm",
@@ -491,9 +538,12 @@ TEMPLATE = TemplateSpace(
         kernels=(_row_tile, _row_center, _row_scale_shift, _aln_load_tile, _aln_finish_tile,
                  _add_layer_norm_fwd_kernel),
         params=params,
-        title="Residual add + LayerNorm forward candidate",
+        title="Residual add + LayerNorm candidate, forward and backward",
+        backward=Backward(AddLayerNormFunction, _add_layer_norm_bwd,
+                          (_add_layer_norm_bwd_kernel, _column_sums_kernel, bwd_layout), frozenset(BWD_KNOBS)),
     ),
     canonical=row_tile_canonical(SEED_PARAMS, "CHUNK_N"),
+    backward_knobs=frozenset(BWD_KNOBS),
 )
 
 SPEC = OpSpec(
@@ -538,6 +588,8 @@ SPEC = OpSpec(
     },
     bytes_moved=_bytes_moved,
     flops=_flops,
+    backward_bytes=_backward_bytes,
+    backward_flops=_backward_flops,
     bound="memory",
     has_backward=True,
     template=TEMPLATE,

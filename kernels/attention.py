@@ -7,8 +7,9 @@ output at columns h*D of y: no split, no transpose copies, no [B, H, T, D] tenso
 Forward (FlashAttention-2): one program per (query block, batch*head); the keys are walked in blocks up to
 the diagonal only, with an online softmax in fp32 on exp2 and the causal mask applied on the diagonal
 blocks alone. The backward (FlashAttention-2 too) recomputes the probabilities from the saved log-sum-exp:
-a preprocessing kernel for delta = rowsum(dy * y), one kernel for dK/dV per key block, one for dQ per
-query block, all writing into one dqkv [B, T, 3C] laid out like qkv.
+one kernel for dQ per query block, which also writes delta = rowsum(dy * y), then one for dK/dV per key
+block, both writing into one dqkv [B, T, 3C] laid out like qkv. The backward is a part of the template
+space: each kernel's tiles, warps, stages and whether it masks every block or the diagonal ones alone.
 
 Contract: qkv is contiguous, as c_attn's output always is (a Linear writes a fresh [B, T, 3C] tensor), so a
 kernel may index it as B*T rows 3C apart or build tensor descriptors from its shape alone; the launcher
@@ -22,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .candidate import render_candidate
+from .candidate import Backward, render_candidate
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance
 from .variants import generator, log_uniform, signs, uniform
 
@@ -213,6 +214,49 @@ def _attention_fwd(qkv, n_head, BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES, MASK_VA
 
 
 @triton.jit
+def _attention_bwd_dkdv_inner(
+    dk, dv,          # running gradients [BLOCK_N, D] of this program's keys and values, fp32
+    k, v,            # [BLOCK_N, D] this program's keys and values
+    Q, DYH,          # this head's first query in QKV and its first row of dy in DY (int64 offsets applied)
+    LSE, DELTA,      # this head's rows of the [B*H, T] log2-sum-exp and delta
+    offs_n,          # [BLOCK_N] indices of the keys
+    lo, hi,          # query range of this loop, lo a multiple of BLOCK_M
+    T, stride_t, stride_dt, qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    CAUSAL: tl.constexpr,   # blocks that cross the diagonal: causal mask and query bounds needed
+    DOT_PRECISION: tl.constexpr,
+):
+    # the tile pointers start from this loop's own `lo` rather than coming out of the loop before: only dk
+    # and dv then live from one loop into the next, not two tiles of 64-bit pointers as well
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = Q + tl.cast(lo, tl.int64) * stride_t
+    q_ptrs += tl.arange(0, BLOCK_M)[:, None] * stride_t + offs_d[None, :]
+    dy_ptrs = DYH + tl.cast(lo, tl.int64) * stride_dt
+    dy_ptrs += tl.arange(0, BLOCK_M)[:, None] * stride_dt + offs_d[None, :]
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < T
+        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+        dy = tl.load(dy_ptrs, mask=row_ok[:, None], other=0.0)
+        lse = tl.load(LSE + offs_m, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
+        # transposed probabilities [BLOCK_N, BLOCK_M], recomputed from the saved log-sum-exp
+        pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale - lse[None, :])
+        if CAUSAL:
+            pt = tl.where((offs_m[None, :] >= offs_n[:, None]) & row_ok[None, :], pt, 0.0)
+        # off the diagonal no select at all: a query row past T loads q = dy = 0 and lse = delta = 0, so its
+        # pt is exp2(0) = 1 and both its dv term (pt * dy) and its dk term (pt * (dy.v - delta)) are exactly 0
+        dv = tl.dot(pt.to(dy.dtype), dy, dv, input_precision=DOT_PRECISION)
+        dpt = tl.dot(v, tl.trans(dy), input_precision=DOT_PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+        q_ptrs += BLOCK_M * stride_t
+        dy_ptrs += BLOCK_M * stride_dt
+    return dk, dv
+
+
+@triton.jit
 def _attention_bwd_dkdv_kernel(
     QKV,            # [B, T, 3C] forward input, contiguous
     DY,             # [B, T, C] gradient of the output
@@ -226,6 +270,7 @@ def _attention_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,  # queries per step
     BLOCK_N: tl.constexpr,  # keys per program
+    SPLIT_DIAGONAL: tl.constexpr,  # causal mask on the query blocks that cross the diagonal only, or on all
     DOT_PRECISION: tl.constexpr,
 ):
     bh = tl.program_id(1)
@@ -243,29 +288,66 @@ def _attention_bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     # causal: only queries at or after this key block see it
     lo = start_n // BLOCK_M * BLOCK_M
-    q_ptrs = QKV + head + lo.to(tl.int64) * stride_t
-    q_ptrs += tl.arange(0, BLOCK_M)[:, None] * stride_t + offs_d[None, :]
-    dy_ptrs = DY + b.to(tl.int64) * stride_db + lo.to(tl.int64) * stride_dt + h * HEAD_DIM
-    dy_ptrs += tl.arange(0, BLOCK_M)[:, None] * stride_dt + offs_d[None, :]
-    stats = bh.to(tl.int64) * T
-    for start_m in range(lo, T, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < T
-        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-        dy = tl.load(dy_ptrs, mask=row_ok[:, None], other=0.0)
-        lse = tl.load(LSE + stats + offs_m, mask=row_ok, other=0.0)
-        delta = tl.load(DELTA + stats + offs_m, mask=row_ok, other=0.0)
-        # transposed probabilities [BLOCK_N, BLOCK_M], recomputed from the saved log-sum-exp
-        pt = tl.exp2(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale - lse[None, :])
-        pt = tl.where((offs_m[None, :] >= offs_n[:, None]) & row_ok[None, :], pt, 0.0)
-        dv = tl.dot(pt.to(dy.dtype), dy, dv, input_precision=DOT_PRECISION)
-        dpt = tl.dot(v, tl.trans(dy), input_precision=DOT_PRECISION)
-        dst = pt * (dpt - delta[None, :])
-        dk = tl.dot(dst.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
-        q_ptrs += BLOCK_M * stride_t
-        dy_ptrs += BLOCK_M * stride_dt
+    dy_head = DY + b.to(tl.int64) * stride_db + h * HEAD_DIM
+    lse_row = LSE + bh.to(tl.int64) * T
+    delta_row = DELTA + bh.to(tl.int64) * T
+    if SPLIT_DIAGONAL:
+        # query blocks [lo, mid) start before the block's last key and may see keys after them; from mid on
+        # every query sees every key of the block. mid < T except in the last query block
+        diag_end = tl.minimum(start_n + BLOCK_N, T)
+        mid = lo + tl.cdiv(diag_end - lo, BLOCK_M) * BLOCK_M
+        dk, dv = _attention_bwd_dkdv_inner(dk, dv, k, v, QKV + head, dy_head, lse_row, delta_row, offs_n, lo,
+                                           diag_end, T, stride_t, stride_dt, qk_scale, HEAD_DIM, BLOCK_M, True,
+                                           DOT_PRECISION)
+        dk, dv = _attention_bwd_dkdv_inner(dk, dv, k, v, QKV + head, dy_head, lse_row, delta_row, offs_n, mid,
+                                           T, T, stride_t, stride_dt, qk_scale, HEAD_DIM, BLOCK_M, False,
+                                           DOT_PRECISION)
+    else:
+        dk, dv = _attention_bwd_dkdv_inner(dk, dv, k, v, QKV + head, dy_head, lse_row, delta_row, offs_n, lo,
+                                           T, T, stride_t, stride_dt, qk_scale, HEAD_DIM, BLOCK_M, True,
+                                           DOT_PRECISION)
     tl.store(DQKV + head + C + kv_rows, (dk * sm_scale).to(DQKV.dtype.element_ty), mask=kv_mask)
     tl.store(DQKV + head + 2 * C + kv_rows, dv.to(DQKV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _attention_bwd_dq_inner(
+    dq,              # running gradient [BLOCK_M, D] of this program's queries, fp32
+    q, dy,           # [BLOCK_M, D] this program's queries and output gradients
+    lse, delta,      # [BLOCK_M] their log2-sum-exp and rowsum(dy * y), fp32
+    K, V,            # this head's first key and first value in QKV (int64 offsets applied)
+    offs_m,          # [BLOCK_M] indices of the queries
+    lo, hi,          # key range of this loop, lo a multiple of BLOCK_N
+    T, stride_t, qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,   # blocks that cross the diagonal: causal mask and key bounds needed
+    DOT_PRECISION: tl.constexpr,
+):
+    # tile pointers from this loop's own `lo`, as in _attention_bwd_dkdv_inner
+    kv_tile = tl.cast(lo, tl.int64) * stride_t + tl.arange(0, BLOCK_N)[:, None] * stride_t \
+        + tl.arange(0, HEAD_DIM)[None, :]
+    k_ptrs = K + kv_tile
+    v_ptrs = V + kv_tile
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if CAUSAL:
+            kv_mask = offs_n[:, None] < T
+            k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+            v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+        else:
+            # below the diagonal every key precedes this block's first query, so it lies inside [0, T)
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale - lse[:, None])
+        if CAUSAL:
+            p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+        dp = tl.dot(dy, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+        k_ptrs += BLOCK_N * stride_t
+        v_ptrs += BLOCK_N * stride_t
+    return dq
 
 
 @triton.jit
@@ -284,6 +366,7 @@ def _attention_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,  # queries per program
     BLOCK_N: tl.constexpr,  # keys per step
+    SPLIT_DIAGONAL: tl.constexpr,  # causal mask on the key blocks that cross the diagonal only, or on all
     DOT_PRECISION: tl.constexpr,
 ):
     bh = tl.program_id(1)
@@ -306,33 +389,33 @@ def _attention_bwd_dq_kernel(
     tl.store(DELTA + stats + offs_m, delta, mask=row_ok)
     lse = tl.load(LSE + stats + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    kv_tile = tl.arange(0, BLOCK_N)[:, None] * stride_t + offs_d[None, :]
-    k_ptrs = QKV + head + C + kv_tile
-    v_ptrs = QKV + head + 2 * C + kv_tile
-    for start_n in range(0, tl.minimum(start_m + BLOCK_M, T), BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = offs_n[:, None] < T
-        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-        p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale - lse[:, None])
-        p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
-        dp = tl.dot(dy, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
-        k_ptrs += BLOCK_N * stride_t
-        v_ptrs += BLOCK_N * stride_t
+    k_head = QKV + head + C
+    v_head = QKV + head + 2 * C
+    hi = tl.minimum(start_m + BLOCK_M, T)
+    if SPLIT_DIAGONAL:
+        # key blocks [0, mid) end at or before this block's first query: no mask. A query row past T
+        # (row_ok false) has q = dy = 0 and lse = delta = 0, so its ds is exactly 0 there, and it is not stored
+        mid = start_m // BLOCK_N * BLOCK_N
+        dq = _attention_bwd_dq_inner(dq, q, dy, lse, delta, k_head, v_head, offs_m, 0, mid, T, stride_t, qk_scale,
+                                     HEAD_DIM, BLOCK_N, False, DOT_PRECISION)
+        dq = _attention_bwd_dq_inner(dq, q, dy, lse, delta, k_head, v_head, offs_m, mid, hi, T, stride_t,
+                                     qk_scale, HEAD_DIM, BLOCK_N, True, DOT_PRECISION)
+    else:
+        dq = _attention_bwd_dq_inner(dq, q, dy, lse, delta, k_head, v_head, offs_m, 0, hi, T, stride_t, qk_scale,
+                                     HEAD_DIM, BLOCK_N, True, DOT_PRECISION)
     tl.store(DQKV + head + rows * stride_t + offs_d[None, :], (dq * sm_scale).to(DQKV.dtype.element_ty),
              mask=row_ok[:, None])
 
 
-# the backward is not a template point: fixed tiles that suit head_dim 64 on the GPU
-_BWD_BLOCK = 64
-_BWD_WARPS = 4
-_BWD_STAGES = 2
-
-
-def _attention_bwd(dy, qkv, y, lse, n_head):
-    """dqkv [B, T, 3C] from dy [B, T, C], the forward's contiguous input and output and its log2-sum-exp."""
+def _attention_bwd(dy, qkv, y, lse, n_head, DKDV_BLOCK_M, DKDV_BLOCK_N, DKDV_WARPS, DKDV_STAGES,
+                   DKDV_SPLIT_DIAGONAL, DQ_BLOCK_M, DQ_BLOCK_N, DQ_WARPS, DQ_STAGES, DQ_SPLIT_DIAGONAL):
+    """dqkv [B, T, 3C] from dy [B, T, C], the forward's contiguous input and output and its log2-sum-exp.
+    Parameters in capitals are the backward's template knobs, for each of its two kernels:
+    DKDV_* the dK/dV kernel (one program per DKDV_BLOCK_N keys, walking the queries after them
+    DKDV_BLOCK_M at a time), DQ_* the dQ kernel (one program per DQ_BLOCK_M queries, walking the keys
+    before them DQ_BLOCK_N at a time); *_WARPS and *_STAGES its num_warps and num_stages (software
+    pipelining of the walk's loads); *_SPLIT_DIAGONAL walks the blocks that cross the diagonal apart
+    from the others, so that the causal mask and bounds checks are paid on the diagonal blocks alone."""
     B, T, C3 = qkv.shape
     C = C3 // 3
     D = C // n_head
@@ -343,16 +426,56 @@ def _attention_bwd(dy, qkv, y, lse, n_head):
     if B * T == 0:
         return dqkv
     delta = torch.empty((B * n_head, T), dtype=torch.float32, device=qkv.device)
-    grid = (triton.cdiv(T, _BWD_BLOCK), B * n_head)
     scales = (math.log2(math.e) / math.sqrt(D), 1.0 / math.sqrt(D))
-    meta = dict(HEAD_DIM=D, BLOCK_M=_BWD_BLOCK, BLOCK_N=_BWD_BLOCK,
-                DOT_PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
-                num_warps=_BWD_WARPS, num_stages=_BWD_STAGES)
-    _attention_bwd_dq_kernel[grid](qkv, y, dy, lse, delta, dqkv, qkv.stride(0), qkv.stride(1), dy.stride(0),
-                                   dy.stride(1), y.stride(0), y.stride(1), T, n_head, C, *scales, **meta)
-    _attention_bwd_dkdv_kernel[grid](qkv, dy, lse, delta, dqkv, qkv.stride(0), qkv.stride(1), dy.stride(0),
-                                     dy.stride(1), T, n_head, C, *scales, **meta)
+    precision = "ieee" if qkv.dtype == torch.float32 else "tf32"
+    # float32 (checked, never timed) tiles are twice the size of 16-bit ones: on an H200, 128 x 128 tiles
+    # pipelined 3 deep asked for 256 KiB of shared memory (4 deep: 320 KiB) of the 227 KiB there are and
+    # fit at 2; the knobs are tuned for 16-bit, so float32 keeps at most the seed's 2 stages
+    dq_stages, dkdv_stages = (DQ_STAGES, DKDV_STAGES) if qkv.element_size() < 4 else (
+        min(DQ_STAGES, 2), min(DKDV_STAGES, 2))
+    # the dQ kernel first: it writes delta, which the dK/dV kernel reads for every query of its walk. Each
+    # kernel's grid follows its own tiles, so the two may tile T differently
+    _attention_bwd_dq_kernel[(triton.cdiv(T, DQ_BLOCK_M), B * n_head)](
+        qkv, y, dy, lse, delta, dqkv, qkv.stride(0), qkv.stride(1), dy.stride(0), dy.stride(1),
+        y.stride(0), y.stride(1), T, n_head, C, *scales,
+        HEAD_DIM=D, BLOCK_M=DQ_BLOCK_M, BLOCK_N=DQ_BLOCK_N, SPLIT_DIAGONAL=DQ_SPLIT_DIAGONAL,
+        DOT_PRECISION=precision, num_warps=DQ_WARPS, num_stages=dq_stages)
+    _attention_bwd_dkdv_kernel[(triton.cdiv(T, DKDV_BLOCK_N), B * n_head)](
+        qkv, dy, lse, delta, dqkv, qkv.stride(0), qkv.stride(1), dy.stride(0), dy.stride(1),
+        T, n_head, C, *scales,
+        HEAD_DIM=D, BLOCK_M=DKDV_BLOCK_M, BLOCK_N=DKDV_BLOCK_N, SPLIT_DIAGONAL=DKDV_SPLIT_DIAGONAL,
+        DOT_PRECISION=precision, num_warps=DKDV_WARPS, num_stages=dkdv_stages)
     return dqkv
+
+
+# the backward's seed, what the backward always ran: 64 x 64 tiles on 4 warps and 2 stages for both kernels
+# (tiles that suit head_dim 64), the causal mask on every block. No knob changes what is computed for an
+# element: the tiles change at most the order of the fp32 sums, the diagonal split drops selects that keep
+# every value as it is
+BWD_SEED_PARAMS = {
+    "DKDV_BLOCK_M": 64,
+    "DKDV_BLOCK_N": 64,
+    "DKDV_WARPS": 4,
+    "DKDV_STAGES": 2,
+    "DKDV_SPLIT_DIAGONAL": False,
+    "DQ_BLOCK_M": 64,
+    "DQ_BLOCK_N": 64,
+    "DQ_WARPS": 4,
+    "DQ_STAGES": 2,
+    "DQ_SPLIT_DIAGONAL": False,
+}
+BWD_KNOBS = {
+    "DKDV_BLOCK_M": (32, 64, 128),
+    "DKDV_BLOCK_N": (32, 64, 128),
+    "DKDV_WARPS": (4, 8),
+    "DKDV_STAGES": (1, 2, 3, 4),
+    "DKDV_SPLIT_DIAGONAL": (False, True),
+    "DQ_BLOCK_M": (32, 64, 128),
+    "DQ_BLOCK_N": (32, 64, 128),
+    "DQ_WARPS": (4, 8),
+    "DQ_STAGES": (1, 2, 3, 4),
+    "DQ_SPLIT_DIAGONAL": (False, True),
+}
 
 
 # The seed, reasoned for Hopper (compiled with Triton 3.6 for sm_90, not timed): 128 query rows on 8 warps
@@ -375,25 +498,27 @@ SEED_PARAMS = {
 
 class AttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qkv, n_head):
+    def forward(ctx, qkv, n_head, params, bwd_params):
         qkv = qkv.contiguous()
         if qkv.dim() != 3:
             raise ValueError(f"attention wants qkv [B, T, 3C]; got {tuple(qkv.shape)}")
+        # the log2-sum-exp of every query row: the backward recomputes the probabilities from it
         lse = torch.empty((qkv.shape[0] * n_head, qkv.shape[1]), dtype=torch.float32, device=qkv.device)
-        y = _attention_fwd(qkv, n_head, **SEED_PARAMS, lse=lse)
+        y = _attention_fwd(qkv, n_head, **params, lse=lse)
         ctx.save_for_backward(qkv, y, lse)
         ctx.n_head = n_head
+        ctx.bwd_params = bwd_params
         return y
 
     @staticmethod
     def backward(ctx, dy):
         qkv, y, lse = ctx.saved_tensors
-        return _attention_bwd(dy, qkv, y, lse, ctx.n_head), None
+        return _attention_bwd(dy, qkv, y, lse, ctx.n_head, **ctx.bwd_params), None, None, None
 
 
 def attention(qkv, n_head):
     """The seed kernel, differentiable: causal self-attention of packed qkv [B, T, 3C] into y [B, T, C]."""
-    return AttentionFunction.apply(qkv, n_head)
+    return AttentionFunction.apply(qkv, n_head, SEED_PARAMS, BWD_SEED_PARAMS)
 
 
 # ----------------------------------------------------------------------------- spec
@@ -516,6 +641,18 @@ def _flops(shape: Shape) -> int:
     return 4 * B * H * T * T * D // 2  # QK^T and PV, 2 flops a multiply-add, half the scores causal
 
 
+def _backward_bytes(shape: Shape, dtype: torch.dtype) -> int:
+    B, T, H, D = (shape.dims[k] for k in ("B", "T", "H", "D"))
+    size = torch.tensor([], dtype=dtype).element_size()
+    # read q, k, v, y and dy, write dq, dk, dv; the float32 log-sum-exp and delta rows besides
+    return 8 * B * T * H * D * size + 3 * B * H * T * 4
+
+
+def _backward_flops(shape: Shape) -> int:
+    # QK^T recomputed, dP = dY V^T, dV = P^T dY, dQ = dS K, dK = dS^T Q: five matmuls to the forward's two
+    return _flops(shape) * 5 // 2
+
+
 def _context(shape: Shape, sm_count: int) -> dict:
     return {"head_dim": shape.dims["D"], "causal": True, "has_dot": True, "seq_len": shape.dims["T"]}
 
@@ -540,6 +677,8 @@ def _translate(suggests: dict) -> dict:
     # lesson that names such a tile and no warp count gets the 4 warps that keep whole rows in a warpgroup.
     if "BLOCK_M" in suggests and suggests["BLOCK_M"] <= 64:
         out.setdefault("NUM_WARPS", 4)
+    # The lessons' tiles, warps and latencies were measured on forward kernels: the backward's knobs have
+    # names of their own (DKDV_*, DQ_*), so BLOCK_M, NUM_STAGES and the rest reach the forward alone
     return out
 
 
@@ -553,7 +692,10 @@ def _render(params):
         launcher=_attention_fwd,
         kernels=(_attention_load_kv, _attention_fwd_inner, _attention_fwd_kernel),
         params=baked,
-        title="Causal self-attention forward candidate",
+        title="Causal self-attention candidate, forward and backward",
+        backward=Backward(AttentionFunction, _attention_bwd,
+                          (_attention_bwd_dkdv_inner, _attention_bwd_dkdv_kernel, _attention_bwd_dq_inner,
+                           _attention_bwd_dq_kernel), frozenset(BWD_KNOBS)),
     )
 
 
@@ -567,10 +709,12 @@ TEMPLATE = TemplateSpace(
         "USE_TMA": (False, True),
         "V_EARLY": (False, True),
         "LONGEST_FIRST": (False, True),
+        **BWD_KNOBS,
     },
-    seed=SEED_PARAMS,
+    seed={**SEED_PARAMS, **BWD_SEED_PARAMS},
     render=_render,
     translate=_translate,
+    backward_knobs=frozenset(BWD_KNOBS),
 )
 
 SPEC = OpSpec(
@@ -610,6 +754,8 @@ SPEC = OpSpec(
     },
     bytes_moved=_bytes_moved,
     flops=_flops,
+    backward_bytes=_backward_bytes,
+    backward_flops=_backward_flops,
     bound="compute",
     has_backward=True,
     template=TEMPLATE,

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .candidate import render_candidate
+from .candidate import Backward, render_candidate
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance
 from .variants import copies, generator, log_uniform, row_strided, signs, wide_values
 
@@ -204,29 +204,58 @@ def _bias_grad_sum_kernel(
     tl.store(DB + cols, tl.sum(acc, axis=0).to(DB.dtype.element_ty), mask=cols < N)
 
 
-# the backward is not a template: one shape of tile that reads dy and x with wide rows and few partials
-_BWD_BLOCK_M = 8
-_BWD_BLOCK_N = 512
-_BWD_WARPS = 4
-
-
-def _bias_gelu_bwd(dy, x, bias):
+def _bias_gelu_bwd(dy, x, bias, BWD_BLOCK_M, BWD_BLOCK_N, BWD_WARPS, BWD_PROGRAMS_PER_SM, SUM_BLOCK_G,
+                   SUM_BLOCK_N):
+    """(d x, d bias) from the output's gradient; x's columns must be contiguous. Parameters in capitals are
+    the backward's template knobs:
+    BWD_BLOCK_M         rows of a tile of the first pass, which writes d x and per-group partial sums of it
+    BWD_BLOCK_N         columns of that tile (the grid's second axis: one column strip each)
+    BWD_WARPS           warps of the first pass
+    BWD_PROGRAMS_PER_SM programs an SM of the first pass (row groups times column strips): more hide more
+                        latency, but each row group adds a partial row for the second reduction
+    SUM_BLOCK_G         partial rows the second pass (the column sums of the partials) adds a step
+    SUM_BLOCK_N         columns a program of the second pass owns
+    """
     M, N = x.shape
     dy = dy.contiguous()
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
     db = torch.empty_like(bias)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-    col_tiles = triton.cdiv(N, _BWD_BLOCK_N)
-    # enough groups to fill the GPU about four programs per SM; fewer groups mean fewer partial rows
-    groups = min(triton.cdiv(M, _BWD_BLOCK_M), triton.cdiv(4 * sms, col_tiles))
+    col_tiles = triton.cdiv(N, BWD_BLOCK_N)
+    # enough groups to fill the GPU BWD_PROGRAMS_PER_SM programs an SM; fewer groups mean fewer partial rows
+    groups = min(triton.cdiv(M, BWD_BLOCK_M), triton.cdiv(BWD_PROGRAMS_PER_SM * sms, col_tiles))
     part = torch.empty((groups, N), dtype=torch.float32, device=x.device)
     if groups > 0:
         _bias_gelu_bwd_kernel[(groups, col_tiles)](
             x, bias, dy, dx, part, x.stride(0), dy.stride(0), dx.stride(0), M, N,
-            BLOCK_M=_BWD_BLOCK_M, BLOCK_N=_BWD_BLOCK_N, num_warps=_BWD_WARPS)
-    # with no rows there are no partials and the sum writes zeros
-    _bias_grad_sum_kernel[(triton.cdiv(N, 128),)](part, db, groups, N, BLOCK_G=16, BLOCK_N=128)
+            BLOCK_M=BWD_BLOCK_M, BLOCK_N=BWD_BLOCK_N, num_warps=BWD_WARPS)
+    # a second launch rather than the last group of each strip summing the partials: that needs every
+    # thread's stores of its partials published before one thread's counter atomic, and tl has no fence
+    # for that (on an H200 such a fold returned a wrong dbias that changed from call to call). With no rows
+    # there are no partials and the sum writes zeros
+    _bias_grad_sum_kernel[(triton.cdiv(N, SUM_BLOCK_N),)](part, db, groups, N, BLOCK_G=SUM_BLOCK_G,
+                                                           BLOCK_N=SUM_BLOCK_N)
     return dx, db
+
+
+# the backward's seed: 8 x 512 tiles on 4 warps that read dy and x with wide rows, about four programs an
+# SM, and few partials, summed by a second launch in strips of 128 columns, 16 partial rows a step
+BWD_SEED_PARAMS = {
+    "BWD_BLOCK_M": 8,
+    "BWD_BLOCK_N": 512,
+    "BWD_WARPS": 4,
+    "BWD_PROGRAMS_PER_SM": 4,
+    "SUM_BLOCK_G": 16,
+    "SUM_BLOCK_N": 128,
+}
+BWD_KNOBS = {
+    "BWD_BLOCK_M": (1, 2, 4, 8, 16),
+    "BWD_BLOCK_N": (128, 256, 512, 1024),
+    "BWD_WARPS": (1, 2, 4, 8),
+    "BWD_PROGRAMS_PER_SM": (1, 2, 4, 8),
+    "SUM_BLOCK_G": (8, 16, 32, 64),
+    "SUM_BLOCK_N": (64, 128, 256),
+}
 
 
 # 2 x 1024 tiles on 4 warps: 16 elements a thread, two 16-byte loads in bf16; whole-row tiles (the
@@ -248,22 +277,23 @@ SEED_PARAMS = {
 
 class BiasGeluFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, bias):
+    def forward(ctx, x, bias, params, bwd_params):
         ctx.save_for_backward(x, bias)
-        return _bias_gelu_fwd(x, bias, **SEED_PARAMS)
+        ctx.bwd_params = bwd_params
+        return _bias_gelu_fwd(x, bias, **params)
 
     @staticmethod
     def backward(ctx, dy):
         x, bias = ctx.saved_tensors
         if x.stride(1) != 1:
             x = x.contiguous()
-        dx, db = _bias_gelu_bwd(dy, x, bias)
-        return dx, db
+        dx, db = _bias_gelu_bwd(dy, x, bias, **ctx.bwd_params)
+        return dx, db, None, None
 
 
 def bias_gelu(x, bias):
     """The seed kernel, differentiable: gelu_tanh(x + bias) for x [M, N] and bias [N]."""
-    return BiasGeluFunction.apply(x, bias)
+    return BiasGeluFunction.apply(x, bias, SEED_PARAMS, BWD_SEED_PARAMS)
 
 
 # ----------------------------------------------------------------------------- spec
@@ -335,6 +365,17 @@ def _flops(shape: Shape) -> int:
     return 10 * M * N  # add, the cubic polynomial, the exp, the division and the product, per element
 
 
+def _backward_bytes(shape: Shape, dtype: torch.dtype) -> int:
+    M, N = shape.dims["M"], shape.dims["N"]
+    size = torch.tensor([], dtype=dtype).element_size()
+    return (3 * M * N + 2 * N) * size  # read x and dy, write dx; bias in, dbias out
+
+
+def _backward_flops(shape: Shape) -> int:
+    M, N = shape.dims["M"], shape.dims["N"]
+    return 16 * M * N  # GELU's derivative from x + bias, times dy, and the column sum of dbias
+
+
 def _context(shape: Shape, sm_count: int) -> dict:
     return {
         "elementwise": True,
@@ -377,8 +418,9 @@ TEMPLATE = TemplateSpace(
         "PERSISTENT": (False, True),
         "PROGRAMS_PER_SM": (2, 4, 8, 16),
         "CONST_WIDTH": (False, True),
+        **BWD_KNOBS,
     },
-    seed=SEED_PARAMS,
+    seed={**SEED_PARAMS, **BWD_SEED_PARAMS},
     render=lambda params: render_candidate(
         op="bias_gelu",
         entry="bias_gelu",
@@ -386,9 +428,12 @@ TEMPLATE = TemplateSpace(
         launcher=_bias_gelu_fwd,
         kernels=(_gelu_tanh, _bias_gelu_fwd_kernel),
         params=params,
-        title="Bias + tanh GELU forward candidate",
+        title="Bias + tanh GELU candidate, forward and backward",
+        backward=Backward(BiasGeluFunction, _bias_gelu_bwd, (_bias_gelu_bwd_kernel, _bias_grad_sum_kernel),
+                          frozenset(BWD_KNOBS)),
     ),
     canonical=_canonical,
+    backward_knobs=frozenset(BWD_KNOBS),
 )
 
 SPEC = OpSpec(
@@ -431,6 +476,8 @@ SPEC = OpSpec(
     },
     bytes_moved=_bytes_moved,
     flops=_flops,
+    backward_bytes=_backward_bytes,
+    backward_flops=_backward_flops,
     bound="memory",
     has_backward=True,
     template=TEMPLATE,

@@ -9,10 +9,13 @@ Two kernels: the first writes one float per row (its loss) or, when a row's V is
 programs, one partial log-sum-exp per split; the second reduces those in a fixed order to the mean, so
 two calls on the same input agree bit for bit (no float atomics).
 
-`cross_entropy_fused` is the training path: its forward also writes the gradient of the mean loss with
-respect to the logits, (softmax - onehot) / n_valid, in a second sweep over each row while the row is
-still in L2; its backward only scales that buffer by the incoming gradient, and skips even that when
-the incoming gradient is 1 (a plain loss.backward()), which it learns on the GPU without a host sync.
+The entry is differentiable in the logits. Called without a gradient wanted, it runs the kernels above at
+the forward's knobs. Called for training, it runs a fused forward instead, whose kernel also writes the
+gradient of the mean loss with respect to the logits, (softmax - onehot) / n_valid, in a second sweep
+over each row while the row is still in L2; the backward only scales that buffer by the incoming
+gradient, and skips even that when the incoming gradient is 1 (a plain loss.backward()), which it learns
+on the GPU without a host sync. So the fused kernel's tuning is the backward's part of the template space.
+`cross_entropy_fused` is the same differentiable seed under the name the training code knows.
 
 Contract: the logits' columns are contiguous but their rows may be any distance apart (logits.stride(0)
 >= V) and they may start anywhere in their storage: the real 50257 columns of GPT-2's logits padded to
@@ -24,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .candidate import render_candidate
+from .candidate import Backward, render_candidate
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance
 from .variants import copies, generator, log_uniform, row_strided, signs, some_rows, uniform
 
@@ -226,20 +229,15 @@ def _scale_in_place_kernel(
             tl.store(G + offs, (g * scale).to(G.dtype.element_ty), mask=mask)
 
 
-# the fused path always keeps a row in one program (the gradient sweep needs the whole row's lse)
-FUSED_PARAMS = {
-    "BLOCK_V": 4096,
-    "ROWS": 1,
-    "NUM_WARPS": 8,
-    "NUM_STAGES": 2,
-    "SPLIT_V": 1,
-    "LSE": "chunk",
-    "EVICTION": "",
-}
-
-
-def _fused_fwd(logits, targets):
-    """(mean loss, its gradient for an incoming gradient of 1), both from one pass over the logits."""
+def _fused_fwd(logits, targets, *, FUSED_BLOCK_V, FUSED_ROWS, FUSED_WARPS, FUSED_STAGES, FUSED_LSE,
+               FUSED_EVICTION, SCALE_BLOCK):
+    """(mean loss, its gradient for an incoming gradient of 1), both from one pass over the logits.
+    Parameters in capitals are the backward's template knobs (the fused kernel makes the gradient, so its
+    tuning is the backward's): FUSED_BLOCK_V columns a chunk, FUSED_ROWS rows a program (at least; narrow
+    rows are packed further), FUSED_WARPS and FUSED_STAGES its num_warps and num_stages, FUSED_LSE the form
+    of the online log-sum-exp ("chunk" or "lane"), FUSED_EVICTION the cache hint of the first read of the
+    logits ("" or "evict_first"). A row is never split over programs: the gradient sweep needs the whole
+    row's lse. SCALE_BLOCK belongs to _scale_grad_ and is unused here: both take the same backward point."""
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     targets = targets.contiguous()
@@ -247,31 +245,61 @@ def _fused_fwd(logits, targets):
     dlogits = torch.empty((M, V), dtype=logits.dtype, device=logits.device)
     n_valid = torch.empty((1,), dtype=torch.int32, device=logits.device)
     _count_valid_kernel[(1,)](targets, n_valid, targets.numel(), BLOCK_R=1024)
-    loss = _cross_entropy_fwd(logits, targets, **FUSED_PARAMS, dlogits=dlogits, n_valid=n_valid)
+    loss = _cross_entropy_fwd(logits, targets, BLOCK_V=FUSED_BLOCK_V, ROWS=FUSED_ROWS, NUM_WARPS=FUSED_WARPS,
+                              NUM_STAGES=FUSED_STAGES, SPLIT_V=1, LSE=FUSED_LSE, EVICTION=FUSED_EVICTION,
+                              dlogits=dlogits, n_valid=n_valid)
     return loss, dlogits
 
 
-def _scale_grad_(dlogits, grad_loss):
-    """dlogits *= grad_loss in place (the kernel returns at once when it is 1, as loss.backward() passes)."""
-    grad_loss = grad_loss.to(device=dlogits.device, dtype=torch.float32).contiguous()
+def _scale_grad_(dlogits, grad_loss, *, FUSED_BLOCK_V, FUSED_ROWS, FUSED_WARPS, FUSED_STAGES, FUSED_LSE,
+                 FUSED_EVICTION, SCALE_BLOCK):
+    """dlogits *= grad_loss in place (the kernel returns at once when it is 1, as loss.backward() passes).
+    grad_loss is a one-element tensor on dlogits' device, of any float dtype (the kernel reads it in fp32).
+    SCALE_BLOCK, the elements a program scales per step, is the one knob of the backward's this launcher
+    uses; the FUSED_* knobs belong to _fused_fwd and are unused here: both take the same backward point."""
     numel = dlogits.numel()
     if numel:
         sms = torch.cuda.get_device_properties(dlogits.device).multi_processor_count if dlogits.is_cuda else 4
-        block = 4096
-        grid = max(1, min(triton.cdiv(numel, block), 4 * sms))
-        _scale_in_place_kernel[(grid,)](dlogits, grad_loss, numel, BLOCK=block, num_warps=8)
+        grid = max(1, min(triton.cdiv(numel, SCALE_BLOCK), 4 * sms))
+        _scale_in_place_kernel[(grid,)](dlogits, grad_loss, numel, BLOCK=SCALE_BLOCK, num_warps=8)
+
+
+# the backward's seed: the fused kernel at the forward seed's chunks and warps with 2 stages (the second
+# sweep re-reads each chunk while it is in L2), the scale in steps of 4096 elements
+BWD_SEED_PARAMS = {
+    "FUSED_BLOCK_V": 4096,
+    "FUSED_ROWS": 1,
+    "FUSED_WARPS": 8,
+    "FUSED_STAGES": 2,
+    "FUSED_LSE": "chunk",
+    "FUSED_EVICTION": "",
+    "SCALE_BLOCK": 4096,
+}
+BWD_KNOBS = {
+    "FUSED_BLOCK_V": (256, 512, 1024, 2048, 4096, 8192),
+    "FUSED_ROWS": (1, 2, 4),
+    "FUSED_WARPS": (1, 2, 4, 8, 16),
+    "FUSED_STAGES": (1, 2, 3, 4),
+    "FUSED_LSE": ("chunk", "lane"),
+    "FUSED_EVICTION": ("", "evict_first"),
+    "SCALE_BLOCK": (1024, 2048, 4096, 8192),
+}
 
 
 class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets):
+    def forward(ctx, logits, targets, params, bwd_params):
         if logits.dim() != 2 or targets.shape != (logits.shape[0],) or targets.dtype != torch.int64:
             raise ValueError(f"cross_entropy wants logits [M, V] and int64 targets [M]; got {tuple(logits.shape)}, "
                              f"{tuple(targets.shape)} {targets.dtype}")
-        loss, dlogits = _fused_fwd(logits, targets)
-        ctx.save_for_backward(dlogits)
+        ctx.bwd_params = bwd_params
         ctx.used = False
-        ctx.mark_non_differentiable(targets)
+        if not ctx.needs_input_grad[0]:
+            # no gradient wanted: the plain forward at the forward's knobs, nothing saved
+            return _cross_entropy_fwd(logits, targets, **params)
+        # the gradient is made here, in the pass that reads the logits for the loss, at the backward's knobs
+        loss, dlogits = _fused_fwd(logits, targets, **bwd_params)
+        ctx.save_for_backward(dlogits)
         return loss
 
     @staticmethod
@@ -281,13 +309,14 @@ class CrossEntropyFunction(torch.autograd.Function):
                                "runs once per forward (no retain_graph)")
         ctx.used = True
         (dlogits,) = ctx.saved_tensors
-        _scale_grad_(dlogits, grad_loss)
-        return dlogits, None
+        # the buffer _fused_fwd allocated, no view of the logits or of grad_loss: scaling it in place is safe
+        _scale_grad_(dlogits, grad_loss, **ctx.bwd_params)
+        return dlogits, None, None, None
 
 
 def cross_entropy_fused(logits, targets):
     """Mean cross-entropy (ignore_index -1), differentiable in logits; the gradient is made in the forward."""
-    return CrossEntropyFunction.apply(logits, targets)
+    return CrossEntropyFunction.apply(logits, targets, SEED_PARAMS, BWD_SEED_PARAMS)
 
 
 SEED_PARAMS = {
@@ -302,8 +331,9 @@ SEED_PARAMS = {
 
 
 def cross_entropy(logits, targets):
-    """The seed kernel, forward only: the mean loss as a 0-d float32 tensor."""
-    return _cross_entropy_fwd(logits, targets, **SEED_PARAMS)
+    """The seed kernel, differentiable: the mean loss as a 0-d float32 tensor. Without a gradient wanted it
+    runs the forward kernels alone; with one, the fused kernel that writes the gradient as it goes."""
+    return CrossEntropyFunction.apply(logits, targets, SEED_PARAMS, BWD_SEED_PARAMS)
 
 
 # ----------------------------------------------------------------------------- spec
@@ -396,6 +426,13 @@ def _flops(shape: Shape) -> int:
     return 4 * M * V  # max, subtract, exp, add per logit
 
 
+def _backward_bytes(shape: Shape, dtype: torch.dtype) -> int:
+    M, V = shape.dims["M"], shape.dims["V"]
+    size = torch.tensor([], dtype=dtype).element_size()
+    # the gradient of the logits: written once (by the fused forward, or by a backward of its own)
+    return M * V * size
+
+
 def _context(shape: Shape, sm_count: int) -> dict:
     return {
         "row_wise": True,
@@ -417,8 +454,9 @@ TEMPLATE = TemplateSpace(
         "SPLIT_V": (1, 2, 4, 8, 16),
         "LSE": ("chunk", "lane"),
         "EVICTION": ("", "evict_first"),
+        **BWD_KNOBS,
     },
-    seed=SEED_PARAMS,
+    seed={**SEED_PARAMS, **BWD_SEED_PARAMS},
     render=lambda params: render_candidate(
         op="cross_entropy",
         entry="cross_entropy",
@@ -426,8 +464,12 @@ TEMPLATE = TemplateSpace(
         launcher=_cross_entropy_fwd,
         kernels=(_cross_entropy_fwd_kernel, _cross_entropy_mean_kernel),
         params=params,
-        title="Cross-entropy forward candidate",
+        title="Cross-entropy candidate, forward and backward",
+        # the Function's forward runs _fused_fwd when a gradient is wanted and its backward _scale_grad_
+        backward=Backward(CrossEntropyFunction, _scale_grad_,
+                          (_count_valid_kernel, _scale_in_place_kernel, _fused_fwd), frozenset(BWD_KNOBS)),
     ),
+    backward_knobs=frozenset(BWD_KNOBS),
 )
 
 SPEC = OpSpec(
@@ -474,6 +516,7 @@ SPEC = OpSpec(
     },
     bytes_moved=_bytes_moved,
     flops=_flops,
+    backward_bytes=_backward_bytes,
     bound="memory",
     has_backward=True,
     template=TEMPLATE,

@@ -13,9 +13,10 @@ Contract: idx, wte and wpe have contiguous columns, but the rows of each may be 
 each may start anywhere in its storage: NanoGPT's generate() passes idx[:, -block_size:], a column slice
 of a longer sequence. The output is contiguous.
 
-The backward scatters each output row's gradient into its token's row of dwte with fp32 atomics (then
-casts to wte's dtype), and sums it over the batch into wpe's first T rows. Atomics make dwte's last bits
-depend on the order in which rows arrive; the forward is deterministic.
+The backward sums each output row's gradient over the batch into wpe's first T rows, and into its token's
+row of dwte in one of two ways (a template knob): scattered with fp32 atomics (then cast to wte's dtype),
+which makes dwte's last bits depend on the order in which rows arrive, or summed by the program of the
+token's first position in position order, which is deterministic. The forward is deterministic.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .candidate import render_candidate
+from .candidate import Backward, render_candidate
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
 from .variants import copies, generator, row_strided, wide_values
 
@@ -167,6 +168,57 @@ def _embedding_bwd_wte_kernel(
 
 
 @triton.jit
+def _embedding_bwd_wte_owner_kernel(
+    IDX,        # [B, T] token ids, strides stride_ib, stride_it
+    DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
+    DWTE,       # [V, C] gradient of the token table, zeroed, contiguous, in the table's dtype
+    stride_ib,
+    stride_it,
+    stride_db,
+    stride_dt,
+    B,
+    T,
+    C,
+    BLOCK_C: tl.constexpr,      # columns per program (the grid's second axis)
+    BLOCK_T: tl.constexpr,      # token ids compared per step of the scans
+):
+    # program r (a flat position b * T + t) owns its token's row of DWTE when r is that token's first
+    # position; the owner adds the row's gradients position by position in a fixed order and stores the
+    # sum once, so dwte is the same on every call, with no atomics and no float32 buffer
+    # int64 positions and rows: (b * stride_db) and (tok * C) overflow int32 on large tables
+    r = tl.program_id(0).to(tl.int64)
+    n = B * T
+    tok = tl.load(IDX + (r // T) * stride_ib + (r % T) * stride_it)
+    lanes = tl.arange(0, BLOCK_T)
+    # an earlier position with the same id owns the row: scan from the start, stop at the first found
+    start = r * 0
+    earlier = 0
+    while (start < r) & (earlier == 0):
+        q = start + lanes
+        before = q < r
+        ids = tl.load(IDX + (q // T) * stride_ib + (q % T) * stride_it, mask=before, other=0)
+        earlier = tl.sum((before & (ids == tok)).to(tl.int32), axis=0)
+        start += BLOCK_T
+    if earlier == 0:
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for first in range(r, n, BLOCK_T):
+            q = first + lanes
+            b = q // T
+            t = q % T
+            live = q < n
+            ids = tl.load(IDX + b * stride_ib + t * stride_it, mask=live, other=0)
+            hit = live & (ids == tok)
+            # most steps of a large vocabulary hold no other occurrence: they skip the loads of dy
+            if tl.sum(hit.to(tl.int32), axis=0) > 0:
+                g = tl.load(DY + (b * stride_db + t * stride_dt)[:, None] + c[None, :],
+                            mask=hit[:, None] & cmask[None, :], other=0.0)
+                acc += tl.sum(g.to(tl.float32), axis=0)
+        tl.store(DWTE + tok.to(tl.int64) * C + c, acc.to(DWTE.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
 def _cast_kernel(
     SRC,        # [n] float32
     DST,        # [n] in the destination dtype
@@ -211,27 +263,71 @@ def _embedding_bwd_wpe_kernel(
                  mask=(p < P)[:, None] & cmask[None, :])
 
 
-def _embedding_bwd(dy, idx, V, P, dtype):
-    """(d wte [V, C], d wpe [P, C]) in the tables' dtype from the output's gradient [B, T, C]."""
+def _embedding_bwd(dy, idx, V, P, dtype, BWD_ATOMIC, BWD_WTE_ROWS, BWD_SCAN_BLOCK, BWD_WTE_BLOCK_C, BWD_WPE_ROWS,
+                   BWD_WPE_BLOCK_C, BWD_WARPS):
+    """(d wte [V, C], d wpe [P, C]) in the tables' dtype from the output's gradient [B, T, C]. Parameters in
+    capitals are the backward's template knobs:
+    BWD_ATOMIC      d wte by float32 atomics, token rows scattered as they come (then cast to the table's
+                    dtype), or by owners: the program of each token's first position sums that token's rows
+                    in position order, deterministic, but every position scans the ids before it until it
+                    meets its own, and every owner all the ids after it
+    BWD_WTE_ROWS    token positions a program of the atomic scatter handles (unused by the owners)
+    BWD_SCAN_BLOCK  token ids the owners compare a step (unused by the atomic scatter)
+    BWD_WTE_BLOCK_C columns of a step of either d wte kernel (at most next_pow2(C)): the atomic scatter loops
+                    over the row in such chunks, the owners take one chunk a program
+    BWD_WPE_ROWS    positions a program of the d wpe sum over the batch handles
+    BWD_WPE_BLOCK_C columns a step of the d wpe sum (at most next_pow2(C))
+    BWD_WARPS       warps of the d wte and d wpe kernels
+    """
     B, T, C = dy.shape
     if dy.stride(2) != 1:
         dy = dy.contiguous()
-    block_c = min(512, triton.next_power_of_2(C))
-    # fp32 tables take the atomics directly; others accumulate in fp32 and are cast once at the end
-    acc = torch.zeros((V, C), dtype=torch.float32, device=dy.device)
-    rows = 4
-    _embedding_bwd_wte_kernel[(triton.cdiv(B * T, rows),)](
-        idx, dy, acc, idx.stride(0), idx.stride(1), dy.stride(0), dy.stride(1), B, T, C,
-        BLOCK_C=block_c, ROWS=rows)
-    if dtype == torch.float32:
-        dwte = acc
+    wte_block_c = min(BWD_WTE_BLOCK_C, triton.next_power_of_2(C))
+    if BWD_ATOMIC:
+        # fp32 tables take the atomics directly; others accumulate in fp32 and are cast once at the end
+        acc = torch.zeros((V, C), dtype=torch.float32, device=dy.device)
+        _embedding_bwd_wte_kernel[(triton.cdiv(B * T, BWD_WTE_ROWS),)](
+            idx, dy, acc, idx.stride(0), idx.stride(1), dy.stride(0), dy.stride(1), B, T, C,
+            BLOCK_C=wte_block_c, ROWS=BWD_WTE_ROWS, num_warps=BWD_WARPS)
+        if dtype == torch.float32:
+            dwte = acc
+        else:
+            dwte = torch.empty((V, C), dtype=dtype, device=dy.device)
+            _cast_kernel[(triton.cdiv(V * C, 1024),)](acc, dwte, V * C, BLOCK=1024)
     else:
-        dwte = torch.empty((V, C), dtype=dtype, device=dy.device)
-        _cast_kernel[(triton.cdiv(V * C, 1024),)](acc, dwte, V * C, BLOCK=1024)
+        # rows of tokens that never occur stay zero; each of the others is written once, by its owner
+        dwte = torch.zeros((V, C), dtype=dtype, device=dy.device)
+        if B * T > 0:
+            _embedding_bwd_wte_owner_kernel[(B * T, triton.cdiv(C, wte_block_c))](
+                idx, dy, dwte, idx.stride(0), idx.stride(1), dy.stride(0), dy.stride(1), B, T, C,
+                BLOCK_C=wte_block_c, BLOCK_T=BWD_SCAN_BLOCK, num_warps=BWD_WARPS)
     dwpe = torch.empty((P, C), dtype=dtype, device=dy.device)
-    _embedding_bwd_wpe_kernel[(triton.cdiv(P, rows),)](
-        dy, dwpe, dy.stride(0), dy.stride(1), B, T, P, C, BLOCK_C=block_c, ROWS=rows)
+    _embedding_bwd_wpe_kernel[(triton.cdiv(P, BWD_WPE_ROWS),)](
+        dy, dwpe, dy.stride(0), dy.stride(1), B, T, P, C, BLOCK_C=min(BWD_WPE_BLOCK_C, triton.next_power_of_2(C)),
+        ROWS=BWD_WPE_ROWS, num_warps=BWD_WARPS)
     return dwte, dwpe
+
+
+# the backward's seed: the atomic scatter, 4 tokens a program, and the d wpe sum over 4 positions a program,
+# both in chunks of up to 512 columns on 4 warps
+BWD_SEED_PARAMS = {
+    "BWD_ATOMIC": True,
+    "BWD_WTE_ROWS": 4,
+    "BWD_SCAN_BLOCK": 128,
+    "BWD_WTE_BLOCK_C": 512,
+    "BWD_WPE_ROWS": 4,
+    "BWD_WPE_BLOCK_C": 512,
+    "BWD_WARPS": 4,
+}
+BWD_KNOBS = {
+    "BWD_ATOMIC": (True, False),
+    "BWD_WTE_ROWS": (1, 2, 4, 8, 16),
+    "BWD_SCAN_BLOCK": (64, 128, 256, 512),
+    "BWD_WTE_BLOCK_C": (128, 256, 512, 1024),
+    "BWD_WPE_ROWS": (1, 2, 4, 8),
+    "BWD_WPE_BLOCK_C": (128, 256, 512, 1024),
+    "BWD_WARPS": (1, 2, 4, 8),
+}
 
 
 SEED_PARAMS = {
@@ -252,22 +348,23 @@ SEED_PARAMS = {
 
 class EmbeddingFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, idx, wte, wpe):
+    def forward(ctx, idx, wte, wpe, params, bwd_params):
         ctx.save_for_backward(idx)
         ctx.tables = (wte.shape[0], wpe.shape[0], wte.dtype)
-        return _embedding_fwd(idx, wte, wpe, **SEED_PARAMS)
+        ctx.bwd_params = bwd_params
+        return _embedding_fwd(idx, wte, wpe, **params)
 
     @staticmethod
     def backward(ctx, dy):
         (idx,) = ctx.saved_tensors
         V, P, dtype = ctx.tables
-        dwte, dwpe = _embedding_bwd(dy, idx, V, P, dtype)
-        return None, dwte, dwpe
+        dwte, dwpe = _embedding_bwd(dy, idx, V, P, dtype, **ctx.bwd_params)
+        return None, dwte, dwpe, None, None
 
 
 def embedding(idx, wte, wpe):
     """The seed kernel, differentiable in wte and wpe: wte[idx] + wpe[:T] as a [B, T, C] tensor."""
-    return EmbeddingFunction.apply(idx, wte, wpe)
+    return EmbeddingFunction.apply(idx, wte, wpe, SEED_PARAMS, BWD_SEED_PARAMS)
 
 
 # ----------------------------------------------------------------------------- spec
@@ -347,6 +444,14 @@ def _flops(shape: Shape) -> int:
     return shape.dims["B"] * shape.dims["T"] * shape.dims["C"]
 
 
+def _backward_bytes(shape: Shape, dtype: torch.dtype) -> int:
+    B, T, V, C = (shape.dims[k] for k in ("B", "T", "V", "C"))
+    size = torch.tensor([], dtype=dtype).element_size()
+    # read the ids and dy; write the whole token table's gradient (zeros where no id points) and the
+    # position table's T rows
+    return B * T * 8 + (B * T * C + V * C + T * C) * size
+
+
 def _context(shape: Shape, sm_count: int) -> dict:
     tokens = shape.dims["B"] * shape.dims["T"]
     return {
@@ -360,6 +465,18 @@ def _context(shape: Shape, sm_count: int) -> dict:
 
 def _shape(name, b, t, v, c, p, origin, timed=False):
     return Shape(name=name, dims={"B": b, "T": t, "V": v, "C": c, "P": p}, origin=origin, timed=timed)
+
+
+_row_tile_canonical = row_tile_canonical(SEED_PARAMS, "CHUNK_C")
+
+
+def _canonical(point: dict) -> dict:
+    point = _row_tile_canonical(point)
+    # tokens a program belong to the atomic scatter, the scan's width to the owners
+    if "BWD_ATOMIC" in point:
+        unused = "BWD_SCAN_BLOCK" if point["BWD_ATOMIC"] else "BWD_WTE_ROWS"
+        point[unused] = BWD_SEED_PARAMS[unused]
+    return point
 
 
 
@@ -376,8 +493,9 @@ TEMPLATE = TemplateSpace(
         "NUM_STAGES": (1, 2, 3),
         "EVICTION": ("", "evict_first"),
         "CONST_WIDTH": (False, True),
+        **BWD_KNOBS,
     },
-    seed=SEED_PARAMS,
+    seed={**SEED_PARAMS, **BWD_SEED_PARAMS},
     render=lambda params: render_candidate(
         op="embedding",
         entry="embedding",
@@ -385,9 +503,13 @@ TEMPLATE = TemplateSpace(
         launcher=_embedding_fwd,
         kernels=(_embedding_columns, _embedding_fwd_kernel),
         params=params,
-        title="Token + position embedding forward candidate",
+        title="Token + position embedding candidate, forward and backward",
+        backward=Backward(EmbeddingFunction, _embedding_bwd,
+                          (_embedding_bwd_wte_kernel, _embedding_bwd_wte_owner_kernel, _cast_kernel,
+                           _embedding_bwd_wpe_kernel), frozenset(BWD_KNOBS)),
     ),
-    canonical=row_tile_canonical(SEED_PARAMS, "CHUNK_C"),
+    canonical=_canonical,
+    backward_knobs=frozenset(BWD_KNOBS),
 )
 
 SPEC = OpSpec(
@@ -433,6 +555,7 @@ SPEC = OpSpec(
     },
     bytes_moved=_bytes_moved,
     flops=_flops,
+    backward_bytes=_backward_bytes,
     bound="memory",
     has_backward=True,
     template=TEMPLATE,

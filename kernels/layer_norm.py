@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .candidate import render_candidate
+from .candidate import Backward, render_candidate
 from .rowwise import _row_center, _row_scale_shift, _row_tile
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
 from .variants import (constant_rows_split, copies, flat_rows, generator, large_mean_rows, row_strided,
@@ -225,32 +225,29 @@ def _column_sum_kernel(
     tl.store(OUT + cols, acc.to(OUT.dtype.element_ty), mask=cols < N)
 
 
-# the second reduction: narrow column strips, so that even N = 384 spreads over a dozen programs, each
-# summing the partial rows in a few wide steps rather than many dependent ones
-SUM_BLOCK_G = 64
-SUM_BLOCK_N = 32
-# the backwards' row tiles hold about this many elements, and this many programs run on each SM
-BWD_TILE = 2048
-BWD_PROGRAMS_PER_SM = 2
-
-
-def bwd_layout(M, N, sms):
-    """(BLOCK_N, rows per step, warps, programs) of the LayerNorm backwards: tiles of about BWD_TILE elements
-    (4 rows of 384 or 512, 2 of 768 or 1024) and BWD_PROGRAMS_PER_SM programs an SM, so each SM keeps several
-    rows' loads in flight while the partial sums stay few (that many rows of N floats per SM)."""
+def bwd_layout(M, N, sms, tile, programs_per_sm, warps):
+    """(BLOCK_N, rows per step, warps, programs) of the LayerNorm backwards: row tiles of about `tile`
+    elements (at 2048: 4 rows of 384 or 512, 2 of 768 or 1024) and `programs_per_sm` programs an SM, so each
+    SM keeps several rows' loads in flight while the partial sums stay few (that many rows of N floats per
+    SM); `warps` 0 picks 4 up to 2048 elements a tile and 8 above."""
     block_n = triton.next_power_of_2(N)
-    rows = max(1, min(8, BWD_TILE // block_n))
-    warps = 4 if block_n * rows <= 2048 else 8
-    groups = max(1, min(triton.cdiv(M, rows), BWD_PROGRAMS_PER_SM * sms))
+    rows = max(1, min(8, tile // block_n))
+    if warps == 0:
+        warps = 4 if block_n * rows <= 2048 else 8
+    groups = max(1, min(triton.cdiv(M, rows), programs_per_sm * sms))
     return block_n, rows, warps, groups
 
 
-def _layer_norm_bwd(dy, x, weight, eps):
+def _layer_norm_bwd(dy, x, weight, eps, BWD_TILE, BWD_PROGRAMS_PER_SM, BWD_WARPS, SUM_BLOCK_G, SUM_BLOCK_N):
+    """dx, dweight, dbias. Parameters in capitals are the backward's template knobs: the row tile and
+    programs per SM of the first pass (dx and per-program partial sums, no atomics), and the column strips
+    of the second (SUM_BLOCK_N columns a program, SUM_BLOCK_G partial rows a step)."""
     M, N = x.shape
+    x = x.contiguous()
     dy = dy.contiguous()
     dx = torch.empty_like(x)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-    block_n, rows, warps, groups = bwd_layout(M, N, sms)
+    block_n, rows, warps, groups = bwd_layout(M, N, sms, BWD_TILE, BWD_PROGRAMS_PER_SM, BWD_WARPS)
     dw_part = torch.empty((groups, N), dtype=torch.float32, device=x.device)
     db_part = torch.empty((groups, N), dtype=torch.float32, device=x.device)
     _layer_norm_bwd_kernel[(groups,)](x, weight, dy, dx, dw_part, db_part, x.stride(0), dy.stride(0),
@@ -261,6 +258,25 @@ def _layer_norm_bwd(dy, x, weight, eps):
     _column_sum_kernel[grid](dw_part, dw, groups, N, BLOCK_G=SUM_BLOCK_G, BLOCK_N=SUM_BLOCK_N)
     _column_sum_kernel[grid](db_part, db, groups, N, BLOCK_G=SUM_BLOCK_G, BLOCK_N=SUM_BLOCK_N)
     return dx, dw, db
+
+
+# the backward's seed: tiles of 2048 elements, 2 programs an SM; the second reduction in narrow column
+# strips, so that even N = 384 spreads over a dozen programs, each summing the partial rows in a few wide
+# steps rather than many dependent ones (3 programs took 52 us a call, 11% of a training step)
+BWD_SEED_PARAMS = {
+    "BWD_TILE": 2048,
+    "BWD_PROGRAMS_PER_SM": 2,
+    "BWD_WARPS": 0,
+    "SUM_BLOCK_G": 64,
+    "SUM_BLOCK_N": 32,
+}
+BWD_KNOBS = {
+    "BWD_TILE": (1024, 2048, 4096, 8192),
+    "BWD_PROGRAMS_PER_SM": (1, 2, 4, 8),
+    "BWD_WARPS": (0, 2, 4, 8, 16),
+    "SUM_BLOCK_G": (16, 32, 64, 128),
+    "SUM_BLOCK_N": (16, 32, 64, 128),
+}
 
 
 SEED_PARAMS = {
@@ -281,21 +297,22 @@ SEED_PARAMS = {
 
 class LayerNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
+    def forward(ctx, x, weight, bias, eps, params, bwd_params):
         ctx.save_for_backward(x, weight)
         ctx.eps = eps
-        return _layer_norm_fwd(x, weight, bias, eps, **SEED_PARAMS)
+        ctx.bwd_params = bwd_params
+        return _layer_norm_fwd(x, weight, bias, eps, **params)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        dx, dw, db = _layer_norm_bwd(dy, x.contiguous(), weight, ctx.eps)
-        return dx, dw, db, None
+        dx, dw, db = _layer_norm_bwd(dy, x, weight, ctx.eps, **ctx.bwd_params)
+        return dx, dw, db, None, None, None
 
 
 def layer_norm(x, weight, bias, eps=1e-5):
     """The seed kernel, differentiable: LayerNorm of a [M, N] tensor over N."""
-    return LayerNormFunction.apply(x, weight, bias, eps)
+    return LayerNormFunction.apply(x, weight, bias, eps, SEED_PARAMS, BWD_SEED_PARAMS)
 
 
 # ----------------------------------------------------------------------------- spec
@@ -384,6 +401,17 @@ def _flops(shape: Shape) -> int:
     return 8 * M * N
 
 
+def _backward_bytes(shape: Shape, dtype: torch.dtype) -> int:
+    M, N = shape.dims["M"], shape.dims["N"]
+    size = torch.tensor([], dtype=dtype).element_size()
+    return (3 * M * N + 3 * N) * size  # read x and dy, write dx; weight in, dweight and dbias out
+
+
+def _backward_flops(shape: Shape) -> int:
+    M, N = shape.dims["M"], shape.dims["N"]
+    return 13 * M * N  # the statistics again, the two row sums, dx, the partial sums of dweight and dbias
+
+
 def _context(shape: Shape, sm_count: int) -> dict:
     return {
         "row_wise": True,
@@ -413,8 +441,9 @@ TEMPLATE = TemplateSpace(
         "EVICTION": ("", "evict_first"),
         "STORE_CACHE": ("", ".cs"),
         "CONST_WIDTH": (False, True),
+        **BWD_KNOBS,
     },
-    seed=SEED_PARAMS,
+    seed={**SEED_PARAMS, **BWD_SEED_PARAMS},
     render=lambda params: render_candidate(
         op="layer_norm",
         entry="layer_norm",
@@ -423,9 +452,12 @@ TEMPLATE = TemplateSpace(
         kernels=(_row_tile, _row_center, _row_scale_shift, _ln_load_tile, _ln_finish_tile,
                  _layer_norm_fwd_kernel),
         params=params,
-        title="LayerNorm forward candidate",
+        title="LayerNorm candidate, forward and backward",
+        backward=Backward(LayerNormFunction, _layer_norm_bwd, (_layer_norm_bwd_kernel, _column_sum_kernel,
+                                                               bwd_layout), frozenset(BWD_KNOBS)),
     ),
     canonical=row_tile_canonical(SEED_PARAMS, "CHUNK_N"),
+    backward_knobs=frozenset(BWD_KNOBS),
 )
 
 SPEC = OpSpec(
@@ -469,6 +501,8 @@ SPEC = OpSpec(
     },
     bytes_moved=_bytes_moved,
     flops=_flops,
+    backward_bytes=_backward_bytes,
+    backward_flops=_backward_flops,
     bound="memory",
     has_backward=True,
     template=TEMPLATE,

@@ -64,6 +64,22 @@ class TemplateSpace:
     # maps a lesson's suggestions, named in the terms of the toolchain it was learned with (e.g. cuTile's
     # K_LAT/V_LAT load latencies), onto this template's knobs; knobs it already names pass through
     translate: Callable[[dict[str, Any]], dict[str, Any]] = lambda suggests: suggests
+    # the knobs of the backward kernels (the rest are the forward's): a point renders to a differentiable
+    # candidate whose torch.autograd.Function launches the backward at these knobs
+    backward_knobs: frozenset[str] = frozenset()
+
+    def forward_point(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in point.items() if k not in self.backward_knobs}
+
+    def backward_point(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in point.items() if k in self.backward_knobs}
+
+    def forward_only(self) -> "TemplateSpace":
+        """The space with every backward knob held at its seed value: the search of an inference-only run."""
+        from dataclasses import replace
+
+        held = {k: (v if k not in self.backward_knobs else (self.seed[k],)) for k, v in self.params.items()}
+        return replace(self, params=held)
 
     def normalize(self, point: Mapping[str, Any]) -> dict[str, Any]:
         return self.canonical(dict(point))
@@ -103,6 +119,20 @@ class TemplateSpace:
     def all_points(self) -> list[dict[str, Any]]:
         names = list(self.params)
         return [dict(zip(names, combo)) for combo in itertools.product(*self.params.values())]
+
+    def untried_point(self, rng: random.Random, tried: Callable[[dict[str, Any]], bool],
+                      attempts: int = 2000) -> dict[str, Any] | None:
+        """A random normalized point that `tried` rejects, or None when none is left. Random draws first:
+        a forward and backward space holds millions of points, too many to list; a small space that the
+        draws keep missing is listed."""
+        for _ in range(attempts):
+            point = self.normalize(self.sample(rng))
+            if not tried(point):
+                return point
+        if self.size() > 200_000:
+            return None
+        untried = [p for p in (self.normalize(q) for q in self.all_points()) if not tried(p)]
+        return rng.choice(untried) if untried else None
 
 
 def row_tile_canonical(seed: Mapping[str, Any], chunk_knob: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -163,6 +193,12 @@ class OpSpec:
     # `reference` and `tolerances` decide the check as for plain inputs; the inputs given are left as they
     # were. Names are shared across ops where they mean the same; each op's module says what its own do.
     variants: Mapping[str, Callable[[tuple, int], tuple]] = field(default_factory=dict)
+    # the backward's tolerances per dtype, where they differ from the evaluator's defaults for gradients
+    grad_tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
+    # bytes moved and flops of the backward alone (the gradients of every floating input), for the
+    # forward+backward timing's GB/s and TFLOP/s
+    backward_bytes: Callable[[Shape, torch.dtype], int] | None = None
+    backward_flops: Callable[[Shape], int] | None = None
 
     def shapes_for(self, device: str) -> tuple[Shape, ...]:
         return self.shapes if device == "cuda" else self.interpreter_shapes
@@ -172,6 +208,20 @@ class OpSpec:
 
     def timed_shapes(self) -> tuple[Shape, ...]:
         return tuple(s for s in self.shapes if s.timed)
+
+    def with_timed(self, names: Sequence[str]) -> "OpSpec":
+        """The spec with exactly these shapes timed, the first of them the headline (a target's choice);
+        every shape is still checked."""
+        from dataclasses import replace
+
+        known = {s.name: s for s in self.shapes}
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise ValueError(f"{self.name}: unknown shape(s) {', '.join(unknown) or '(none named)'}; its shapes: "
+                             f"{', '.join(known)}")
+        timed = [replace(known[n], timed=True) for n in names]
+        rest = [replace(s, timed=False) for s in self.shapes if s.name not in names]
+        return replace(self, shapes=tuple(timed + rest))
 
     def headline_shape(self) -> Shape:
         timed = self.timed_shapes()

@@ -111,3 +111,34 @@ def read_lines(path: Path) -> list[str]:
     if lines and not lines[-1]:
         lines.pop()  # what follows the last newline
     return [line.decode("utf-8", errors="replace") for line in lines]
+
+
+# A memory root may sit on top of the one shipped with the project: its layers.toml says `beneath =
+# "shipped"`, and every store opened on it reads the shipped rulebook and kernels as read-only defaults.
+LAYERS_FILE = "layers.toml"
+SHIPPED_ROOT = Path(__file__).resolve().parent
+
+
+def shipped_beneath(root: Path) -> Path | None:
+    """The read-only root beneath `root` (the shipped memory), or None when it has none."""
+    path = Path(root) / LAYERS_FILE
+    if not path.is_file():
+        return None
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise MemoryStoreError(f"{path}: unreadable ({exc})") from None
+    if data.get("beneath") != "shipped" or set(data) - {"beneath"}:
+        raise MemoryStoreError(f'{path}: must hold exactly beneath = "shipped"')
+    return None if Path(root).resolve() == SHIPPED_ROOT else SHIPPED_ROOT
+
+
+def mark_shipped_beneath(root: Path) -> None:
+    """Make `root` a memory that reads the shipped one beneath it (a user's workspace); idempotent."""
+    root = Path(root)
+    if root.resolve() == SHIPPED_ROOT or (root / LAYERS_FILE).is_file():
+        return
+    atomic_write_text(root / LAYERS_FILE, '# this memory reads the rulebook and kernels shipped with evolve beneath it\n'
+                                          'beneath = "shipped"\n')

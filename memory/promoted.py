@@ -26,7 +26,7 @@ from typing import Any
 
 import tomli_w
 
-from memory._files import file_stem_for, require_safe_name
+from memory._files import file_stem_for, require_safe_name, shipped_beneath
 from memory._journal import LOCK_FILE, PENDING, apply_pending, clean_leftovers, commit
 from memory._lock import file_lock
 from memory.errors import MemoryStoreError
@@ -168,8 +168,14 @@ def _damaged(folder: Path, why: str) -> MemoryStoreError:
 class KernelStore:
     """The promoted kernels under one memory root."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, defaults: Path | None = None) -> None:
+        """`defaults`: a read-only memory root beneath this one (the kernels shipped with the project; by
+        default what the root's layers.toml names): a slot this root has not filled reads from there;
+        promotions are written here only."""
         self._root = Path(root)
+        defaults = shipped_beneath(self._root) if defaults is None else defaults
+        self._defaults = KernelStore(defaults) if defaults is not None and Path(defaults).resolve() != \
+            self._root.resolve() else None
 
     @property
     def root(self) -> Path:
@@ -180,7 +186,10 @@ class KernelStore:
         return self._root / "promoted" / require_safe_name(op, "op") / gpu_slug(gpu)
 
     def best(self, op: str, gpu: str) -> PromotedKernel | None:
-        return self._current(self.slot(op, gpu))
+        own = self._current(self.slot(op, gpu))
+        if own is None and self._defaults is not None:
+            return self._defaults.best(op, gpu)
+        return own
 
     def _current(self, folder: Path) -> PromotedKernel | None:
         """The slot's winner, read without the lock when it reads cleanly, else again under the lock.
@@ -294,13 +303,34 @@ class KernelStore:
                 raise _damaged(entry, str(why)) from None
         return sorted(entries, key=lambda kernel: (kernel.seq, kernel.promoted_at, kernel.path.parent.name))
 
+    def nearest(self, op: str, gpu: str, arch: str) -> list[PromotedKernel]:
+        """The op's winners on other devices, nearest first: the same architecture (an H100's sm_90 kernel
+        for an H200), then the same vendor, newest promotion first within each; never the CPU
+        interpreter's, whose kernels were never timed. A device's arch is what its promotion recorded."""
+        vendor = gpu.split()[0].lower() if gpu.split() else ""
+        found = []
+        for kernel in self.all():
+            if kernel.op != op or kernel.path.parent.name in (gpu_slug(gpu), gpu_slug(INTERPRETER_GPU)):
+                continue
+            same_arch = bool(arch) and kernel.lineage.get("arch") == arch
+            same_vendor = bool(vendor) and kernel.gpu.lower().startswith(vendor)
+            found.append((0 if same_arch else 1 if same_vendor else 2, kernel.promoted_at, kernel))
+        found.sort(key=lambda item: item[1], reverse=True)  # newest first, then (stable) nearest first
+        found.sort(key=lambda item: item[0])
+        return [kernel for _, _, kernel in found]
+
     def all(self) -> list[PromotedKernel]:
         """The current winner of every (op, gpu) slot, sorted by op then gpu folder."""
         promoted_root = self._root / "promoted"
-        if not promoted_root.is_dir():
-            return []
-        kernels = (self._current(folder) for folder in sorted(promoted_root.glob("*/*")) if folder.is_dir())
-        return [kernel for kernel in kernels if kernel is not None]
+        own = []
+        if promoted_root.is_dir():
+            kernels = (self._current(folder) for folder in sorted(promoted_root.glob("*/*")) if folder.is_dir())
+            own = [kernel for kernel in kernels if kernel is not None]
+        if self._defaults is None:
+            return own
+        filled = {(k.op, k.path.parent.name) for k in own}
+        shipped = [k for k in self._defaults.all() if (k.op, k.path.parent.name) not in filled]
+        return sorted(own + shipped, key=lambda k: (k.op, k.path.parent.name))
 
     def for_gpu(self, gpu: str) -> dict[str, PromotedKernel]:
         """The current winners on one device, by op (devices match by slug, so spelling variants agree)."""

@@ -76,6 +76,17 @@ def _check_table(rule_id: str, name: str, table: Any) -> None:
         raise MemoryStoreError(f"rule {rule_id!r}: {name} has no value for {', '.join(missing)}")
 
 
+def _moved(prior: float, evidence) -> float:
+    """The prior moved by each measurement in order: confirmations earn trust, refutations cost it."""
+    value = prior
+    for item in evidence:
+        if item.verdict == "confirmed":
+            value += EVIDENCE_STEP * (1.0 - value)
+        elif item.verdict == "refuted":
+            value -= EVIDENCE_STEP * value
+    return value
+
+
 @dataclass(frozen=True, kw_only=True)
 class Rule:
     """A lesson with its scope (`op`, `when`), what it suggests, and how much we trust it.
@@ -142,10 +153,16 @@ class Rule:
         what should decide whether they still hold, so each confirmation earns trust and each refutation
         costs it, while the stated value remains the prior. Inconclusive runs leave it unchanged.
         """
-        value = self.confidence
+        return _moved(self.confidence, self.evidence)
+
+    def confidence_on(self, gpu: str) -> float:
+        """The confidence on one GPU: the stated prior moved only by what was measured on that GPU. A rule
+        confirmed on another device stays a hypothesis here until measured here."""
+        return _moved(self.confidence, [item for item in self.evidence if item.gpu == gpu])
+
+    def verdicts_by_gpu(self) -> dict[str, dict[str, int]]:
+        """Per GPU the evidence has come from, how many of each verdict."""
+        out: dict[str, dict[str, int]] = {}
         for item in self.evidence:
-            if item.verdict == "confirmed":
-                value += EVIDENCE_STEP * (1.0 - value)
-            elif item.verdict == "refuted":
-                value -= EVIDENCE_STEP * value
-        return value
+            out.setdefault(item.gpu, dict.fromkeys(VERDICTS, 0))[item.verdict] += 1
+        return out

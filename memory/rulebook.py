@@ -17,7 +17,7 @@ from typing import Any
 
 import tomli_w
 
-from memory._files import append_line, atomic_write_text, file_stem_for, read_lines
+from memory._files import append_line, atomic_write_text, file_stem_for, read_lines, shipped_beneath
 from memory._lock import file_lock
 from memory.errors import MemoryStoreError
 from memory.rule import Evidence, Rule
@@ -105,6 +105,22 @@ def _rule_to_table(rule: Rule) -> dict[str, Any]:
     return table
 
 
+def _rules_of(root: Path) -> dict[str, Rule]:
+    """The rules of one memory root, lessons then learned; a duplicate id within it is an error."""
+    rules: dict[str, Rule] = {}
+    defined_in: dict[str, Path] = {}
+    for folder in ("lessons", "learned"):
+        for path in sorted((root / folder).glob("*.toml")):
+            for rule in _rules_from_file(path):
+                if rule.id in rules:
+                    raise MemoryStoreError(
+                        f"{path}: rule {rule.id!r}: duplicate id, already defined in {defined_in[rule.id]}"
+                    )
+                rules[rule.id] = rule
+                defined_in[rule.id] = path
+    return rules
+
+
 class Rulebook:
     """Every rule known under one memory root, with the evidence runs have recorded about them."""
 
@@ -117,29 +133,29 @@ class Rulebook:
             self._rules[rule.id] = rule
 
     @classmethod
-    def load(cls, root: Path) -> Rulebook:
+    def load(cls, root: Path, defaults: Path | None = None) -> Rulebook:
         """Read lessons/*.toml then learned/*.toml (each sorted), then merge evidence.jsonl.
 
         A missing root or subfolder gives an empty rulebook, so a fresh checkout or `--no-memory` works.
+        `defaults`: a read-only memory root read first (the rulebook shipped with the project, with its
+        evidence; by default what the root's layers.toml names); a rule of `root` with the same id takes its
+        place. Evidence and lessons are written to `root` only.
         """
         root = Path(root)
+        defaults = shipped_beneath(root) if defaults is None else defaults
+        layers = [root]
+        if defaults is not None and Path(defaults).resolve() != root.resolve():
+            layers.insert(0, Path(defaults))
         rules: dict[str, Rule] = {}
-        defined_in: dict[str, Path] = {}
-        for folder in ("lessons", "learned"):
-            for path in sorted((root / folder).glob("*.toml")):
-                for rule in _rules_from_file(path):
-                    if rule.id in rules:
-                        raise MemoryStoreError(
-                            f"{path}: rule {rule.id!r}: duplicate id, already defined in {defined_in[rule.id]}"
-                        )
-                    rules[rule.id] = rule
-                    defined_in[rule.id] = path
+        for layer in layers:
+            rules.update(_rules_of(layer))
         book = cls(root, list(rules.values()))
-        book._merge_evidence_log()
+        for layer in layers:
+            book._merge_evidence_log(layer)
         return book
 
-    def _merge_evidence_log(self) -> None:
-        path = self._root / _EVIDENCE_LOG
+    def _merge_evidence_log(self, root: Path) -> None:
+        path = Path(root) / _EVIDENCE_LOG
         for line_number, line in enumerate(read_lines(path), start=1):
             try:
                 record = json.loads(line)
@@ -180,8 +196,10 @@ class Rulebook:
         except KeyError:
             raise KeyError(f"no rule with id {rule_id!r} in the rulebook at {self._root}") from None
 
-    def query(self, op: str, context: dict[str, Any], include_invariants: bool = False) -> list[Rule]:
-        """Rules that apply to `op` in `context`, most trusted first (ties broken by id).
+    def query(self, op: str, context: dict[str, Any], include_invariants: bool = False,
+              gpu: str | None = None) -> list[Rule]:
+        """Rules that apply to `op` in `context`, most trusted first (ties broken by id); with `gpu`, trusted
+        by what was measured on that GPU alone.
 
         Invariants are correctness conditions of the build, not tuning advice, so a planner asking what
         to try does not get them unless it asks.
@@ -191,6 +209,8 @@ class Rulebook:
             for rule in self._rules.values()
             if rule.applies_to(op, context) and (include_invariants or rule.kind != "invariant")
         ]
+        if gpu is not None:
+            return sorted(matches, key=lambda rule: (-rule.confidence_on(gpu), rule.id))
         return sorted(matches, key=lambda rule: (-rule.current_confidence, rule.id))
 
     def invariants(self) -> list[Rule]:

@@ -47,7 +47,7 @@ def config_file(tmp_path: Path, memory_root: Path) -> Path:
     """A config.toml whose runs and memory live in the test's temporary folder."""
     path = tmp_path / "config.toml"
     path.write_text(
-        '[model]\nassemble = false\n[run]\nruns_dir = "runs"\nmemory_dir = "memory"\nbudget = 3\ndevice = "auto"\ncoder = "template"\n'
+        '[model]\nassemble = false\n[run]\nruns_dir = "runs"\nmemory_dir = "memory"\nbudget = 3\ndevice = "auto"\ncoder = "template"\ntraining = false\n'
         '[evaluator]\nceilings_cache = "runs/ceilings.json"\n'
     )
     return path

@@ -209,10 +209,10 @@ def test_planner_skips_suggestions_outside_the_template(memory_root):
     assert "ROWS_PER_PROGRAM" not in plan.suggestions
 
 
-def promote_incumbent(memory_root, params, gpu=INTERPRETER_GPU):
+def promote_incumbent(memory_root, params, gpu=INTERPRETER_GPU, backward=True):
     store = KernelStore(memory_root)
     source = SPACE.render(params)
-    return store.promote("layer_norm", gpu, source, {"speedup_eager": None},
+    return store.promote("layer_norm", gpu, source, {"speedup_eager": None, "backward": backward},
                          {"run": "r0", "candidate": "c001", "origin": "rules", "params": params})
 
 
@@ -261,6 +261,27 @@ def test_incumbent_comes_first(memory_root):
     second = coder.propose([entry("c001", first.params, None)], plan.budget - 1)
     assert second.origin == "rules"
     assert second.params == point(SINGLE_TILE=True, PERSISTENT=True)
+
+
+def test_forward_only_incumbent_is_rendered_with_a_backward_in_a_training_run(memory_root):
+    """An incumbent promoted for its forward alone cannot be measured forward+backward as it is: a training
+    run proposes its point rendered with the backward instead; an inference run, the stored file."""
+    kernel = promote_incumbent(memory_root, point(), backward=False)
+    training = TemplateCoder(SPEC, rules_plan(memory_root), 0.25, random.Random(0)).propose([], 8)
+    assert training.origin == "incumbent-point" and training.params == point()
+    assert training.source == SPACE.render(point()) and "BWD_PARAMS" in training.source
+    inference = TemplateCoder(SPEC, rules_plan(memory_root), 0.25, random.Random(0), training=False).propose([], 8)
+    assert inference.origin == "incumbent" and inference.source == kernel.source()
+
+
+def test_inference_run_holds_the_backward_knobs_at_their_seed(memory_root):
+    plan = rules_plan(memory_root, with_rules=False)
+    coder = TemplateCoder(SPEC, plan, 1.0, random.Random(3), training=False)
+    history = []
+    for i in range(6):
+        proposal = coder.propose(history, 8 - i)
+        history.append(entry(f"c{i + 1:03d}", proposal.params, None))
+        assert all(proposal.params[k] == SPACE.seed[k] for k in SPACE.backward_knobs)
 
 
 def test_incumbent_point_is_not_proposed_again(memory_root):
@@ -539,7 +560,8 @@ def test_judge_inconclusive_without_counterfactual(pow2_rule):
 # ============================================================================ run folder
 
 DEVICE = {"name": "cpu", "arch": "interpreter", "torch": "2.x", "triton": "3.x", "sm_count": 4}
-SUMMARY_KEYS = {"run_id", "target", "status", "device", "ops", "started", "finished"}
+# the design's keys, and the process that owns the run (so a dead one reads as interrupted)
+SUMMARY_KEYS = {"run_id", "target", "status", "device", "ops", "started", "finished", "pid", "host"}
 OP_KEYS = {"candidates", "accepted", "failures", "best", "promoted"}
 
 
@@ -729,3 +751,36 @@ def test_print_run_and_runs_table(tmp_path):
     assert "20260101-000000-nanogpt" in text
     assert "2 / 3" in text
     assert "NVIDIA H100" in text
+
+
+def test_a_device_without_an_incumbent_starts_from_the_nearest_devices_winner(memory_root):
+    """An H200 with nothing promoted starts from the sm_90 H100's winner (same architecture) before a
+    winner of another architecture, re-measured here as its first candidate; its own slot, once filled,
+    is the incumbent instead."""
+    store = KernelStore(memory_root)
+    hopper, other = point(ROWS_PER_PROGRAM=2), point(ROWS_PER_PROGRAM=4)
+    for gpu, arch, params in (("NVIDIA H100 80GB HBM3", "sm_90", hopper), ("NVIDIA RTX 5070", "sm_120", other)):
+        store.promote("layer_norm", gpu, SPACE.render(params), {"speedup_eager": 1.5, "backward": True},
+                      {"run": "r0", "candidate": "c001", "origin": "rules", "params": params, "arch": arch})
+    h200 = Planner(Rulebook.load(memory_root), store, "NVIDIA H200", 132, 8, True, True, "sm_90").plan(SPEC)
+    assert h200.incumbent is None and h200.transfer.gpu == "NVIDIA H100 80GB HBM3"
+    assert h200.to_event()["transfer"]["gpu"] == "NVIDIA H100 80GB HBM3"
+    first = TemplateCoder(SPEC, h200, 0.25, random.Random(0)).propose([], 8)
+    assert first.origin == "transfer" and first.params == hopper and first.source == SPACE.render(hopper)
+    blackwell = Planner(None, store, "NVIDIA RTX 5090", 170, 8, True, True, "sm_120").plan(SPEC)
+    assert blackwell.transfer.gpu == "NVIDIA RTX 5070"
+    store.promote("layer_norm", "NVIDIA H200", SPACE.render(other), {"speedup_eager": 1.6, "backward": True},
+                  {"run": "r1", "candidate": "c002", "origin": "rules", "params": other, "arch": "sm_90"})
+    again = Planner(None, store, "NVIDIA H200", 132, 8, True, True, "sm_90").plan(SPEC)
+    assert again.transfer is None and again.incumbent.gpu == "NVIDIA H200"
+
+
+def test_rule_confidence_counts_only_the_devices_own_evidence(memory_root):
+    from memory import Evidence
+
+    rule = make_rule("test.rule", {"NUM_WARPS": 2}, confidence=0.5)
+    rule = dataclasses.replace(rule, evidence=(Evidence(run="r", gpu="NVIDIA H100", verdict="confirmed"),
+                                               Evidence(run="r", gpu="NVIDIA H100", verdict="confirmed")))
+    assert rule.confidence_on("NVIDIA H100") > 0.7
+    assert rule.confidence_on("NVIDIA H200") == 0.5  # a hypothesis there until measured there
+    assert rule.verdicts_by_gpu() == {"NVIDIA H100": {"confirmed": 2, "refuted": 0, "inconclusive": 0}}

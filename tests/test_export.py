@@ -28,7 +28,7 @@ def promoted_run(tmp_path_factory):
     (root / "memory" / "lessons").mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "memory" / "lessons" / "seed.toml", root / "memory" / "lessons" / "seed.toml")
     config = root / "config.toml"
-    config.write_text('[model]\nassemble = false\n[run]\nruns_dir = "runs"\nmemory_dir = "memory"\nbudget = 1\n'
+    config.write_text('[model]\nassemble = false\n[run]\nruns_dir = "runs"\nmemory_dir = "memory"\nbudget = 1\ntraining = false\n'
                       'device = "cpu"\ncoder = "template"\n[evaluator]\nceilings_cache = "runs/ceilings.json"\n')
     done = _evolve(config, "run", "nanogpt", "--ops", "bias_gelu")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -93,3 +93,41 @@ def test_ab_rounds_and_retiming_run_in_fresh_sandboxes(gpu_evaluator, tmp_path):
     again = gpu_evaluator.retime("layer_norm", path)
     assert again.accepted, again.reason()
     assert again.timing["candidate_ms"] > 0
+    # a rendered template point carries its backward: the re-timing measures forward+backward too
+    assert again.backward is not None and again.backward["timing"]["candidate_ms"] > again.timing["candidate_ms"]
+    decision = gpu_evaluator.ab("layer_norm", path, path, backward=True)
+    assert not decision.promote and 0.8 < decision.mean_ratio < 1.25
+
+
+def test_backward_is_checked_in_bf16_and_timed_with_peak_memory(gpu_evaluator):
+    from backward_attacks import HONEST
+
+    verdict = gpu_evaluator.evaluate_source("layer_norm", HONEST, "planted")
+    assert verdict.accepted, verdict.reason() + verdict.stderr
+    checked = {(c["shape"], c["dtype"]) for c in verdict.backward["checks"]}
+    assert ("gpt2-B8-T1024", "bfloat16") in checked and ("odd-rows-383", "float16") in checked
+    t = verdict.backward["timing"]
+    assert t["headline"] == "gpt2-B8-T1024 bfloat16"
+    for key in ("candidate_ms", "eager_ms", "compile_ms", "speedup_eager", "speedup_compile", "gbps"):
+        assert t[key] > 0
+    # forward and backward take longer than the forward alone, and allocate at least the gradient of x
+    assert t["candidate_ms"] > verdict.timing["candidate_ms"]
+    assert t["peak_mib"]["candidate"] >= 8192 * 768 * 2 / 2**20
+    assert verdict.backward["deterministic"] is True
+
+
+@pytest.mark.parametrize("name", ["last_row_wrong", "aliases_dy", "mutates_dy"])
+def test_planted_backward_is_rejected_on_the_gpu(gpu_evaluator, name):
+    from backward_attacks import PLANTED
+
+    source, expected = PLANTED[name]
+    verdict = gpu_evaluator.evaluate_source("layer_norm", source, "planted")
+    assert verdict.failure_class == expected, verdict.reason()
+
+
+def test_torch_in_a_backward_on_autograds_device_thread_is_refused(unguarded):
+    """On a GPU autograd runs a backward on a thread of its own: the guard holds there too."""
+    from backward_attacks import TORCH_IN_BACKWARD
+
+    verdict = unguarded.evaluate_source("layer_norm", TORCH_IN_BACKWARD, "planted")
+    assert verdict.failure_class == "escape", verdict.reason()

@@ -5,6 +5,8 @@ All on the CPU through Triton's interpreter (conftest sets TRITON_INTERPRET=1)."
 from __future__ import annotations
 
 import importlib.util
+import sys
+import types
 
 import pytest
 import torch
@@ -13,7 +15,8 @@ import torch.nn.functional as F
 from evaluators.checker import compare
 from evaluators.static import check_candidate
 from kernels import DTYPES, get_spec
-from kernels.add_layer_norm import _add_layer_norm_bwd, SEED_PARAMS, _add_layer_norm_fwd, _add_layer_norm_fwd_kernel, add_layer_norm
+from kernels.add_layer_norm import (BWD_KNOBS, BWD_SEED_PARAMS, SEED_PARAMS, _add_layer_norm_bwd, _add_layer_norm_fwd,
+                                   _add_layer_norm_fwd_kernel, add_layer_norm)
 from kernels.layer_norm import EPS_CHOICES
 from kernels.spec import Shape
 from memory import Rulebook
@@ -179,7 +182,7 @@ POINTS = {
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("point", list(POINTS), ids=list(POINTS))
 def test_seed_kernel_matches_reference(point, dtype):
-    params = SPACE.validate(POINTS[point])
+    params = SPACE.forward_point(SPACE.validate(POINTS[point]))
     failures = []
     for i, s in enumerate(SMALL_SHAPES):
         inputs = SPEC.make_inputs(s, DTYPES[dtype], 100 + i, "cpu")
@@ -194,7 +197,7 @@ def test_seed_kernel_matches_reference(point, dtype):
 @pytest.mark.parametrize("point", ["seed", "single-tile"])
 def test_seed_kernel_bfloat16(point):
     # elementwise bfloat16 is exact in the interpreter (only tl.dot is not), so the GPU dtype runs here too
-    params = SPACE.validate(POINTS[point])
+    params = SPACE.forward_point(SPACE.validate(POINTS[point]))
     for i, s in enumerate(SMALL_SHAPES[:4]):
         inputs = SPEC.make_inputs(s, torch.bfloat16, 7 + i, "cpu")
         assert not check_outputs(_add_layer_norm_fwd(*inputs, **params), inputs, "bfloat16")
@@ -208,7 +211,7 @@ def test_s_is_the_rounded_sum_and_y_uses_the_unrounded_one(point):
     x = (8.0 + 0.5 * torch.randn(6, 385, generator=gen)).half()
     r = (0.5 * torch.randn(6, 385, generator=gen)).half()
     w, b = torch.ones(385, dtype=torch.float16), torch.zeros(385, dtype=torch.float16)
-    s, y = _add_layer_norm_fwd(x, r, w, b, 1e-5, **SPACE.validate(POINTS[point]))
+    s, y = _add_layer_norm_fwd(x, r, w, b, 1e-5, **SPACE.forward_point(SPACE.validate(POINTS[point])))
     assert torch.equal(s, x + r)
     wide = F.layer_norm(x.float() + r.float(), (385,), w.float(), b.float(), 1e-5)
     eager = F.layer_norm(x + r, (385,), w, b, 1e-5)
@@ -218,7 +221,7 @@ def test_s_is_the_rounded_sum_and_y_uses_the_unrounded_one(point):
 
 @pytest.mark.parametrize("point", ["seed", "single-tile", "persistent-2"])
 def test_seed_kernel_non_contiguous_rows(point):
-    params = SPACE.validate(POINTS[point])
+    params = SPACE.forward_point(SPACE.validate(POINTS[point]))
     M, N = 13, 385
     wide_x, wide_r, w, b, eps = SPEC.make_inputs(shape(M, 2 * N + 7), torch.float32, 5, "cpu")
     x, r = wide_x[:, 3:3 + N], wide_r[:, N + 7:]
@@ -273,7 +276,7 @@ def test_a_16_bit_branch_into_a_float32_stream():
     ref = torch.nn.functional.layer_norm(want, (96,), w.double(), b.double(), eps)
     assert torch.allclose(y.double(), ref, atol=4e-3, rtol=4e-3)
     dy, ds = torch.randn(6, 96).half(), torch.randn(6, 96)
-    dx, dx_lo, dw, db = _add_layer_norm_bwd(ds, dy, s, w, eps, torch.float16)
+    dx, dx_lo, dw, db = _add_layer_norm_bwd(ds, dy, s, w, eps, torch.float16, **BWD_SEED_PARAMS)
     assert (dx.dtype, dx_lo.dtype) == (torch.float32, torch.float16)
     assert torch.equal(dx_lo, dx.half())
 
@@ -395,9 +398,22 @@ def test_autograd_non_contiguous_inputs():
 # ----------------------------------------------------------------------------- template space
 
 def test_template_seed_is_valid():
-    assert SPACE.validate({}) == dict(SEED_PARAMS)
-    assert set(SPACE.params) == set(SEED_PARAMS)
+    assert SPACE.validate({}) == {**SEED_PARAMS, **BWD_SEED_PARAMS}
+    assert set(SPACE.params) == set(SEED_PARAMS) | set(BWD_SEED_PARAMS)
+    assert SPACE.backward_knobs == set(BWD_KNOBS) == set(BWD_SEED_PARAMS)
+    assert not set(SEED_PARAMS) & set(BWD_SEED_PARAMS)
     assert SPACE.normalize(dict(SEED_PARAMS)) == SEED_PARAMS
+    assert SPACE.normalize(SPACE.validate({})) == SPACE.seed
+    for knob, values in BWD_KNOBS.items():
+        assert BWD_SEED_PARAMS[knob] in values and 2 <= len(values) <= 5, knob
+
+
+def test_backward_seed_is_layer_norms_but_its_own():
+    # the same first pass and column sums as layer_norm's backward, from the same point, in dicts of its own
+    from kernels import layer_norm
+
+    assert BWD_SEED_PARAMS == layer_norm.BWD_SEED_PARAMS and BWD_SEED_PARAMS is not layer_norm.BWD_SEED_PARAMS
+    assert BWD_KNOBS == layer_norm.BWD_KNOBS and BWD_KNOBS is not layer_norm.BWD_KNOBS
 
 
 @pytest.mark.parametrize("knob,value", [("ROWS_PER_PROGRAM", 3), ("NUM_WARPS", 32), ("CHUNK_N", 100),
@@ -429,7 +445,8 @@ def test_normalize_merges_switched_off_knobs():
 
 def test_normalize_is_a_projection():
     keys = set()
-    for p in SPACE.all_points():
+    # the forward knobs' whole space, the backward's held at the seed (with them the space is too big to list)
+    for p in SPACE.forward_only().all_points():
         n = SPACE.normalize(p)
         assert SPACE.validate(n) == n and SPACE.normalize(n) == n
         keys.add(tuple(sorted(n.items())))
@@ -459,7 +476,11 @@ def test_rendered_source_passes_static_policy(point):
     violations = check_candidate(source, SPEC.entry)
     assert violations == [], [v.detail for v in violations]
     assert "def add_layer_norm(x, residual, weight, bias, eps)" in source
-    assert "_add_layer_norm_bwd" not in source, "a candidate is the forward only"
+    # the candidate is differentiable: the backward's kernels, helper and launcher travel with it
+    for name in ("def _add_layer_norm_bwd(", "def _add_layer_norm_bwd_kernel(", "def _column_sums_kernel(",
+                 "def bwd_layout(", "class AddLayerNormFunction(", "BWD_PARAMS = {"):
+        assert name in source, name
+    assert "AddLayerNormFunction.apply(x, residual, weight, bias, eps, {**PARAMS}, {**BWD_PARAMS})" in source
     for knob, value in params.items():
         assert f"{knob!r}: {value!r}" in source
     assert SPACE.render(dict(params)) == source
@@ -473,6 +494,82 @@ def test_rendered_candidate_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("rendered_add_layer_norm_candidate", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.PARAMS == params
+    assert module.PARAMS == SPACE.forward_point(params)
+    assert module.BWD_PARAMS == SPACE.backward_point(params) == BWD_SEED_PARAMS
     inputs = SPEC.make_inputs(shape(5, 385), torch.float32, 9, "cpu")
     assert not check_outputs(module.add_layer_norm(*inputs), inputs, "float32")
+
+
+def _load_source(source: str, name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+    return module
+
+
+def _gradients(entry, inputs, out_grads):
+    """Gradients of every floating-point input, backpropagating `out_grads` through `entry`'s outputs."""
+    leaves = [t.clone().requires_grad_() if torch.is_tensor(t) and t.is_floating_point() else t for t in inputs]
+    outs = entry(*leaves)
+    torch.autograd.backward(outs, [g.to(o.dtype) for g, o in zip(out_grads, outs)])
+    return [leaf.grad for leaf in leaves if torch.is_tensor(leaf) and leaf.is_floating_point()]
+
+
+# two small interpreter shapes: an odd width with odd rows, and shakespeare's width
+BACKWARD_SHAPES = tuple(s for s in SMALL_SHAPES if s.name in ("odd-rows-383", "shakespeare-width"))
+
+
+def _backward_problems(entry) -> list[str]:
+    """Where the float32 gradients of x, residual, weight and bias through `entry` differ from float64
+    autograd of the reference (both outputs' gradients given), on BACKWARD_SHAPES."""
+    problems = []
+    for i, s in enumerate(BACKWARD_SHAPES):
+        inputs = SPEC.make_inputs(s, torch.float32, 40 + i, "cpu")
+        gen = torch.Generator().manual_seed(i)
+        out_grads = [torch.randn(inputs[0].shape, generator=gen) for _ in range(2)]
+        ours = _gradients(entry, inputs, out_grads)
+        ref = _gradients(SPEC.reference, inputs, out_grads)
+        for name, a, r in zip(("x", "residual", "weight", "bias"), ours, ref):
+            assert a is not None and a.dtype == torch.float32 and a.shape == r.shape, name
+            # weight and bias sum over the rows: their tolerance grows with the sum's magnitude
+            result = compare(a, r, 1e-4 * max(1.0, float(r.abs().max())), 1e-4)
+            if not result.ok:
+                problems.append(f"{s.name} grad {name}: {result.summary()}")
+    return problems
+
+
+# the seed and two backward points away from it (forward knobs at the seed): long and short row tiles, few
+# and many programs (on the CPU's 4 "SMs": 4 programs striding over the row tiles, or one each), fixed warps,
+# and the second reduction in wide and narrow strips
+BACKWARD_POINTS = {
+    "seed": {},
+    "long-tiles-few-programs": {"BWD_TILE": 8192, "BWD_PROGRAMS_PER_SM": 1, "BWD_WARPS": 8, "SUM_BLOCK_G": 16,
+                                "SUM_BLOCK_N": 128},
+    "short-tiles-many-programs": {"BWD_TILE": 1024, "BWD_PROGRAMS_PER_SM": 8, "BWD_WARPS": 2, "SUM_BLOCK_G": 128,
+                                  "SUM_BLOCK_N": 16},
+}
+
+
+@pytest.mark.parametrize("point", BACKWARD_POINTS, ids=list(BACKWARD_POINTS))
+def test_rendered_backward_matches_autograd(point):
+    """The rendered candidate at a backward point passes the static policy and its gradients match autograd."""
+    params = SPACE.validate(BACKWARD_POINTS[point])
+    assert SPACE.forward_point(params) == SEED_PARAMS
+    source = SPACE.render(params)
+    violations = check_candidate(source, SPEC.entry)
+    assert violations == [], [v.detail for v in violations]
+    module = _load_source(source, f"rendered_add_layer_norm_backward_{point.replace('-', '_')}")
+    assert module.BWD_PARAMS == SPACE.backward_point(params)
+    problems = _backward_problems(module.add_layer_norm)
+    assert not problems, problems
+
+
+def test_rendered_backward_check_catches_a_wrong_gradient():
+    # the check above can fail: the same candidate with its weight and bias gradients swapped
+    source = SPACE.render(SPACE.validate({}))
+    right = "return dx, dx, dw, db, None, None, None"
+    assert right in source
+    module = _load_source(source.replace(right, "return dx, dx, db, dw, None, None, None"),
+                          "rendered_add_layer_norm_backward_swapped")
+    problems = _backward_problems(module.add_layer_norm)
+    assert any("grad weight" in p for p in problems) and any("grad bias" in p for p in problems), problems

@@ -5,7 +5,10 @@ tests marked gpu."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -15,7 +18,8 @@ from agents.search.planner import Planner
 from evaluators.checker import compare
 from evaluators.static import check_candidate
 from kernels import DTYPES, TARGETS, get_spec
-from kernels.attention import SEED_PARAMS, _attention_fwd, attention
+from kernels.attention import (BWD_KNOBS, BWD_SEED_PARAMS, SEED_PARAMS, _attention_bwd, _attention_fwd,
+                               attention)
 from kernels.spec import Shape
 from memory import Rulebook
 
@@ -32,6 +36,11 @@ def shape(b: int, t: int, h: int, d: int = 64, origin: str = "edge") -> Shape:
 
 def dims(shapes) -> set[tuple[int, int, int, int]]:
     return {tuple(s.dims[k] for k in ("B", "T", "H", "D")) for s in shapes}
+
+
+def forward_params(point) -> dict:
+    """The forward launcher's knobs at a template point (the rest of the point is the backward's)."""
+    return SPACE.forward_point(SPACE.validate(point))
 
 
 def check(out, inputs, dtype: str):
@@ -141,7 +150,7 @@ POINTS = {
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("point", list(POINTS), ids=list(POINTS))
 def test_forward_matches_reference(point, dtype):
-    params = SPACE.validate(POINTS[point])
+    params = forward_params(POINTS[point])
     failures = []
     for i, s in enumerate(SMALL_SHAPES):
         inputs = SPEC.make_inputs(s, DTYPES[dtype], 100 + i, "cpu")
@@ -163,7 +172,7 @@ def test_forward_reads_strided_rows(point):
     wide = torch.randn(B, T, 3 * 128 + 16)
     qkv = wide[:, :, 8:8 + 3 * 128]
     assert not qkv.is_contiguous() and qkv.stride(2) == 1
-    out = _attention_fwd(qkv, H, **SPACE.validate(POINTS[point]))
+    out = _attention_fwd(qkv, H, **forward_params(POINTS[point]))
     assert out.is_contiguous()
     assert check(out, (qkv, H), "float32").ok
 
@@ -270,8 +279,15 @@ def test_attention_backward_is_deterministic():
 # ----------------------------------------------------------------------------- template space
 
 def test_template_seed_is_valid():
-    assert SPACE.validate({}) == dict(SEED_PARAMS)
-    assert set(SPACE.params) == set(SEED_PARAMS)
+    assert SPACE.validate({}) == {**SEED_PARAMS, **BWD_SEED_PARAMS}
+    assert set(SPACE.params) == set(SEED_PARAMS) | set(BWD_SEED_PARAMS)
+    assert not set(SEED_PARAMS) & set(BWD_SEED_PARAMS)
+    assert SPACE.backward_knobs == set(BWD_KNOBS) == set(BWD_SEED_PARAMS)
+    assert SPACE.forward_point(SPACE.seed) == SEED_PARAMS and SPACE.backward_point(SPACE.seed) == BWD_SEED_PARAMS
+    for knob, values in BWD_KNOBS.items():
+        assert BWD_SEED_PARAMS[knob] in values and SPACE.params[knob] == values, knob
+    for knob in ("DKDV_BLOCK_M", "DKDV_BLOCK_N", "DQ_BLOCK_M", "DQ_BLOCK_N"):
+        assert set(BWD_KNOBS[knob]) == {32, 64, 128}
     for knob in ("BLOCK_M", "BLOCK_N"):
         assert {32, 64, 128} <= set(SPACE.params[knob])
     assert set(SPACE.params["NUM_STAGES"]) == {1, 2, 3, 4}
@@ -299,9 +315,19 @@ def test_translate_load_latencies():
 
 
 def test_no_two_points_merge():
-    # every knob changes the compiled kernel or its grid, so canonical has nothing to merge
-    points = SPACE.all_points()
-    assert len({tuple(sorted(SPACE.normalize(p).items())) for p in points}) == len(points) == SPACE.size()
+    # every knob changes the compiled kernel or its grid, so canonical has nothing to merge; the forward and
+    # backward space together is too large to list, so the forward's points and the backward's neighbours
+    forward = SPACE.forward_only()
+    points = forward.all_points()
+    assert len({tuple(sorted(SPACE.normalize(p).items())) for p in points}) == len(points) == forward.size()
+    assert all(SPACE.normalize(p) == p for p in SPACE.neighbours(SPACE.validate({})))
+
+
+def test_backward_launcher_takes_every_knob_without_defaults():
+    params = list(inspect.signature(_attention_bwd).parameters.values())
+    assert [p.name for p in params[:5]] == ["dy", "qkv", "y", "lse", "n_head"]
+    assert {p.name for p in params[5:]} == set(BWD_KNOBS)
+    assert all(p.default is inspect.Parameter.empty for p in params)
 
 
 RENDER_POINTS = [{}, {"USE_TMA": True, "MASK_VALUE": float("-inf")}, {"BLOCK_M": 32, "BLOCK_N": 128,
@@ -314,7 +340,9 @@ def test_rendered_source_passes_static_policy(point):
     source = SPACE.render(params)
     violations = check_candidate(source, SPEC.entry)
     assert violations == [], [v.detail for v in violations]
-    assert "def attention(qkv, n_head)" in source and source.count("@triton.jit") == 3
+    assert "def attention(qkv, n_head)" in source and source.count("@triton.jit") == 7
+    assert "class AttentionFunction(torch.autograd.Function)" in source
+    assert "AttentionFunction.apply(qkv, n_head, {**PARAMS}, {**BWD_PARAMS})" in source
     for knob, value in params.items():
         shown = repr(str(value)) if knob == "MASK_VALUE" and math.isinf(value) else repr(value)
         assert f"{knob!r}: {shown}" in source
@@ -323,7 +351,7 @@ def test_rendered_source_passes_static_policy(point):
 def test_render_is_deterministic_and_distinct():
     sources = {SPACE.render(SPACE.validate(p)) for p in RENDER_POINTS}
     assert len(sources) == len(RENDER_POINTS)
-    assert SPACE.render(SPACE.validate({})) == SPACE.render(dict(SEED_PARAMS))
+    assert SPACE.render(SPACE.validate({})) == SPACE.render({**SEED_PARAMS, **BWD_SEED_PARAMS})
 
 
 def test_rendered_candidate_runs(tmp_path):
@@ -336,9 +364,77 @@ def test_rendered_candidate_runs(tmp_path):
     spec.loader.exec_module(module)
     assert float(module.PARAMS["MASK_VALUE"]) == float("-inf")
     assert {k: v for k, v in module.PARAMS.items() if k != "MASK_VALUE"} == {
-        k: v for k, v in params.items() if k != "MASK_VALUE"}
+        k: v for k, v in SPACE.forward_point(params).items() if k != "MASK_VALUE"}
+    assert module.BWD_PARAMS == SPACE.backward_point(params) == BWD_SEED_PARAMS
     inputs = SPEC.make_inputs(shape(3, 17, 2), torch.float16, 12, "cpu")
     assert check(module.attention(*inputs), inputs, "float16").ok
+
+
+# ----------------------------------------------------------------------------- backward template points
+
+BWD_POINTS = {
+    "seed": {},
+    # FlashAttention-2's own split of the tiles: narrow query steps for dK/dV, narrow key steps for dQ
+    "32x128-128x32-split": {"DKDV_BLOCK_M": 32, "DKDV_BLOCK_N": 128, "DKDV_STAGES": 3, "DKDV_SPLIT_DIAGONAL": True,
+                            "DQ_BLOCK_M": 128, "DQ_BLOCK_N": 32, "DQ_WARPS": 8, "DQ_SPLIT_DIAGONAL": True},
+    # tiles of the two kernels that cut T differently, with a non-seed forward
+    "128x32-32x64-dkdv-split": {"DKDV_BLOCK_M": 128, "DKDV_BLOCK_N": 32, "DKDV_SPLIT_DIAGONAL": True,
+                                "DQ_BLOCK_M": 32, "DQ_BLOCK_N": 64, "DQ_STAGES": 1, "BLOCK_M": 64, "USE_TMA": True},
+}
+# a sequence that fills no tile (several key blocks, a partial last one) and an odd batch of short ones
+BWD_SHAPES = tuple(s for s in SMALL_SHAPES if s.name in ("T65", "T17-odd-B"))
+
+
+def _load(source: str) -> types.ModuleType:
+    module = types.ModuleType("rendered_attention_bwd_candidate")
+    sys.modules[module.__name__] = module
+    exec(compile(source, "<candidate>", "exec"), module.__dict__)
+    return module
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    a0, b0 = a.untyped_storage().data_ptr(), b.untyped_storage().data_ptr()
+    return a0 < b0 + b.untyped_storage().nbytes() and b0 < a0 + a.untyped_storage().nbytes()
+
+
+@pytest.mark.parametrize("point", list(BWD_POINTS), ids=list(BWD_POINTS))
+def test_rendered_candidate_gradients_match_autograd(point):
+    """The rendered file at a backward point: the static policy passes it, and its gradient of qkv matches
+    float64 autograd of the reference, in a buffer of its own."""
+    assert len(BWD_SHAPES) == 2
+    params = SPACE.validate(BWD_POINTS[point])
+    source = SPACE.render(params)
+    violations = check_candidate(source, SPEC.entry)
+    assert violations == [], [v.detail for v in violations]
+    module = _load(source)
+    assert module.BWD_PARAMS == SPACE.backward_point(params)
+    failures = []
+    for i, s in enumerate(BWD_SHAPES):
+        qkv, n_head = SPEC.make_inputs(s, torch.float32, 300 + i, "cpu")
+        leaf = qkv.clone().requires_grad_()
+        y = module.attention(leaf, n_head)
+        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(i))
+        (grad,) = torch.autograd.grad(y, leaf, dy)
+        assert not any(_overlap(grad, t) for t in (leaf, y, dy)), "the gradient shares storage"
+        ref = qkv.to(torch.float64).requires_grad_()
+        (grad_ref,) = torch.autograd.grad(SPEC.reference(ref, n_head), ref, dy.to(torch.float64))
+        result = compare(grad, grad_ref, 1e-4, 1e-4)
+        if not result.ok:
+            failures.append(f"{s.name}: {result.summary()}")
+    assert not failures, "\n".join(failures)
+
+
+def test_backward_split_diagonal_changes_nothing_but_speed():
+    # masking the diagonal blocks alone drops selects that keep every value as it is: the same bits
+    qkv, h = SPEC.make_inputs(shape(2, 70, 1), torch.float32, 21, "cpu")
+    dy = torch.randn(2, 70, 64, generator=torch.Generator().manual_seed(21))
+    lse = torch.empty(2, 70)
+    y = _attention_fwd(qkv, h, **SEED_PARAMS, lse=lse)
+    for tiles in ({}, {"DKDV_BLOCK_M": 32, "DKDV_BLOCK_N": 64, "DQ_BLOCK_M": 64, "DQ_BLOCK_N": 32}):
+        base = _attention_bwd(dy, qkv, y, lse, h, **{**BWD_SEED_PARAMS, **tiles})
+        split = _attention_bwd(dy, qkv, y, lse, h, **{**BWD_SEED_PARAMS, **tiles, "DKDV_SPLIT_DIAGONAL": True,
+                                                      "DQ_SPLIT_DIAGONAL": True})
+        assert torch.equal(base, split), tiles
 
 
 # ----------------------------------------------------------------------------- GPU (bf16, TMA)
@@ -348,7 +444,7 @@ def test_rendered_candidate_runs(tmp_path):
 @pytest.mark.parametrize("point", ["seed", "tma", "128x128-4warps", "largest"])
 def test_gpu_forward(point, dtype):
     points = {**POINTS, "largest": {"BLOCK_M": 128, "BLOCK_N": 128, "NUM_STAGES": 4, "USE_TMA": True}}
-    params = SPACE.validate(points[point])
+    params = forward_params(points[point])
     for i, s in enumerate(SPEC.shapes):
         inputs = SPEC.make_inputs(s, DTYPES[dtype], i, "cuda")
         result = check(_attention_fwd(*inputs, **params), inputs, dtype)

@@ -4,6 +4,8 @@ All on the CPU through Triton's interpreter (conftest sets TRITON_INTERPRET=1)."
 from __future__ import annotations
 
 import importlib.util
+import sys
+import types
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ import torch
 from evaluators.checker import compare
 from evaluators.static import check_candidate
 from kernels import DTYPES, get_spec
-from kernels.bias_gelu import SEED_PARAMS, _bias_gelu_fwd, _bias_gelu_fwd_kernel, bias_gelu
+from kernels.bias_gelu import (BWD_KNOBS, BWD_SEED_PARAMS, SEED_PARAMS, _bias_gelu_bwd, _bias_gelu_fwd,
+                              _bias_gelu_fwd_kernel, bias_gelu)
 from kernels.spec import Shape
 
 SPEC = get_spec("bias_gelu")
@@ -115,7 +118,7 @@ POINTS = {
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("point", list(POINTS), ids=list(POINTS))
 def test_forward_matches_reference(point, dtype):
-    params = SPACE.validate(POINTS[point])
+    params = SPACE.forward_point(SPACE.validate(POINTS[point]))
     tol = SPEC.tolerances[dtype]
     failures = []
     for i, s in enumerate(SMALL_SHAPES):
@@ -136,7 +139,7 @@ def test_gelu_formulas_are_accurate_and_stable_in_the_tails(tanh):
     # |v| up to 1e4: exp overflows to inf on one side; the result must still be finite and exact
     v = torch.cat([torch.linspace(-60, 60, 2001), torch.tensor([-1e4, -100.0, -89.0, 89.0, 100.0, 1e4])])
     x = v.reshape(1, -1)
-    out = _bias_gelu_fwd(x, torch.zeros(x.shape[1]), **SPACE.validate({"TANH": tanh}))
+    out = _bias_gelu_fwd(x, torch.zeros(x.shape[1]), **SPACE.forward_point(SPACE.validate({"TANH": tanh})))
     assert torch.isfinite(out).all()
     result = compare(out, gelu64(x), 2e-6, 2e-6)
     assert result.ok, result.summary()
@@ -144,7 +147,7 @@ def test_gelu_formulas_are_accurate_and_stable_in_the_tails(tanh):
 
 @pytest.mark.parametrize("point", ["seed", "single-tile", "flat", "persistent-tanh"])
 def test_forward_non_contiguous_rows(point):
-    params = SPACE.validate(POINTS[point])
+    params = SPACE.forward_point(SPACE.validate(POINTS[point]))
     M, N = 7, 385
     wide, b = SPEC.make_inputs(shape(M, 2 * N + 3), torch.float32, 5, "cpu")
     x, b = wide[:, 2:2 + N], b[:N].contiguous()
@@ -238,8 +241,13 @@ def test_bias_gradient_of_no_rows_is_zero():
 # ----------------------------------------------------------------------------- template space
 
 def test_template_seed_is_valid_and_rejects_bad_points():
-    assert SPACE.validate({}) == dict(SEED_PARAMS)
-    assert set(SPACE.params) == set(SEED_PARAMS)
+    assert SPACE.validate({}) == {**SEED_PARAMS, **BWD_SEED_PARAMS}
+    assert set(SPACE.params) == set(SEED_PARAMS) | set(BWD_SEED_PARAMS)
+    assert SPACE.backward_knobs == set(BWD_KNOBS) == set(BWD_SEED_PARAMS)
+    assert not set(SEED_PARAMS) & set(BWD_SEED_PARAMS)
+    assert SPACE.normalize(SPACE.validate({})) == SPACE.seed
+    for knob, values in BWD_KNOBS.items():
+        assert BWD_SEED_PARAMS[knob] in values and 2 <= len(values) <= 5, knob
     with pytest.raises(ValueError, match="BLOCK_Q"):
         SPACE.validate({"BLOCK_Q": 64})
     for knob, value in (("BLOCK_M", 3), ("TANH", "erf"), ("LAYOUT", "cols"), ("FLAT_BLOCK", 1000)):
@@ -260,6 +268,9 @@ def test_normalize_merges_switched_off_knobs():
     assert norm(BLOCK_N=256) != norm(BLOCK_N=2048)
     assert norm(PROGRAMS_PER_SM=2) == norm(PROGRAMS_PER_SM=16)
     assert norm(PERSISTENT=True, PROGRAMS_PER_SM=2) != norm(PERSISTENT=True, PROGRAMS_PER_SM=16)
+    # every backward knob changes the launch: none is merged
+    for knob, values in BWD_KNOBS.items():
+        assert len({norm(**{knob: v})[knob] for v in values}) == len(values), knob
     point = SPACE.validate({"LAYOUT": "flat", "BLOCK_M": 16})
     SPACE.normalize(point)
     assert point["BLOCK_M"] == 16, "normalize must not mutate its argument"
@@ -267,7 +278,8 @@ def test_normalize_merges_switched_off_knobs():
 
 def test_normalize_is_a_projection():
     keys = set()
-    for p in SPACE.all_points():
+    # the forward knobs' whole space, the backward's held at the seed (with them the space is too big to list)
+    for p in SPACE.forward_only().all_points():
         n = SPACE.normalize(p)
         assert SPACE.validate(n) == n and SPACE.normalize(n) == n
         keys.add(tuple(sorted(n.items())))
@@ -285,6 +297,11 @@ def test_rendered_source_passes_static_policy(point):
     violations = check_candidate(source, SPEC.entry)
     assert violations == [], [v.detail for v in violations]
     assert "def bias_gelu(x, bias)" in source and "def _gelu_tanh(" in source
+    # the candidate is differentiable: the backward's kernels and launcher travel with it
+    for name in ("def _bias_gelu_bwd(", "def _bias_gelu_bwd_kernel(", "def _bias_grad_sum_kernel(",
+                 "class BiasGeluFunction(", "BWD_PARAMS = {"):
+        assert name in source, name
+    assert "BiasGeluFunction.apply(x, bias, {**PARAMS}, {**BWD_PARAMS})" in source
     for knob, value in params.items():
         assert f"{knob!r}: {value!r}" in source
     assert SPACE.render(dict(params)) == source
@@ -298,8 +315,95 @@ def test_rendered_candidate_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("rendered_bias_gelu_candidate", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.PARAMS == params
+    assert module.PARAMS == SPACE.forward_point(params)
+    assert module.BWD_PARAMS == SPACE.backward_point(params) == BWD_SEED_PARAMS
     x, b = SPEC.make_inputs(shape(5, 1025), torch.float16, 9, "cpu")
     tol = SPEC.tolerances["float16"]
     result = compare(module.bias_gelu(x, b), SPEC.reference(x, b), tol.atol, tol.rtol)
     assert result.ok, result.summary()
+
+
+# ----------------------------------------------------------------------------- backward template
+
+def _load_source(source: str, name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+    return module
+
+
+def _gradients(entry, inputs, out_grad):
+    """Gradients of every floating-point input, backpropagating `out_grad` through `entry`'s output."""
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = entry(*leaves)
+    out.backward(out_grad.to(out.dtype))
+    return [leaf.grad for leaf in leaves]
+
+
+# two small interpreter shapes: an odd width with odd rows (more row tiles than groups, a masked last strip),
+# and shakespeare's width 1536 (two or more column strips at every BWD_BLOCK_N)
+BACKWARD_SHAPES = tuple(s for s in SMALL_SHAPES if s.name in ("odd-rows-383", "shakespeare-width"))
+
+
+def _backward_problems(entry) -> list[str]:
+    """Where the float32 gradients of x and bias through `entry` differ from float64 autograd of the
+    reference, on BACKWARD_SHAPES."""
+    problems = []
+    for i, s in enumerate(BACKWARD_SHAPES):
+        inputs = SPEC.make_inputs(s, torch.float32, 40 + i, "cpu")
+        out_grad = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(i))
+        ours = _gradients(entry, inputs, out_grad)
+        ref = _gradients(SPEC.reference, inputs, out_grad)
+        for name, a, r in zip(("x", "bias"), ours, ref):
+            assert a is not None and a.dtype == torch.float32 and a.shape == r.shape, name
+            # dbias sums the rows: its tolerance grows with the sum's magnitude
+            result = compare(a, r, 1e-4 * max(1.0, float(r.abs().max())), 1e-4)
+            if not result.ok:
+                problems.append(f"{s.name} grad {name}: {result.summary()}")
+    return problems
+
+
+# the seed and two backward points away from it (forward knobs at the seed): narrow 1-row tiles on many
+# programs (more partial rows than one step of the column sum holds), and tall wide tiles on few programs
+BACKWARD_POINTS = {
+    "seed": {},
+    "narrow-many": {"BWD_BLOCK_M": 1, "BWD_BLOCK_N": 128, "BWD_PROGRAMS_PER_SM": 8, "BWD_WARPS": 2,
+                    "SUM_BLOCK_G": 8, "SUM_BLOCK_N": 256},
+    "wide-few": {"BWD_BLOCK_M": 16, "BWD_BLOCK_N": 1024, "BWD_PROGRAMS_PER_SM": 1, "BWD_WARPS": 8,
+                 "SUM_BLOCK_G": 64, "SUM_BLOCK_N": 64},
+}
+
+
+@pytest.mark.parametrize("point", BACKWARD_POINTS, ids=list(BACKWARD_POINTS))
+def test_rendered_backward_matches_autograd(point):
+    """The rendered candidate at a backward point passes the static policy and its gradients match autograd."""
+    params = SPACE.validate(BACKWARD_POINTS[point])
+    assert SPACE.forward_point(params) == SEED_PARAMS
+    source = SPACE.render(params)
+    violations = check_candidate(source, SPEC.entry)
+    assert violations == [], [v.detail for v in violations]
+    module = _load_source(source, f"rendered_bias_gelu_backward_{point.replace('-', '_')}")
+    assert module.BWD_PARAMS == SPACE.backward_point(params)
+    problems = _backward_problems(module.bias_gelu)
+    assert not problems, problems
+
+
+def test_rendered_backward_check_catches_a_wrong_gradient():
+    # the check above can fail: the same candidate with dbias summed over one partial row too few
+    source = SPACE.render(SPACE.validate({}))
+    right = "(part, db, groups, N,"
+    assert source.count(right) == 1
+    module = _load_source(source.replace(right, "(part, db, groups - 1, N,"), "rendered_bias_gelu_backward_short")
+    problems = _backward_problems(module.bias_gelu)
+    assert problems and all("grad bias" in p for p in problems), problems
+
+
+def test_backward_knobs_change_only_the_order_of_the_bias_sum():
+    # d x is elementwise: the same bits at every backward point; d bias adds the same rows in another grouping
+    x, b = SPEC.make_inputs(shape(40, 130), torch.float32, 11, "cpu")
+    dy = torch.randn(40, 130, generator=torch.Generator().manual_seed(1))
+    dx, db = _bias_gelu_bwd(dy, x, b, **BWD_SEED_PARAMS)
+    for point in ("narrow-many", "wide-few"):
+        dx_p, db_p = _bias_gelu_bwd(dy, x, b, **{**BWD_SEED_PARAMS, **BACKWARD_POINTS[point]})
+        assert torch.equal(dx_p, dx), point
+        assert compare(db_p, db.double(), 1e-5, 1e-5).ok, point

@@ -5,7 +5,10 @@ TRITON_INTERPRET=1)."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -13,7 +16,8 @@ import torch
 from evaluators.checker import compare
 from evaluators.static import check_candidate
 from kernels import DTYPES, get_spec
-from kernels.cross_entropy import (SEED_PARAMS, _cross_entropy_fwd, _cross_entropy_fwd_kernel, cross_entropy,
+from kernels.cross_entropy import (BWD_KNOBS, BWD_SEED_PARAMS, SEED_PARAMS, _cross_entropy_fwd,
+                                   _cross_entropy_fwd_kernel, _fused_fwd, _scale_grad_, cross_entropy,
                                    cross_entropy_fused)
 from kernels.spec import Shape
 
@@ -32,6 +36,11 @@ def dims(shapes) -> set[tuple[int, int]]:
 
 def shape(m: int, v: int) -> Shape:
     return Shape(name=f"{m}x{v}", dims={"M": m, "V": v}, origin="edge")
+
+
+def forward_params(point) -> dict:
+    """The forward launcher's knobs at a template point (the rest of the point is the backward's)."""
+    return SPACE.forward_point(SPACE.validate(point))
 
 
 def ref64(logits, targets):
@@ -120,7 +129,7 @@ POINTS = {
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("point", list(POINTS), ids=list(POINTS))
 def test_forward_matches_reference(point, dtype):
-    params = SPACE.validate(POINTS[point])
+    params = forward_params(POINTS[point])
     tol = SPEC.tolerances[dtype]
     failures = []
     for i, s in enumerate(SMALL_SHAPES):
@@ -137,7 +146,7 @@ def test_forward_matches_reference(point, dtype):
 
 @pytest.mark.parametrize("point", ["seed", "lane", "split-4"])
 def test_ignored_rows_leave_the_sum_and_the_count(point):
-    params = SPACE.validate(POINTS[point])
+    params = forward_params(POINTS[point])
     logits, targets = SPEC.make_inputs(shape(12, 700), torch.float32, 4, "cpu")
     targets[:] = torch.arange(12) * 50
     targets[[1, 5, 6]] = -1
@@ -167,14 +176,14 @@ def test_extreme_logits_stay_finite():
     for dtype in (torch.float32, torch.float16):
         x = logits.to(dtype)
         for point in ("seed", "lane", "split-4"):
-            out = _cross_entropy_fwd(x, targets, **SPACE.validate(POINTS[point]))
+            out = _cross_entropy_fwd(x, targets, **forward_params(POINTS[point]))
             assert torch.isfinite(out), point
             assert compare(out, ref64(x, targets), 1e-3, 1e-5).ok, point
 
 
 @pytest.mark.parametrize("point", ["seed", "split-16-lane"])
 def test_forward_is_deterministic_and_reads_strided_rows(point):
-    params = SPACE.validate(POINTS[point])
+    params = forward_params(POINTS[point])
     wide, targets = SPEC.make_inputs(shape(9, 2 * 1025 + 5), torch.float32, 6, "cpu")
     logits = wide[:, 4:4 + 1025]
     targets = targets.clamp(max=1024)
@@ -244,8 +253,13 @@ def test_fused_loss_and_gradient_match_float64_autograd(m, v, grad_scale, dtype,
 
 
 def test_fused_matches_the_forward_only_entry():
+    # with a gradient wanted the entry runs the fused kernel, without one the forward kernels alone
     logits, targets = SPEC.make_inputs(shape(2, 50304), torch.float32, 12, "cpu")
-    assert compare(cross_entropy_fused(logits, targets), cross_entropy(logits, targets), 1e-6, 1e-6).ok
+    fused = cross_entropy_fused(logits.clone().requires_grad_(), targets)
+    plain = cross_entropy(logits, targets)
+    assert fused.grad_fn is not None and plain.grad_fn is None
+    assert compare(fused, plain, 1e-6, 1e-6).ok
+    assert compare(cross_entropy(logits.clone().requires_grad_(), targets), plain, 1e-6, 1e-6).ok
 
 
 def test_fused_rejects_bad_arguments():
@@ -268,8 +282,12 @@ def test_fused_backward_refuses_a_second_pass():
 # ----------------------------------------------------------------------------- template space
 
 def test_template_seed_is_valid_and_rejects_bad_points():
-    assert SPACE.validate({}) == dict(SEED_PARAMS)
-    assert set(SPACE.params) == set(SEED_PARAMS)
+    assert SPACE.validate({}) == {**SEED_PARAMS, **BWD_SEED_PARAMS}
+    assert set(SPACE.params) == set(SEED_PARAMS) | set(BWD_SEED_PARAMS)
+    assert not set(SEED_PARAMS) & set(BWD_SEED_PARAMS)
+    assert SPACE.backward_knobs == set(BWD_KNOBS) == set(BWD_SEED_PARAMS)
+    for knob, values in BWD_KNOBS.items():
+        assert BWD_SEED_PARAMS[knob] in values and SPACE.params[knob] == values, knob
     with pytest.raises(ValueError, match="BLOCK_Q"):
         SPACE.validate({"BLOCK_Q": 64})
     for knob, value in (("BLOCK_V", 100), ("SPLIT_V", 3), ("LSE", "two-pass"), ("ROWS", 8)):
@@ -297,6 +315,9 @@ def test_rendered_source_passes_static_policy(point):
     violations = check_candidate(source, SPEC.entry)
     assert violations == [], [v.detail for v in violations]
     assert "def cross_entropy(logits, targets)" in source and "def _cross_entropy_mean_kernel(" in source
+    assert "CrossEntropyFunction.apply(logits, targets, {**PARAMS}, {**BWD_PARAMS})" in source
+    for fn in ("_fused_fwd", "_scale_grad_", "_count_valid_kernel", "_scale_in_place_kernel"):
+        assert source.count(f"def {fn}(") == 1, fn
     for knob, value in params.items():
         assert f"{knob!r}: {value!r}" in source
     assert SPACE.render(dict(params)) == source
@@ -310,8 +331,87 @@ def test_rendered_candidate_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("rendered_cross_entropy_candidate", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.PARAMS == params
+    assert module.PARAMS == SPACE.forward_point(params) and module.BWD_PARAMS == BWD_SEED_PARAMS
     logits, targets = SPEC.make_inputs(shape(5, 1023), torch.float16, 9, "cpu")
     tol = SPEC.tolerances["float16"]
     result = compare(module.cross_entropy(logits, targets), SPEC.reference(logits, targets), tol.atol, tol.rtol)
     assert result.ok, result.summary()
+
+
+# ----------------------------------------------------------------------------- backward template points
+
+BWD_POINTS = {
+    "seed": {},
+    "lane-small-chunks": {"FUSED_BLOCK_V": 256, "FUSED_LSE": "lane", "FUSED_ROWS": 2, "FUSED_WARPS": 2,
+                          "SCALE_BLOCK": 1024},
+    "rows-4-evict": {"FUSED_BLOCK_V": 512, "FUSED_ROWS": 4, "FUSED_EVICTION": "evict_first", "FUSED_STAGES": 4,
+                     "SCALE_BLOCK": 8192, "SPLIT_V": 4, "BLOCK_V": 256},
+}
+# narrow rows packed many to a program, and rows over several chunks with a partial last one
+BWD_SHAPES = tuple(s for s in SMALL_SHAPES if s.name in ("shakespeare-vocab", "width-1025"))
+
+
+def _load(source: str) -> types.ModuleType:
+    module = types.ModuleType("rendered_cross_entropy_bwd_candidate")
+    sys.modules[module.__name__] = module
+    exec(compile(source, "<candidate>", "exec"), module.__dict__)
+    return module
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    a0, b0 = a.untyped_storage().data_ptr(), b.untyped_storage().data_ptr()
+    return a0 < b0 + b.untyped_storage().nbytes() and b0 < a0 + a.untyped_storage().nbytes()
+
+
+@pytest.mark.parametrize("point", list(BWD_POINTS), ids=list(BWD_POINTS))
+def test_rendered_candidate_gradients_match_autograd(point):
+    """The rendered file at a backward point: the static policy passes it, its loss and its gradient for a
+    random incoming gradient match float64 autograd of the reference, the gradient in a buffer of its own
+    and the logits left as they were; without a gradient wanted it still gives the loss."""
+    assert len(BWD_SHAPES) == 2
+    params = SPACE.validate(BWD_POINTS[point])
+    source = SPACE.render(params)
+    violations = check_candidate(source, SPEC.entry)
+    assert violations == [], [v.detail for v in violations]
+    module = _load(source)
+    assert module.BWD_PARAMS == SPACE.backward_point(params)
+    failures = []
+    for i, s in enumerate(BWD_SHAPES):
+        logits, targets = SPEC.make_inputs(s, torch.float32, 400 + i, "cpu")
+        leaf = logits.clone().requires_grad_()
+        loss = module.cross_entropy(leaf, targets)
+        dy = torch.randn((), generator=torch.Generator().manual_seed(i)) * 3.0
+        (grad,) = torch.autograd.grad(loss, leaf, dy)
+        assert torch.equal(leaf.detach(), logits), "the logits changed"
+        assert not any(_overlap(grad, t) for t in (leaf, loss, dy, targets)), "the gradient shares storage"
+        ref = logits.to(torch.float64).requires_grad_()
+        loss_ref = SPEC.reference(ref, targets)
+        (grad_ref,) = torch.autograd.grad(loss_ref, ref, dy.to(torch.float64))
+        for what, ours, theirs, atol in (("loss", loss, loss_ref, 1e-4), ("grad", grad, grad_ref, 1e-6),
+                                         ("no-grad loss", module.cross_entropy(logits, targets), loss_ref, 1e-4)):
+            result = compare(ours, theirs, atol, 1e-4)
+            if not result.ok:
+                failures.append(f"{s.name} {what}: {result.summary()}")
+    assert not failures, "\n".join(failures)
+
+
+def test_fused_launchers_take_the_backward_point_without_defaults():
+    # one backward point goes to both: the Function passes **bwd_params to each
+    for fn, lead in ((_fused_fwd, ["logits", "targets"]), (_scale_grad_, ["dlogits", "grad_loss"])):
+        params = list(inspect.signature(fn).parameters.values())
+        assert [p.name for p in params[:2]] == lead
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[2:])
+        assert {p.name for p in params[2:]} == set(BWD_KNOBS)
+        assert all(p.default is inspect.Parameter.empty for p in params)
+
+
+@pytest.mark.parametrize("block", BWD_KNOBS["SCALE_BLOCK"])
+def test_scale_grad_scales_every_element_in_place(block):
+    # more elements than one step of the largest block and fewer than the grid covers: partial steps too
+    g = torch.randn(5, 3001, generator=torch.Generator().manual_seed(block))
+    expected = g * -0.75
+    _scale_grad_(g, torch.tensor(-0.75), **{**BWD_SEED_PARAMS, "SCALE_BLOCK": block})
+    assert torch.allclose(g, expected, rtol=1e-6, atol=0)
+    before = g.clone()
+    _scale_grad_(g, torch.tensor(1.0), **{**BWD_SEED_PARAMS, "SCALE_BLOCK": block})
+    assert torch.equal(g, before)

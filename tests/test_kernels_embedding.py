@@ -5,6 +5,9 @@ All on the CPU through Triton's interpreter (conftest sets TRITON_INTERPRET=1)."
 from __future__ import annotations
 
 import importlib.util
+import itertools
+import sys
+import types
 
 import pytest
 import torch
@@ -12,7 +15,8 @@ import torch
 from evaluators.checker import compare
 from evaluators.static import check_candidate
 from kernels import DTYPES, get_spec
-from kernels.embedding import SEED_PARAMS, _embedding_fwd, _embedding_fwd_kernel, embedding
+from kernels.embedding import (BWD_KNOBS, BWD_SEED_PARAMS, SEED_PARAMS, _embedding_bwd, _embedding_fwd,
+                              _embedding_fwd_kernel, embedding)
 from kernels.spec import Shape
 from memory import Rulebook
 
@@ -180,7 +184,7 @@ POINTS = {
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("point", list(POINTS), ids=list(POINTS))
 def test_seed_kernel_matches_reference(point, dtype):
-    params = SPACE.validate(POINTS[point])
+    params = SPACE.forward_point(SPACE.validate(POINTS[point]))
     failures = []
     for i, s in enumerate(SMALL_SHAPES):
         inputs = SPEC.make_inputs(s, DTYPES[dtype], 100 + i, "cpu")
@@ -197,7 +201,7 @@ def test_seed_kernel_matches_reference(point, dtype):
 @pytest.mark.parametrize("point", ["seed", "batch-4"])
 def test_seed_kernel_bfloat16(point):
     # elementwise bfloat16 is exact in the interpreter (only tl.dot is not), so the GPU dtype runs here too
-    params = SPACE.validate(POINTS[point])
+    params = SPACE.forward_point(SPACE.validate(POINTS[point]))
     for i, s in enumerate(SMALL_SHAPES[:4]):
         inputs = SPEC.make_inputs(s, torch.bfloat16, 7 + i, "cpu")
         result = check_output(_embedding_fwd(*inputs, **params), inputs, "bfloat16")
@@ -208,8 +212,8 @@ def test_seed_kernel_bfloat16(point):
 @pytest.mark.parametrize("persistent", [False, True])
 def test_batch_groups_cover_every_batch_entry(batch, persistent):
     # more batch entries than one group holds, and a count that no group size divides
-    params = SPACE.validate({"BATCH_PER_PROGRAM": batch, "ROWS_PER_PROGRAM": 2, "PERSISTENT": persistent,
-                             "PROGRAMS_PER_SM": 2})
+    params = SPACE.forward_point(SPACE.validate({"BATCH_PER_PROGRAM": batch, "ROWS_PER_PROGRAM": 2,
+                                                 "PERSISTENT": persistent, "PROGRAMS_PER_SM": 2}))
     inputs = SPEC.make_inputs(shape(19, 3, 50, 128, 4), torch.float32, batch, "cpu")
     result = check_output(_embedding_fwd(*inputs, **params), inputs, "float32")
     assert result.ok, result.summary()
@@ -217,7 +221,7 @@ def test_batch_groups_cover_every_batch_entry(batch, persistent):
 
 @pytest.mark.parametrize("point", ["seed", "single-tile", "batch-4", "persistent-2"])
 def test_seed_kernel_strided_inputs(point):
-    params = SPACE.validate(POINTS[point])
+    params = SPACE.forward_point(SPACE.validate(POINTS[point]))
     B, T, V, C, P = 3, 5, 20, 129, 11
     wide = shape(B, 2 * T + 1, V, 2 * C + 3, P + 2)
     idx_wide, wte_wide, wpe_wide = SPEC.make_inputs(wide, torch.float32, 5, "cpu")
@@ -322,9 +326,16 @@ def test_embedding_autograd_repeats_agree_within_rounding():
 # ----------------------------------------------------------------------------- template space
 
 def test_template_seed_is_valid():
-    assert SPACE.validate({}) == dict(SEED_PARAMS)
-    assert set(SPACE.params) == set(SEED_PARAMS)
+    assert SPACE.validate({}) == {**SEED_PARAMS, **BWD_SEED_PARAMS}
+    assert set(SPACE.params) == set(SEED_PARAMS) | set(BWD_SEED_PARAMS)
+    assert SPACE.backward_knobs == set(BWD_KNOBS) == set(BWD_SEED_PARAMS)
+    assert not set(SEED_PARAMS) & set(BWD_SEED_PARAMS)
     assert SPACE.normalize(dict(SEED_PARAMS)) == SEED_PARAMS
+    assert SPACE.normalize(SPACE.validate({})) == SPACE.seed
+    # the seed's backward is today's: the atomic scatter
+    assert BWD_SEED_PARAMS["BWD_ATOMIC"] is True
+    for knob, values in BWD_KNOBS.items():
+        assert BWD_SEED_PARAMS[knob] in values and 2 <= len(values) <= 5, knob
 
 
 @pytest.mark.parametrize("knob,value", [("ROWS_PER_PROGRAM", 3), ("BATCH_PER_PROGRAM", 16), ("NUM_WARPS", 32),
@@ -352,6 +363,14 @@ def test_normalize_merges_switched_off_knobs():
     batches = {SPACE.normalize(SPACE.validate({"BATCH_PER_PROGRAM": b}))["BATCH_PER_PROGRAM"]
                for b in (1, 2, 4, 8)}
     assert len(batches) == 4
+    # tokens a program belong to the atomic scatter, the scan's width to the owners
+    atomic = {tuple(sorted(SPACE.normalize(SPACE.validate({"BWD_WTE_ROWS": r, "BWD_SCAN_BLOCK": t})).items()))
+              for r in (1, 16) for t in (64, 512)}
+    assert len(atomic) == 2
+    owners = {tuple(sorted(SPACE.normalize(SPACE.validate({"BWD_ATOMIC": False, "BWD_WTE_ROWS": r,
+                                                           "BWD_SCAN_BLOCK": t})).items()))
+              for r in (1, 16) for t in (64, 512)}
+    assert len(owners) == 2
     point = SPACE.validate({"SINGLE_TILE": True, "CHUNK_C": 512})
     SPACE.normalize(point)
     assert point["CHUNK_C"] == 512, "normalize must not mutate its argument"
@@ -359,11 +378,17 @@ def test_normalize_merges_switched_off_knobs():
 
 def test_normalize_is_a_projection():
     keys = set()
-    for p in SPACE.all_points()[::7]:
+    # every 7th point of the forward knobs' space with the backward's at the seed, and every 7th of the
+    # backward's with the forward's at the seed (both at once are too many to list)
+    forward = SPACE.forward_only().all_points()[::7]
+    names = sorted(SPACE.backward_knobs)
+    backward = [{**SPACE.seed, **dict(zip(names, values))}
+                for values in itertools.product(*(SPACE.params[k] for k in names))][::7]
+    for p in forward + backward:
         n = SPACE.normalize(p)
         assert SPACE.validate(n) == n and SPACE.normalize(n) == n
         keys.add(tuple(sorted(n.items())))
-    assert len(keys) < len(SPACE.all_points()[::7])
+    assert len(keys) < len(forward) + len(backward)
 
 
 def test_neighbours_differ_in_exactly_one_knob():
@@ -390,7 +415,12 @@ def test_rendered_source_passes_static_policy(point):
     assert violations == [], [v.detail for v in violations]
     assert "def embedding(idx, wte, wpe)" in source
     assert "def _embedding_columns(" in source, "the kernel's helper travels with it"
-    assert "_embedding_bwd" not in source, "a candidate is the forward only"
+    # the candidate is differentiable: the backward's kernels and launcher travel with it
+    for name in ("def _embedding_bwd(", "def _embedding_bwd_wte_kernel(", "def _embedding_bwd_wte_owner_kernel(",
+                 "def _cast_kernel(", "def _embedding_bwd_wpe_kernel(", "class EmbeddingFunction(",
+                 "BWD_PARAMS = {"):
+        assert name in source, name
+    assert "EmbeddingFunction.apply(idx, wte, wpe, {**PARAMS}, {**BWD_PARAMS})" in source
     for knob, value in params.items():
         assert f"{knob!r}: {value!r}" in source
     assert SPACE.render(dict(params)) == source
@@ -404,7 +434,140 @@ def test_rendered_candidate_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("rendered_embedding_candidate", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.PARAMS == params
+    assert module.PARAMS == SPACE.forward_point(params)
+    assert module.BWD_PARAMS == SPACE.backward_point(params) == BWD_SEED_PARAMS
     inputs = SPEC.make_inputs(shape(3, 5, 40, 385, 8), torch.float32, 9, "cpu")
     result = check_output(module.embedding(*inputs), inputs, "float32")
     assert result.ok, result.summary()
+
+
+# ----------------------------------------------------------------------------- backward template
+
+def _load_source(source: str, name: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+    return module
+
+
+def _gradients(entry, inputs, out_grad):
+    """Gradients of the floating-point inputs (the tables), backpropagating `out_grad` through `entry`."""
+    leaves = [t.clone().requires_grad_() if t.is_floating_point() else t for t in inputs]
+    out = entry(*leaves)
+    out.backward(out_grad.to(out.dtype))
+    return [leaf.grad for leaf in leaves if leaf.is_floating_point()]
+
+
+# two small interpreter shapes: shakespeare's 65-token vocabulary over 24 tokens (repeats) and an odd width
+# with unused positions
+BACKWARD_SHAPES = tuple(s for s in SMALL_SHAPES if s.name in ("shakespeare-width", "odd-T-5"))
+
+
+def _backward_problems(entry) -> list[str]:
+    """Where the float32 gradients of wte and wpe through `entry` differ from float64 autograd of the
+    reference, on BACKWARD_SHAPES."""
+    problems = []
+    for i, s in enumerate(BACKWARD_SHAPES):
+        inputs = SPEC.make_inputs(s, torch.float32, 40 + i, "cpu")
+        idx, wte = inputs[0], inputs[1]
+        out_grad = torch.randn((*idx.shape, wte.shape[1]), generator=torch.Generator().manual_seed(i))
+        ours = _gradients(entry, inputs, out_grad)
+        ref = _gradients(SPEC.reference, inputs, out_grad)
+        for name, a, r in zip(("wte", "wpe"), ours, ref):
+            assert a is not None and a.dtype == torch.float32 and a.shape == r.shape, name
+            # each row sums a few rows of the gradient: the tolerance grows with the sums' magnitude
+            result = compare(a, r, 1e-4 * max(1.0, float(r.abs().max())), 1e-4)
+            if not result.ok:
+                problems.append(f"{s.name} grad {name}: {result.summary()}")
+    return problems
+
+
+# the seed (atomic scatter) and two backward points away from it (forward knobs at the seed): the owners'
+# deterministic sum with narrow scans and column chunks, and the atomic scatter with other tiles throughout
+BACKWARD_POINTS = {
+    "seed": {},
+    "owners": {"BWD_ATOMIC": False, "BWD_SCAN_BLOCK": 64, "BWD_WTE_BLOCK_C": 128, "BWD_WPE_ROWS": 2,
+               "BWD_WARPS": 2},
+    "atomic-tiles": {"BWD_WTE_ROWS": 16, "BWD_WTE_BLOCK_C": 1024, "BWD_WPE_ROWS": 8, "BWD_WPE_BLOCK_C": 128,
+                     "BWD_WARPS": 8},
+}
+
+
+@pytest.mark.parametrize("point", BACKWARD_POINTS, ids=list(BACKWARD_POINTS))
+def test_rendered_backward_matches_autograd(point):
+    """The rendered candidate at a backward point passes the static policy and its gradients match autograd."""
+    params = SPACE.validate(BACKWARD_POINTS[point])
+    assert SPACE.forward_point(params) == SEED_PARAMS
+    source = SPACE.render(params)
+    violations = check_candidate(source, SPEC.entry)
+    assert violations == [], [v.detail for v in violations]
+    module = _load_source(source, f"rendered_embedding_backward_{point.replace('-', '_')}")
+    assert module.BWD_PARAMS == SPACE.backward_point(params)
+    problems = _backward_problems(module.embedding)
+    assert not problems, problems
+
+
+# a bug planted in each path: the atomic scatter adds half of each row, the owner skips its own position
+PLANTED = {
+    True: ("g.to(tl.float32), mask=mask", "0.5 * g.to(tl.float32), mask=mask"),
+    False: ("for first in range(r, n, BLOCK_T):", "for first in range(r + 1, n, BLOCK_T):"),
+}
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "owners"])
+def test_rendered_backward_check_catches_a_wrong_gradient(atomic):
+    # the check above can fail: the same candidate with a bug planted in the token table's gradient
+    source = SPACE.render(SPACE.validate({"BWD_ATOMIC": atomic}))
+    right, wrong = PLANTED[atomic]
+    assert source.count(right) == 1
+    module = _load_source(source.replace(right, wrong), f"rendered_embedding_backward_planted_{atomic}")
+    problems = _backward_problems(module.embedding)
+    assert problems and all("grad wte" in p for p in problems), problems
+
+
+def _tables_grads(B, T, V, C, P, dtype, seed, ids_below=None, **knobs):
+    """(d wte, d wpe) of _embedding_bwd at the backward seed with `knobs` over it, and float64 sums; the ids
+    are drawn from [0, ids_below) (default V)."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, ids_below or V, (B, T), generator=gen)
+    dy = torch.randn(B, T, C, generator=gen).to(dtype)
+    dwte, dwpe = _embedding_bwd(dy, idx, V, P, dtype, **{**BWD_SEED_PARAMS, **knobs})
+    ref_wte = torch.zeros(V, C, dtype=torch.float64).index_add_(0, idx.reshape(-1), dy.double().reshape(-1, C))
+    ref_wpe = torch.zeros(P, C, dtype=torch.float64)
+    ref_wpe[:T] = dy.double().sum(0)
+    return (dwte, dwpe), (ref_wte, ref_wpe)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)], ids=["float32", "float16"])
+def test_owners_match_the_sum_and_leave_unused_rows_zero(dtype, tol):
+    # 90 positions over 7 of 9 ids: many repeats, more positions than one scan step holds, two rows unused
+    (dwte, dwpe), (ref_wte, ref_wpe) = _tables_grads(3, 30, 9, 130, 33, dtype, 2, ids_below=7, BWD_ATOMIC=False,
+                                                     BWD_SCAN_BLOCK=64, BWD_WTE_BLOCK_C=128)
+    assert dwte.dtype == dwpe.dtype == dtype
+    assert compare(dwte, ref_wte, tol, tol).ok and compare(dwpe, ref_wpe, tol, tol).ok
+    assert float(ref_wte[:7].abs().min()) > 0 and float(dwte[7:].abs().max()) == 0.0
+
+
+def test_owners_are_deterministic():
+    # one owner adds a token's rows in a fixed order: the same bits on every call; another scan width
+    # groups the additions differently, so it agrees within rounding, as the atomic scatter does
+    def owners(scan):
+        return _tables_grads(4, 40, 3, 96, 40, torch.float32, 5, BWD_ATOMIC=False, BWD_SCAN_BLOCK=scan)[0][0]
+
+    first, again, wide = owners(64), owners(64), owners(512)
+    assert torch.equal(first, again)
+    assert compare(first, wide.double(), 1e-5, 1e-5).ok
+    atomic = _tables_grads(4, 40, 3, 96, 40, torch.float32, 5)[0][0]
+    assert compare(first, atomic.double(), 1e-5, 1e-5).ok
+
+
+def test_owners_take_strided_ids_and_gradients():
+    B, T, V, C, P = 3, 5, 6, 129, 7
+    wide_idx = torch.randint(0, V, (B, 2 * T + 1), generator=torch.Generator().manual_seed(0))
+    idx = wide_idx[:, 1::2]                                          # stride 2 between positions
+    dy = torch.randn(B, C, T, generator=torch.Generator().manual_seed(1)).transpose(1, 2)  # columns strided
+    ref = torch.zeros(V, C, dtype=torch.float64).index_add_(0, idx.reshape(-1), dy.double().reshape(-1, C))
+    for ids in (idx, idx.to(torch.int32)):
+        dwte, dwpe = _embedding_bwd(dy, ids, V, P, torch.float32, **{**BWD_SEED_PARAMS, "BWD_ATOMIC": False})
+        assert compare(dwte, ref, 1e-5, 1e-5).ok
+        assert compare(dwpe[:T], dy.double().sum(0), 1e-5, 1e-5).ok and float(dwpe[T:].abs().max()) == 0.0

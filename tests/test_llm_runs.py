@@ -59,7 +59,7 @@ def write_config(root: Path, llm: str) -> Path:
     (root / "memory" / "lessons").mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT_ROOT / "memory" / "lessons" / "seed.toml", root / "memory" / "lessons" / "seed.toml")
     path = root / "config.toml"
-    path.write_text('[model]\nassemble = false\n[run]\nruns_dir = "runs"\nmemory_dir = "memory"\nbudget = 3\ndevice = "auto"\n'
+    path.write_text('[model]\nassemble = false\n[run]\nruns_dir = "runs"\nmemory_dir = "memory"\nbudget = 3\ndevice = "auto"\ntraining = false\n'
                     '[evaluator]\nceilings_cache = "runs/ceilings.json"\n[llm]\nmodel = "test-model"\n' + llm)
     return path
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from kernels import get_spec
 from kernels.nanogpt import checks, choice
 from kernels.nanogpt import data as D
 from kernels.nanogpt.model import GPT, GPTConfig, config_named
@@ -83,6 +84,27 @@ def test_parity_catches_a_wrong_kernel():
     result = checks.parity(TINY, "cpu", "float32")
     assert not result.passed
     assert result.errors["logits"] > 1e-3
+
+
+def test_a_points_backward_knobs_drive_the_models_backward():
+    """A promoted point's backward knobs reach the model's backward (here: other tiles and strips, and the
+    embedding's deterministic scatter), and the gradients stay PyTorch's."""
+    points = {"layer_norm": {"BWD_TILE": 1024, "SUM_BLOCK_N": 64}, "add_layer_norm": {"BWD_PROGRAMS_PER_SM": 1},
+              "embedding": {"BWD_ATOMIC": False}, "attention": {"DQ_BLOCK_M": 32, "DKDV_BLOCK_N": 32},
+              "bias_gelu": {"BWD_BLOCK_M": 2}, "cross_entropy": {"FUSED_BLOCK_V": 256}}
+    choice.install({op: choice.from_params(op, point, "test") for op, point in points.items()})
+    for op, point in points.items():
+        assert {k: choice.backward_of(op)[k] for k in point} == point
+        assert set(choice.backward_of(op)) == set(get_spec(op).template.backward_knobs)
+    result = checks.parity(TINY, "cpu", "float32", seed=5)
+    assert result.passed, result.failures
+
+
+def test_a_point_recorded_before_backward_knobs_keeps_the_seeds_backward():
+    spec = get_spec("layer_norm")
+    forward_only = spec.template.forward_point(spec.template.seed)
+    chosen = choice.from_params("layer_norm", forward_only, "an older promotion")
+    assert chosen.backward_params() == spec.template.backward_point(spec.template.seed)
 
 
 def test_inference_returns_the_last_position_and_rejects_long_sequences():

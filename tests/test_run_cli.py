@@ -84,7 +84,7 @@ def ws(tmp_path_factory) -> Workspace:
     (w.memory / "lessons").mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "memory" / "lessons" / "seed.toml", w.memory / "lessons" / "seed.toml")
     w.config.write_text(
-        '[model]\nassemble = false\n[run]\nruns_dir = "runs"\nmemory_dir = "memory"\nbudget = 3\ndevice = "auto"\ncoder = "template"\n'
+        '[model]\nassemble = false\n[run]\nruns_dir = "runs"\nmemory_dir = "memory"\nbudget = 3\ndevice = "auto"\ncoder = "template"\ntraining = false\n'
         '[evaluator]\nceilings_cache = "runs/ceilings.json"\n'
     )
     return w
@@ -385,7 +385,7 @@ def test_usage_error_stays_one_line_with_a_long_path(tmp_path):
     deep = tmp_path / ("a-rather-long-folder-name-" * 3) / "workspace"
     deep.mkdir(parents=True)
     config = deep / "config.toml"
-    config.write_text('[model]\nassemble = false\n[run]\nruns_dir = "runs"\nmemory_dir = "memory"\n')
+    config.write_text('[model]\nassemble = false\n[run]\nruns_dir = "runs"\nmemory_dir = "memory"\ntraining = false\n')
     assert_usage_error(evolve(config, "report", "nosuchrun", env={"COLUMNS": "80"}))
 
 

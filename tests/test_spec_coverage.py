@@ -29,6 +29,7 @@ PROMOTED = ROOT / "memory" / "promoted"
 # what each op's contract allows, and so which variants it must have
 EXPECTED_VARIANTS = {
     "layer_norm": {"large_mean", "constant_rows", "wide_range", "strided"},
+    "rms_norm": {"large_mean", "constant_rows", "wide_range", "strided"},
     "add_layer_norm": {"large_mean", "constant_rows", "wide_range", "strided"},
     "bias_gelu": {"large_mean", "wide_range", "strided"},
     "cross_entropy": {"large_mean", "constant_rows", "wide_range", "strided"},
@@ -38,6 +39,7 @@ EXPECTED_VARIANTS = {
 # the 2-D inputs that the strided variant lays out with rows farther apart than their width
 STRIDED_ARGS = {
     "layer_norm": (0,),
+    "rms_norm": (0,),
     "add_layer_norm": (0, 1),
     "bias_gelu": (0,),
     "cross_entropy": (0,),
@@ -450,3 +452,25 @@ def test_kernels_import_nothing_of_the_project_outside_kernels():
             else:
                 continue
             assert all(name.split(".")[0] in allowed for name in names), (path.name, names)
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_every_backward_is_declared_searchable_and_measurable(op):
+    """Each op's backward: its knobs are in the template space, the seed renders a differentiable candidate
+    the static policy passes, and the backward's bytes are declared for the forward+backward GB/s."""
+    from evaluators.static import check_candidate
+
+    spec = get_spec(op)
+    assert spec.has_backward
+    space = spec.template
+    assert space.backward_knobs and space.backward_knobs <= set(space.params)
+    assert all(space.seed[k] in space.params[k] for k in space.backward_knobs)
+    source = space.render(space.seed)
+    assert "BWD_PARAMS" in source and "torch.autograd.Function" in source
+    assert check_candidate(source, spec.entry) == []
+    shape = spec.headline_shape()
+    assert spec.backward_bytes is not None and spec.backward_bytes(shape, torch.bfloat16) > 0
+    # an inference search holds every backward knob at its seed, and only those
+    held = space.forward_only()
+    assert all(held.params[k] == (space.seed[k],) for k in space.backward_knobs)
+    assert all(held.params[k] == space.params[k] for k in space.params if k not in space.backward_knobs)

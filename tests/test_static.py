@@ -566,3 +566,19 @@ def test_kernel_may_use_tl_math_libdevice_and_constants() -> None:
                                "    for i in tl.static_range(2):\n        x = tl.maximum(x, 0.0)\n"
                                "    tl.store(Y + row")
     assert check_candidate(source, "layer_norm") == []
+
+
+def test_baked_knobs_pass_on_only_as_a_fresh_copy() -> None:
+    """A rendered differentiable candidate hands its knobs to its autograd Function as {**PARAMS}: a new dict
+    each call. The module-level dict itself, passed on, could be mutated into state across calls (by a
+    method call the policy would have to follow through every callee)."""
+    body = ("@staticmethod", "def forward(ctx, x, params):", "    ctx.n = params['N']", "    return x")
+    top = "PARAMS = {'N': 1}"
+    copied = autograd(*body, call="y = _Fn.apply(y, {**PARAMS})").replace("\n\nclass _Fn(", f"\n\n{top}\n\nclass _Fn(")
+    assert check_candidate(copied, "layer_norm") == []
+    shared = autograd(*body, call="y = _Fn.apply(y, PARAMS)").replace("\n\nclass _Fn(", f"\n\n{top}\n\nclass _Fn(")
+    assert "state" in rules(shared)
+    # a copy of anything else is no exemption: a dict display still checks what it unpacks
+    other = autograd(*body, call="y = _Fn.apply(y, {**typing.sys.modules})").replace(
+        "\n\nclass _Fn(", f"\n\n{top}\n\nclass _Fn(")
+    assert check_candidate(other, "layer_norm") != []

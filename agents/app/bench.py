@@ -21,7 +21,7 @@ from memory import INTERPRETER_GPU, KernelStore
 
 from agents.config import Config
 from agents.app.report import rate_text
-from agents.app.runner import evaluator_settings, resolve_device, resolve_ops
+from agents.app.runner import evaluator_settings, resolve_device, resolve_ops, resolve_target
 
 
 @dataclass
@@ -56,13 +56,35 @@ def sdpa_backend() -> str:
     return f"math (kernels: {', '.join(names)[:120]})"
 
 
+def kernel_in_use(op: str, promoted, tmp: Path, training: bool) -> tuple[Path, str]:
+    """The file to measure for `op` and what it is: the kernel the model runs. A promoted template point is
+    rendered afresh in a training bench, so a kernel promoted for its forward alone is measured with the
+    backward the model gives it (its point's backward knobs, the seed's where it has none); a promoted file
+    that is no template point as it is; the seed when nothing is promoted."""
+    space = get_spec(op).template
+    if promoted is None:
+        path = tmp / f"{op}_seed.py"
+        path.write_text(space.render(space.validate({})))
+        return path, "seed"
+    params = promoted.lineage.get("params")
+    if training and isinstance(params, dict):
+        try:
+            point = space.validate(params)
+        except ValueError:
+            return promoted.path, f"promoted {promoted.path}"
+        path = tmp / f"{op}_promoted.py"
+        path.write_text(space.render(point))
+        return path, f"promoted {promoted.path} (its point, with its backward)"
+    return promoted.path, f"promoted {promoted.path}"
+
+
 def bench_target(config: Config, target: str, ops: str | None, console: Console,
                  on_row=None) -> tuple[list[BenchRow], dict]:
     """Evaluate the op kernels in use for `target` on this machine; returns the rows and the device."""
     op_names = resolve_ops(target, ops)
     device = resolve_device(config.run.device)
     rows: list[BenchRow] = []
-    with Evaluator(evaluator_settings(config, device)) as evaluator, \
+    with Evaluator(evaluator_settings(config, device, resolve_target(target))) as evaluator, \
             tempfile.TemporaryDirectory(prefix="evolve-bench-") as tmp:
         info = evaluator.device_info
         if device == "cuda":
@@ -70,14 +92,7 @@ def bench_target(config: Config, target: str, ops: str | None, console: Console,
         gpu = info["name"] if device == "cuda" else INTERPRETER_GPU
         store = KernelStore(Path(config.run.memory_dir))
         for op in op_names:
-            promoted = store.best(op, gpu)
-            if promoted is not None:
-                path, kernel = promoted.path, f"promoted {promoted.path}"
-            else:
-                space = get_spec(op).template
-                path = Path(tmp) / f"{op}_seed.py"
-                path.write_text(space.render(space.validate({})))
-                kernel = "seed"
+            path, kernel = kernel_in_use(op, store.best(op, gpu), Path(tmp), config.run.training)
             console.print(f"[cyan]bench[/] {op}: {escape(kernel)}")
             row = BenchRow(op, kernel, evaluator.evaluate(op, path))
             rows.append(row)
@@ -138,4 +153,36 @@ def bench_table(rows: list[BenchRow], device: dict) -> Table:
                      f"{c.get('matmul_tflops', 0):,.0f} TFLOP/s; of copy: a Triton copy of the same bytes, its time over ours.")
     if device.get("sdpa_backend"):
         table.caption += f"\nscaled_dot_product_attention ran: {escape(device['sdpa_backend'])}."
+    return table
+
+
+def _mib(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def backward_table(rows: list[BenchRow], device: dict) -> Table | None:
+    """Forward+backward of every op whose kernel carries a checked backward, with peak memory; None when
+    nothing was timed that way (the CPU, or forward-only kernels)."""
+    timed = [r for r in rows if r.verdict.accepted and (r.verdict.backward or {}).get("timing")]
+    if not timed:
+        return None
+    table = Table(title=escape(f"forward+backward · {device.get('name', '?')}"), title_justify="left")
+    for column in ("op", "shape", "eager", "compile", "ours", "×eager", "×compile", "other", "rate",
+                   "peak MiB ours / eager / compile", "backward"):
+        table.add_column(column, justify="left" if column in ("op", "shape", "other", "backward") else "right",
+                         no_wrap=True)
+    for row in timed:
+        backward = row.verdict.backward
+        kind = "deterministic" if backward.get("deterministic") else "atomics" \
+            if backward.get("deterministic") is False else "—"
+        for shape in backward["timing"]["shapes"]:
+            peak = shape.get("peak_mib") or {}
+            other = escape(", ".join(f"{name} {_us(b['ms'])} ({b['speedup']:.2f}x)"
+                                     for name, b in shape.get("baselines", {}).items()) or "—")
+            table.add_row(row.op, f"{shape['shape']} {shape['dtype']}", _us(shape["eager_ms"]), _us(shape["compile_ms"]),
+                          _us(shape["candidate_ms"]), f"{shape['speedup_eager']:.2f}x",
+                          f"{shape['speedup_compile']:.2f}x", other, rate_text(row.op, shape),
+                          " / ".join(_mib(peak.get(k)) for k in ("candidate", "eager", "compile")), kind)
+    table.caption = ("One forward and the gradients of every floating input, device time, interleaved in one "
+                     "process; peak: memory allocated by one call beyond what was allocated before it.")
     return table

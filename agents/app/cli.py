@@ -26,10 +26,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agents.config import Config, ConfigError, find_config, load_config
+from agents.config import Config, ConfigError, load_config, resolve_config
 from agents.app.report import print_run, runs_table
 from agents.run_folder import RunFolder, RunNotFound, list_runs
-from agents.app.runner import UsageError, evaluator_settings, interrupt_on_sigterm, resolve_device, run_target
+from agents.app.runner import (UsageError, evaluator_settings, interrupt_on_sigterm, resolve_device, resume_target,
+                               run_target)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evolve fast, verified Triton kernels for NanoGPT.")
@@ -102,7 +103,7 @@ def print_verdict(out: Console, op: str, file: Path, verdict) -> None:
 def _config(ctx: typer.Context) -> Config:
     # the LLM endpoint is checked by `run` for the coder it ends up with (--coder), never for reports
     try:
-        return load_config(find_config(ctx.obj), check_llm=False)
+        return resolve_config(ctx.obj, check_llm=False)
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -121,7 +122,8 @@ def main(ctx: typer.Context,
 
 @app.command()
 def run(ctx: typer.Context,
-        target: str = typer.Argument(..., help="what to evolve: nanogpt"),
+        target: Optional[str] = typer.Argument(None, help="what to evolve: nanogpt, microgpt, fmha, or a target "
+                                                          ".toml file (left out with --resume)"),
         ops: Optional[str] = typer.Option(None, "--ops", help="comma-separated subset of the target's ops"),
         budget: Optional[int] = typer.Option(None, "--budget", help="candidates per op"),
         coder: Optional[str] = typer.Option(None, "--coder", help="template | llm | mixed (the model writes "
@@ -135,20 +137,44 @@ def run(ctx: typer.Context,
         llm_replay: Optional[str] = typer.Option(None, "--llm-replay", metavar="RUN",
                                                  help="re-run RUN with its recorded LLM answers; no server needed"),
         assemble: Optional[bool] = typer.Option(None, "--assemble/--no-assemble",
-                                                help="end with the NanoGPT build ([model].assemble)")):
+                                                help="end with the NanoGPT build ([model].assemble)"),
+        training: Optional[bool] = typer.Option(None, "--training/--inference",
+                                                help="evolve forward and backward, timed together, or the "
+                                                     "forward only ([run].training)"),
+        resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN",
+                                             help="continue an interrupted run (an id, a path or 'latest') "
+                                                  "where it stopped, with the settings it ran with")):
     """Evolve the target's ops: plan, propose, evaluate, select, promote; then build NanoGPT from them."""
     config = _config(ctx)
+    if resume is not None:
+        given = {"--ops": ops, "--budget": budget, "--coder": coder, "--device": device, "--seed": seed,
+                 "--llm-replay": llm_replay, "--assemble": assemble, "--training": training}
+        extra = [flag for flag, value in given.items() if value is not None] + (["--no-memory"] if no_memory else [])
+        if extra:
+            _fail(f"--resume continues a run with the settings it ran with; leave out {', '.join(extra)}")
+        try:
+            folder = resume_target(config, resume, console, target)
+        except (UsageError, ConfigError, KeyError) as exc:
+            _fail(_message(exc))
+        except KeyboardInterrupt:
+            raise _interrupted()
+        except Exception as exc:
+            _fail(f"the run failed: {type(exc).__name__}: {exc} (details in the run folder's events.jsonl)", 1)
+        print_run(console, folder)
+        return
+    if target is None:
+        _fail("evolve run needs a TARGET (nanogpt, microgpt, fmha or a target .toml file), or --resume RUN")
     if assemble is not None:
         import dataclasses
 
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, assemble=assemble))
     try:
         if llm_replay is not None:
-            config = config.with_run(check_llm=False, device=device)
+            config = config.with_run(check_llm=False, device=device, training=training)
             folder = run_target(config, target, ops, not no_memory, console, seed=seed, replay=llm_replay,
                                 replay_flags={"coder": coder, "budget": budget})
         else:
-            config = config.with_run(budget=budget, coder=coder, device=device)
+            config = config.with_run(budget=budget, coder=coder, device=device, training=training)
             folder = run_target(config, target, ops, not no_memory, console, seed=seed)
     except (UsageError, ConfigError, KeyError) as exc:
         _fail(_message(exc))
@@ -200,6 +226,26 @@ def runs(ctx: typer.Context):
         console.print(f"no runs in {config.run.runs_dir}", markup=False)
         return
     console.print(runs_table(folders))
+
+
+@app.command()
+def compare(ctx: typer.Context,
+            cold: str = typer.Argument(..., metavar="COLD", help="the run without memory (--no-memory)"),
+            warm: str = typer.Argument(..., metavar="WARM", help="the run of the same ops with memory"),
+            as_json: bool = typer.Option(False, "--json", help="print the comparison as JSON")):
+    """What memory saved: per op, the candidates and seconds each run needed to come within 2% of the
+    better run's best."""
+    from agents.app.compare import CompareError, compare_runs, compare_table
+
+    config = _config(ctx)
+    try:
+        result = compare_runs(RunFolder.open(config.run.runs_dir, cold), RunFolder.open(config.run.runs_dir, warm))
+    except (RunNotFound, CompareError) as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        console.print(compare_table(result))
 
 
 @app.command()
@@ -291,6 +337,9 @@ def memory(ctx: typer.Context,
                       + escape(f"({rule.kind}, op {rule.op}, origin {rule.origin}, learned on {rule.learned_on})\n"
                                f"{rule.statement}\nwhen {rule.when} suggests {rule.suggests}\n"
                                f"confidence {rule.confidence:.2f} -> {rule.current_confidence:.2f} with evidence:"))
+        for gpu, tally in rule.verdicts_by_gpu().items():
+            console.print(f"  on {gpu}: confidence {rule.confidence_on(gpu):.2f} (+{tally['confirmed']} "
+                          f"-{tally['refuted']} ?{tally['inconclusive']})", markup=False)
         for ev in rule.evidence:
             console.print(f"  {ev.date} {ev.gpu} {ev.run}: {ev.verdict} {ev.effect}", markup=False)
     else:
@@ -311,7 +360,10 @@ def bench(ctx: typer.Context,
                                                                          "ours, ours-graph, ours-compile"),
           only: Optional[str] = typer.Option(None, "--only", help="with --model: train | inference"),
           profile: bool = typer.Option(False, "--profile", help="with --model: also where our training "
-                                                                 "step's device time goes, kernel by kernel")):
+                                                                 "step's device time goes, kernel by kernel"),
+          training: Optional[bool] = typer.Option(None, "--training/--inference",
+                                                  help="the ops: also forward+backward with peak memory, or the "
+                                                       "forward only ([run].training)")):
     """Per op, the kernel in use (promoted for this GPU, else the seed) against eager and torch.compile;
     with --model, the whole model against PyTorch eager and torch.compile."""
     if model is not None:
@@ -321,11 +373,11 @@ def bench(ctx: typer.Context,
 
     from evaluators import JudgeError, SandboxLost
 
-    from agents.app.bench import bench_table, bench_target
+    from agents.app.bench import backward_table, bench_table, bench_target
 
     config = _config(ctx)
     try:
-        config = config.with_run(device=device)
+        config = config.with_run(device=device, training=training)
         quiet = Console(file=sys.stderr) if as_json else console
         rows, info = bench_target(config, target, ops, quiet)
     except (UsageError, ConfigError, KeyError, MemoryStoreError) as exc:
@@ -338,6 +390,9 @@ def bench(ctx: typer.Context,
         sys.stdout.write(json.dumps({"device": info, "rows": [r.to_dict() for r in rows]}, indent=2) + "\n")
     else:
         console.print(bench_table(rows, info))
+        train = backward_table(rows, info)
+        if train is not None:
+            console.print(train)
     raise typer.Exit(0 if all(r.verdict.accepted for r in rows) else 1)
 
 

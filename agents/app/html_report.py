@@ -193,6 +193,20 @@ def _failures_text(failures: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in failures.items()) or "—"
 
 
+def _backward_text(best: dict) -> str:
+    return {True: "deterministic", False: "atomics"}.get(best.get("deterministic"), "checked")
+
+
+def _peak(best: dict) -> Any:
+    peak = best.get("train_peak_mib")
+    return peak.get("candidate") if isinstance(peak, dict) else None
+
+
+def _us(ms: Any) -> float | None:
+    value = finite_number(ms)
+    return None if value is None else value * 1e3
+
+
 def _best_cells(best: dict) -> list[str]:
     """best, ×eager, ×compile, roofline: the cells the terminal report shows for an op's best."""
     name = f"{best.get('candidate', '—')} {best.get('origin') or ''}".strip()
@@ -218,6 +232,17 @@ def document(report: dict) -> list[Block]:
                        _failures_text(o["failures"]), "yes" if o["promoted"] else "no"] for o in report["ops"]],
                      "×eager, ×compile: the best's speedup over PyTorch eager and torch.compile, same process."
                      if timed else NOT_MEASURED)]
+    trained = [o for o in report["ops"] if (o["best"] or {}).get("backward")]
+    if trained:
+        blocks += [_heading(2, "Training kernels"),
+                   _table("backward", ["op", "backward", "f+b ×eager", "f+b ×compile", "f+b time", "peak MiB"],
+                          [[o["op"], _backward_text(o["best"]), ratio_text(o["best"].get("train_speedup_eager")),
+                            ratio_text(o["best"].get("train_speedup_compile")),
+                            number_text(_us(o["best"].get("train_candidate_ms")), ",.1f", " µs"),
+                            number_text(_peak(o["best"]), ",.0f")]
+                           for o in trained],
+                          "The best's forward and backward together (every floating input's gradient checked "
+                          "against autograd of the reference), against PyTorch eager and torch.compile of both.")]
     blocks += [_heading(2, "Failures by class"), _table("failures", ["op", "class", "count"], [
                    [o["op"], k, v] for o in report["ops"] for k, v in o["failures"].items()]),
                _heading(2, "Rules"),

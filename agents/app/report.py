@@ -34,33 +34,49 @@ def run_table(folder: RunFolder) -> Table:
     s = folder.summary
     device = s.get("device") or {}
     timed = device.get("arch") != "interpreter"
-    title = (f"run {s['run_id']} · {s['target']} · {s['status']} · {device.get('name', '?')} "
+    title = (f"run {s['run_id']} · {s['target']} · {folder.status()} · {device.get('name', '?')} "
              f"({device.get('arch', '?')}, torch {device.get('torch', '?')}, triton {device.get('triton', '?')})")
     # titles and cells are rich markup: values read from a run folder are escaped to print as written
     table = Table(title=escape(title), title_justify="left")
+    # forward+backward columns when the run timed any (a training run on a GPU)
+    train = any((o.get("best") or {}).get("train_speedup_compile") is not None for o in s["ops"].values())
     # short headers: the table fits an 80-column terminal (the caption says what the ratios are)
-    for column in ("op", "tried", "ok", "best", "×eager", "×compile", "roofline", "rate", "failures", "promoted"):
-        table.add_column(column, justify="left" if column in ("op", "failures", "best") else "right",
+    columns = ["op", "tried", "ok", "best", "×eager", "×compile", "roofline", "rate"]
+    columns += ["f+b ×eager", "f+b ×compile"] if train else []
+    for column in (*columns, "bwd", "failures", "promoted"):
+        table.add_column(column, justify="left" if column in ("op", "failures", "best", "bwd") else "right",
                          no_wrap=column in ("op", "best"))
     for op, o in s["ops"].items():
         best = o.get("best") or {}
         failures = ", ".join(f"{k} {v}" for k, v in sorted(o["failures"].items())) or "—"
-        table.add_row(*map(escape, (
-            op, str(o["candidates"]), str(o["accepted"]),
-            str(best.get("candidate", "—")) + (f" {best['origin']}" if best.get("origin") else ""),
-            _ratio(best.get("speedup_eager")), _ratio(best.get("speedup_compile")),
-            _fraction(best.get("roofline_fraction")), rate_text(op, best),
-            failures, "yes" if o.get("promoted") else "no",
-        )))
+        cells = [op, str(o["candidates"]), str(o["accepted"]),
+                 str(best.get("candidate", "—")) + (f" {best['origin']}" if best.get("origin") else ""),
+                 _ratio(best.get("speedup_eager")), _ratio(best.get("speedup_compile")),
+                 _fraction(best.get("roofline_fraction")), rate_text(op, best)]
+        if train:
+            cells += [_ratio(best.get("train_speedup_eager")), _ratio(best.get("train_speedup_compile"))]
+        cells += [_backward_kind(best), failures, "yes" if o.get("promoted") else "no"]
+        table.add_row(*map(escape, cells))
     if not timed:
         table.caption = "Speed not measured: the run used Triton's CPU interpreter (correctness only)."
     else:
         table.caption = "×eager, ×compile: the best's speedup over PyTorch eager and torch.compile, same process."
+        if train:
+            table.caption += " f+b: of forward and backward together."
         if device.get("ceilings"):
             c = device["ceilings"]
             table.caption += (f"\nRoofline against measured ceilings: copy {c['copy_gbps']:,.0f} GB/s, "
                               f"bf16 matmul {c['matmul_tflops']:,.0f} TFLOP/s.")
     return table
+
+
+def _backward_kind(best: dict) -> str:
+    """What the best's backward is: checked and deterministic, checked with atomics, or none (forward only)."""
+    if not best:
+        return "—"
+    if not best.get("backward"):
+        return "none"
+    return {True: "determ.", False: "atomics"}.get(best.get("deterministic"), "checked")
 
 
 def _usage(u: dict) -> str:
@@ -146,7 +162,7 @@ def runs_table(folders: list[RunFolder]) -> Table:
         ops = s.get("ops", {})
         accepted = sum(o.get("accepted", 0) for o in ops.values())
         total = sum(o.get("candidates", 0) for o in ops.values())
-        table.add_row(*map(escape, (str(s["run_id"]), str(s["target"]), str(s["status"]),
+        table.add_row(*map(escape, (str(s["run_id"]), str(s["target"]), str(folder.status()),
                                     str((s.get("device") or {}).get("name", "?")), ",".join(ops),
                                     f"{accepted} / {total}", str(s.get("started", "")))))
     return table

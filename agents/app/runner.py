@@ -17,11 +17,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from evaluators import Evaluator, EvaluatorSettings, Timeouts, TimingSettings
-from kernels import TARGETS, get_spec
+from kernels import OPS, TARGET_FILES, Target, TargetError, get_spec, load_target
 from memory import INTERPRETER_GPU, CandidateArchive, KernelStore, Rulebook
 
-from agents.config import Config, load_config
-from agents.search.graph import RunContext, build_graph
+from agents.config import Config, ConfigError, load_config
+from agents.search.graph import RunContext, build_graph, recorded_candidates
 from agents.llm.client import ChatModel, LLMUnavailable, Recorder, preflight, read_exchanges, read_meta
 from agents.llm.coder import LLMCoder
 from agents.llm.planner import LLMPlanner
@@ -44,28 +44,43 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def resolve_target(target: str) -> Target:
+    """A shipped target by name, or a target file of one's own by its path (ending in .toml)."""
+    if target.endswith(".toml"):
+        if not Path(target).is_file():
+            raise UsageError(f"no target file {target}")
+        try:
+            return load_target(Path(target), OPS)
+        except TargetError as exc:
+            raise UsageError(str(exc)) from None
+    if target not in TARGET_FILES:
+        raise UsageError(f"unknown target {target!r}; known targets: {', '.join(sorted(TARGET_FILES))} "
+                         "(or a path to a target .toml file)")
+    return TARGET_FILES[target]
+
+
 def resolve_ops(target: str, ops: str | None) -> list[str]:
-    if target not in TARGETS:
-        raise UsageError(f"unknown target {target!r}; known targets: {', '.join(sorted(TARGETS))}")
+    known = list(resolve_target(target).ops)
     if ops is None:
-        return list(TARGETS[target])
+        return known
     chosen = [o.strip() for o in ops.split(",")]
     # an empty name is a typo (`a,,b`, a trailing comma), never "all ops"; a repeated op would have its
     # candidate files overwritten by its second pass
     if not any(chosen):
-        raise UsageError(f"--ops {ops!r} names no op; its ops: {', '.join(TARGETS[target])}")
+        raise UsageError(f"--ops {ops!r} names no op; its ops: {', '.join(known)}")
     if not all(chosen):
         raise UsageError(f"--ops {ops!r} has an empty op name; separate op names with single commas")
     for op in chosen:
-        if op not in TARGETS[target]:
-            raise UsageError(f"unknown op {op!r} for {target}; its ops: {', '.join(TARGETS[target])}")
+        if op not in known:
+            raise UsageError(f"unknown op {op!r} for {target}; its ops: {', '.join(known)}")
     repeated = sorted({op for op in chosen if chosen.count(op) > 1})
     if repeated:
         raise UsageError(f"--ops names {', '.join(repeated)} more than once; name each op once")
     return chosen
 
 
-def evaluator_settings(config: Config, device: str) -> EvaluatorSettings:
+def evaluator_settings(config: Config, device: str, target: Target | None = None) -> EvaluatorSettings:
+    """The evaluator as the config sets it up; a target's own timed shapes, where it names any."""
     e, t = config.evaluator, config.timing
     return EvaluatorSettings(
         device=device,
@@ -77,6 +92,8 @@ def evaluator_settings(config: Config, device: str) -> EvaluatorSettings:
         ceilings_cache=e.ceilings_cache,
         promotion_margin=config.promotion.margin,
         ab_rounds=config.promotion.ab_rounds,
+        backward=config.run.training,
+        timed_shapes=dict(target.shapes) if target is not None else {},
     )
 
 
@@ -171,10 +188,43 @@ def _replay_source(config: Config, replay: str, target: str, ops: str | None, se
     return config, meta, read_exchanges(past.path), past
 
 
+def _resumable(config: Config, run: str) -> tuple[Config, RunFolder, bool]:
+    """The interrupted run to continue, with the configuration it ran under and whether it used memory."""
+    try:
+        folder = RunFolder.open(config.run.runs_dir, run)
+    except RunNotFound as exc:
+        raise UsageError(f"--resume: {exc}") from None
+    status = folder.status()
+    if status == "complete":
+        raise UsageError(f"--resume {folder.run_id}: the run is complete; nothing to resume")
+    if status == "running":
+        raise UsageError(f"--resume {folder.run_id}: the run is still running (process {folder.summary.get('pid')})")
+    try:
+        recorded = load_config(folder.path / "config.toml", check_llm=False)
+    except ConfigError as exc:
+        raise UsageError(f"--resume {folder.run_id}: its config.toml cannot be read: {exc}") from None
+    if recorded.run.coder != "template":
+        raise UsageError(f"--resume {folder.run_id}: the run's coder is {recorded.run.coder!r}; resume continues "
+                         "template-coder runs (an LLM run can be replayed with --llm-replay)")
+    return recorded, folder, folder.summary.get("memory", True) is not False
+
+
+def resume_target(config: Config, run: str, console: Console, target: str | None = None) -> RunFolder:
+    """`evolve run --resume RUN`: the run continued where it stopped, under the settings it ran with; a
+    target named beside it must be the run's."""
+    recorded, folder, use_memory = _resumable(config, run)
+    if target is not None and target != folder.summary["target"]:
+        raise UsageError(f"--resume {folder.run_id}: that run's target is {folder.summary['target']!r}, not {target!r}")
+    return run_target(recorded, folder.summary["target"], ",".join(folder.summary["ops"]), use_memory, console,
+                      resume=folder)
+
+
 def run_target(config: Config, target: str, ops: str | None, use_memory: bool, console: Console,
-               seed: int | None = None, replay: str | None = None, replay_flags: dict | None = None) -> RunFolder:
+               seed: int | None = None, replay: str | None = None, replay_flags: dict | None = None,
+               resume: RunFolder | None = None) -> RunFolder:
     """`replay`: a past run whose recorded answers stand in for the server; `replay_flags` are the
-    command line's coder and budget, which must agree with that run's."""
+    command line's coder and budget, which must agree with that run's. `resume`: an interrupted run to
+    continue: the ops it finished stay finished, the candidates it judged are not judged again."""
     meta = exchanges = past = None
     if replay is not None:
         flags = replay_flags or {}
@@ -208,7 +258,7 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         console.print(f"[bold]LLM[/] coder={config.run.coder} ({escape(where)})", highlight=False)
     if device == "cpu":
         console.print("[yellow]No GPU: candidates run in Triton's interpreter. Correctness only; speed not measured.[/]")
-    evaluator = Evaluator(evaluator_settings(config, device))
+    evaluator = Evaluator(evaluator_settings(config, device, resolve_target(target)))
     folder = None
     model = None
     previous = None
@@ -219,27 +269,42 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         info = evaluator.device_info
         if device == "cuda":
             info = {**info, "ceilings": evaluator.ceilings()}
-        folder = RunFolder.create(config.run.runs_dir, target, config.to_toml(), info, op_names)
-        console.print(f"run folder: {escape(str(folder.path))}")
+        if resume is not None:
+            folder = resume
+            folder.claim()
+            folder.log("resume", op=None, evaluated=[], pending=None)
+            console.print(f"resuming: {escape(str(folder.path))}")
+        else:
+            folder = RunFolder.create(config.run.runs_dir, target, config.to_toml(), info, op_names)
+            folder.summary["memory"] = use_memory
+            folder.write_summary()
+            console.print(f"run folder: {escape(str(folder.path))}")
         gpu = info["name"] if device == "cuda" else INTERPRETER_GPU
         rulebook = Rulebook.load(memory_dir) if use_memory else None
         store = KernelStore(memory_dir) if use_memory else None
         ctx = RunContext(
             config=config, folder=folder, evaluator=evaluator, gpu=gpu, rulebook=rulebook, store=store,
             archive=CandidateArchive(memory_dir) if use_memory and replay is None else None,
-            planner=Planner(rulebook, store, gpu, info["sm_count"], config.run.budget, config.coder.test_rules),
+            planner=Planner(rulebook, store, gpu, info["sm_count"], config.run.budget, config.coder.test_rules,
+                            config.run.training, info.get("arch", "")),
             rng=random.Random(seed),
         )
         if config.run.coder != "template":
             model = _llm_agents(ctx, config, target, op_names, seed, endpoint, meta, exchanges, past)
+        done: list[str] = []
+        if resume is not None:
+            # an op is finished once its promotion step wrote its lessons into the summary
+            done = [op for op in op_names if "lessons" in folder.summary["ops"].get(op, {})]
+            recorded = recorded_candidates(folder.events(), config.run.training)
+            ctx.resume = {op: recorded[op] for op in op_names if op not in done and op in recorded}
         graph = build_graph(ctx)
-        state = {"queue": op_names, "op": None, "proposed": 0, "pending": None, "history": [], "exhausted": False,
-                 "done": []}
+        state = {"queue": [op for op in op_names if op not in done], "op": None, "proposed": 0, "pending": None,
+                 "history": [], "exhausted": False, "done": done}
         steps = 10 + len(op_names) * (4 * config.run.budget + 6)
         with RunDisplay(console) as display:
             ctx.on_event = display
             graph.invoke(state, {"recursion_limit": steps})
-        if target == "nanogpt" and config.model.assemble:
+        if resolve_target(target).model and config.model.assemble:
             _assemble(folder, config, device, memory_dir if use_memory else None, console)
         folder.finish("complete")
         return folder

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 # the numbers of a verdict's headline timing that candidates, summaries and promotions carry
 TIMING_KEYS = ("speedup_eager", "speedup_compile", "roofline_fraction", "gbps", "tflops", "candidate_ms",
                "eager_ms", "compile_ms")
+# and of its forward+backward timing, carried as train_<key>
+TRAIN_KEYS = ("speedup_eager", "speedup_compile", "gbps", "tflops", "candidate_ms", "eager_ms", "compile_ms",
+              "peak_mib")
 
 
 @dataclass
@@ -61,6 +64,9 @@ class RunContext:
     replay_of: str | None = None               # the run whose recorded answers this run replays
     replay_plans: dict[str, dict] = field(default_factory=dict)   # op -> that run's plan event
     fallback_noted: bool = False
+    # a resumed run: op -> (the candidates it evaluated before it stopped, the one it had proposed and not
+    # evaluated or None); that op starts from them instead of from nothing
+    resume: dict[str, tuple[list[Candidate], Candidate | None]] = field(default_factory=dict)
 
     def llm_slot(self, slot: int) -> bool:
         """Whether the model writes candidate `slot` (0-based) of an op; mixed runs interleave by share."""
@@ -82,15 +88,76 @@ def _emit(ctx: RunContext, kind: str, **data: Any) -> None:
     ctx.on_event(kind, data)
 
 
-def _candidate_from(pending: Candidate, verdict: Verdict) -> Candidate:
+def _candidate_from(pending: Candidate, verdict: Verdict, training: bool) -> Candidate:
     timing = verdict.timing or {}
-    return {
+    backward = verdict.backward or {}
+    train = backward.get("timing") or {}
+    candidate: Candidate = {
         **pending,
         "status": verdict.status,
         "failure_class": verdict.failure_class,
         "reason": verdict.reason(),
         **{k: timing.get(k) for k in TIMING_KEYS},
+        "backward": verdict.backward is not None,
+        "deterministic": backward.get("deterministic"),
+        **{f"train_{k}": train.get(k) for k in TRAIN_KEYS},
     }
+    # what the search maximises: forward+backward speed over eager in a training run (a candidate without
+    # a checked backward then has no score), the forward's in an inference run
+    candidate["score"] = train.get("speedup_eager") if training else timing.get("speedup_eager")
+    return candidate
+
+
+def _resumed(ctx: RunContext, op: str, queue: list[str]) -> dict:
+    """The state of an op an interrupted run had begun: its judged candidates as they were, the one it had
+    proposed and not judged pending again, the coder told what was tried, the summary's counts redone."""
+    history, pending = ctx.resume.pop(op)
+    ctx.coder.skip_tried(history + ([pending] if pending else []))
+    summary = ctx.folder.op_summary(op)
+    summary["candidates"] = len(history)
+    summary["accepted"] = sum(1 for c in history if c["status"] == "accepted")
+    failures: dict[str, int] = {}
+    for c in history:
+        if c["status"] != "accepted":
+            failures[c["failure_class"]] = failures.get(c["failure_class"], 0) + 1
+    summary["failures"] = failures
+    _emit(ctx, "resume", op=op, evaluated=[c["id"] for c in history], pending=pending["id"] if pending else None)
+    return {"queue": queue, "op": op, "proposed": len(history) + (1 if pending else 0), "pending": pending,
+            "history": history, "exhausted": False}
+
+
+def recorded_candidates(events: list[dict], training: bool) -> dict[str, tuple[list[Candidate], Candidate | None]]:
+    """Per op, the candidates a run's events show judged (in order) and the last one proposed without a
+    verdict (None if there is none, or its file is gone): what a resume starts the op from."""
+    proposed: dict[str, dict[str, dict]] = {}
+    judged: dict[str, list[Candidate]] = {}
+    for event in events:
+        if event.get("kind") == "candidate":
+            data = {k: v for k, v in event.items() if k not in ("ts", "kind", "note")}
+            proposed.setdefault(data["op"], {})[data["id"]] = data
+        elif event.get("kind") == "verdict":
+            op, cid = event.get("op"), event.get("id")
+            pending = proposed.get(op, {}).get(cid)
+            if pending is None or any(c["id"] == cid for c in judged.get(op, [])):
+                continue
+            verdict = Verdict.from_dict({k: v for k, v in event.items() if k not in ("ts", "kind", "id")})
+            judged.setdefault(op, []).append(_candidate_from(pending, verdict, training))
+    out = {}
+    for op, candidates in proposed.items():
+        done = {c["id"] for c in judged.get(op, [])}
+        waiting = [c for cid, c in candidates.items() if cid not in done]
+        pending = waiting[-1] if waiting and ("unusable" in waiting[-1] or Path(waiting[-1].get("path", "")).is_file()) \
+            else None
+        out[op] = (judged.get(op, []), pending)
+    return out
+
+
+def _train_metrics(candidate: Candidate) -> dict:
+    """Whether the kernel carries a checked backward (and is deterministic), with its forward+backward
+    timing: what a summary's best and a promoted kernel's metrics say of training."""
+    out = {"backward": bool(candidate.get("backward")), "deterministic": candidate.get("deterministic")}
+    out.update({f"train_{k}": candidate.get(f"train_{k}") for k in TRAIN_KEYS})
+    return out
 
 
 def _replayed_plan(ctx: RunContext, plan: OpPlan, recorded: dict) -> OpPlan:
@@ -124,7 +191,10 @@ def build_graph(ctx: RunContext):
             op = queue[0]
             ctx.plan = ctx.planner.plan(get_spec(op))
             emit("plan", **ctx.plan.to_event())
-            ctx.coder = TemplateCoder(get_spec(op), ctx.plan, ctx.config.coder.explore, ctx.rng)
+            ctx.coder = TemplateCoder(get_spec(op), ctx.plan, ctx.config.coder.explore, ctx.rng,
+                                      training=ctx.config.run.training)
+            if op in ctx.resume:
+                return _resumed(ctx, op, queue[1:])
             return {"queue": queue[1:], "op": op, "proposed": 0, "pending": None, "history": [], "exhausted": False}
         strategy, extra = "", {"planner": "rules"}
         # with one op left there is no choice to make: the request (and its tokens) would buy nothing
@@ -141,7 +211,8 @@ def build_graph(ctx: RunContext):
         incumbent = ctx.plan.incumbent
         extra["incumbent_sha"] = source_sha(incumbent.source()) if incumbent else None
         emit("plan", **ctx.plan.to_event(), **extra)
-        ctx.coder = TemplateCoder(spec, ctx.plan, ctx.config.coder.explore, ctx.rng)
+        ctx.coder = TemplateCoder(spec, ctx.plan, ctx.config.coder.explore, ctx.rng,
+                                  training=ctx.config.run.training)
         context = spec.context(spec.headline_shape(), ctx.planner.sm_count)
         lessons = ctx.rulebook.query(op, context) if ctx.rulebook else []
         ctx.llm_coder = ctx.make_llm_coder(spec, ctx.model, ctx.config.run.device, lessons, strategy,
@@ -186,7 +257,7 @@ def build_graph(ctx: RunContext):
         else:
             verdict = ctx.evaluator.evaluate(pending["op"], Path(pending["path"]),
                                              on_message=lambda m: ctx.on_event("progress", {"message": m}))
-        candidate = _candidate_from(pending, verdict)
+        candidate = _candidate_from(pending, verdict, ctx.config.run.training)
         emit("verdict", id=pending["id"], **verdict.to_dict())
         if ctx.archive is not None and "path" in pending:
             ctx.archive.record(pending["op"], Path(pending["path"]).read_text(), {
@@ -208,7 +279,7 @@ def build_graph(ctx: RunContext):
         if best is not None:
             summary["best"] = {"candidate": best["id"], "path": best["path"], "origin": best["origin"],
                                "params": best["params"],
-                               **{k: best.get(k) for k in TIMING_KEYS}}
+                               **{k: best.get(k) for k in TIMING_KEYS}, **_train_metrics(best)}
         folder.write_summary()
         return {}
 
@@ -260,8 +331,11 @@ def build_graph(ctx: RunContext):
         folder.write_summary()
         return {}
 
-    def after_plan(state: RunState) -> Literal["propose", "__end__"]:
-        return "propose" if state["op"] else END
+    def after_plan(state: RunState) -> Literal["propose", "evaluate", "__end__"]:
+        if not state["op"]:
+            return END
+        # a resumed op whose last candidate was proposed but never judged: that candidate first
+        return "evaluate" if state["pending"] else "propose"
 
     def after_propose(state: RunState) -> Literal["evaluate", "promote"]:
         return "evaluate" if state["pending"] else "promote"
@@ -299,8 +373,13 @@ def _promotion(ctx: RunContext, op: str, best: Candidate | None) -> tuple[bool, 
     else:
         incumbent = ctx.plan.incumbent
         decision = None
-        if incumbent is None:
-            reason = "first kernel for this op on this device"
+        # a training run measures forward+backward: an incumbent promoted for its forward alone cannot be
+        # raced on those terms, so the first kernel with a checked backward takes its place once re-timed
+        forward_only = (incumbent is not None and ctx.config.run.training and best.get("backward")
+                        and not incumbent.metrics.get("backward"))
+        if incumbent is None or forward_only:
+            reason = ("first kernel for this op on this device" if incumbent is None else
+                      "first kernel with a checked backward for this op on this device")
             if ctx.timed:
                 # timed again in a fresh sandbox, with every cross-check: a speed that does not repeat is void
                 again = ctx.evaluator.retime(op, Path(best["path"]))
@@ -314,7 +393,8 @@ def _promotion(ctx: RunContext, op: str, best: Candidate | None) -> tuple[bool, 
             return False, "speed not measured on the CPU; the incumbent stays"
         else:
             try:
-                decision = ctx.evaluator.ab(op, Path(best["path"]), incumbent.path)
+                decision = ctx.evaluator.ab(op, Path(best["path"]), incumbent.path,
+                                            backward=bool(ctx.config.run.training and best.get("backward")))
             except (CandidateFailure, SandboxLost) as failure:
                 reason = f"A/B rounds failed: {failure.failure_class}: {failure.detail}"
                 emit("promotion", op=op, promoted=False, reason=reason)
@@ -324,10 +404,15 @@ def _promotion(ctx: RunContext, op: str, best: Candidate | None) -> tuple[bool, 
                 return False, decision.reason
             reason = decision.reason
         metrics = {k: best.get(k) for k in TIMING_KEYS}
+        metrics.update(_train_metrics(best))
         if decision is not None:
             metrics["ab_mean_ratio"] = decision.mean_ratio
         lineage = {"run": ctx.folder.run_id, "candidate": best["id"], "origin": best["origin"],
-                   "parents": best.get("parents") or [], "params": best["params"]}
+                   "parents": best.get("parents") or [], "params": best["params"],
+                   # the architecture it was measured on: what a later run on another device matches
+                   "arch": (ctx.folder.summary.get("device") or {}).get("arch")}
+        if best["origin"] == "transfer" and ctx.plan.transfer is not None:
+            lineage["transferred_from"] = ctx.plan.transfer.gpu
         kernel = ctx.store.promote(op, ctx.gpu, Path(best["path"]).read_text(), metrics, lineage)
         emit("promotion", op=op, promoted=True, candidate=best["id"], path=str(kernel.path), reason=reason,
              ab=decision.to_dict() if decision else None)

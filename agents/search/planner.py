@@ -23,26 +23,32 @@ class OpPlan:
     tests: tuple[str, ...]                   # ids of rules whose counterfactual the coder evaluates
     incumbent: PromotedKernel | None = None
     notes: tuple[str, ...] = field(default=())
+    gpu: str = ""                            # the device planned for: rules are trusted by its evidence
+    # with no incumbent on this device, the nearest device's winner, re-measured here as the first candidate
+    transfer: PromotedKernel | None = None
 
     def to_event(self) -> dict:
         return {
             "op": self.op, "budget": self.budget, "context": self.context,
-            "rules": [{"id": r.id, "confidence": round(r.current_confidence, 3), "suggests": dict(r.suggests),
+            "rules": [{"id": r.id, "confidence": round(r.confidence_on(self.gpu), 3), "suggests": dict(r.suggests),
                        "learned_on": r.learned_on} for r in self.rules],
             "suggestions": self.suggestions, "tests": list(self.tests),
             "incumbent": str(self.incumbent.path) if self.incumbent else None, "notes": list(self.notes),
+            "transfer": {"gpu": self.transfer.gpu, "path": str(self.transfer.path)} if self.transfer else None,
         }
 
 
 class Planner:
     def __init__(self, rulebook: Rulebook | None, store: KernelStore | None, gpu: str, sm_count: int,
-                 budget: int, test_rules: bool):
+                 budget: int, test_rules: bool, training: bool = True, arch: str = ""):
         self.rulebook = rulebook
         self.store = store
         self.gpu = gpu
         self.sm_count = sm_count
         self.budget = budget
         self.test_rules = test_rules
+        self.training = training
+        self.arch = arch
 
     def plan(self, spec: OpSpec) -> OpPlan:
         context = spec.context(spec.headline_shape(), self.sm_count)
@@ -50,9 +56,11 @@ class Planner:
         applied: list[Rule] = []
         suggestions: dict[str, Any] = {}
         notes: list[str] = []
-        rules = self.rulebook.query(spec.name, context) if self.rulebook else []
+        rules = self.rulebook.query(spec.name, context, gpu=self.gpu) if self.rulebook else []
+        # an inference run holds the backward's knobs at their seed: advice on them is not applied there
+        held = frozenset() if self.training else spec.template.backward_knobs
         for rule in rules:  # most trusted first: the first rule to name a knob sets it
-            usable = spec.template.knobs_for(rule.suggests)
+            usable = {k: v for k, v in spec.template.knobs_for(rule.suggests).items() if k not in held}
             if not usable:
                 continue
             bad = {k: v for k, v in usable.items() if v not in knobs[k]}
@@ -68,4 +76,9 @@ class Planner:
                 suggestions.setdefault(k, v)
         tests = tuple(r.id for r in applied) if self.test_rules else ()
         incumbent = self.store.best(spec.name, self.gpu) if self.store else None
-        return OpPlan(spec.name, self.budget, context, tuple(applied), suggestions, tests, incumbent, tuple(notes))
+        transfer = None
+        if incumbent is None and self.store is not None:
+            nearest = self.store.nearest(spec.name, self.gpu, self.arch)
+            transfer = nearest[0] if nearest else None
+        return OpPlan(spec.name, self.budget, context, tuple(applied), suggestions, tests, incumbent, tuple(notes),
+                      gpu=self.gpu, transfer=transfer)

@@ -21,6 +21,11 @@ class Candidate(TypedDict, total=False):
     candidate_ms: float | None
     eager_ms: float | None
     compile_ms: float | None
+    backward: bool                    # its verdict checked a backward (a differentiable candidate)
+    deterministic: bool | None        # that backward's gradients were bitwise equal on repeated calls
+    train_speedup_eager: float | None  # forward+backward timings (train_<key> of graph.TRAIN_KEYS)
+    train_speedup_compile: float | None
+    score: float | None               # what the search maximises (see graph._candidate_from)
     unusable: dict                    # {"class", "detail"}: an LLM answer that is no candidate file
     exchange: str                     # the recorded LLM exchange it came from (llm/NNNN-coder.json)
 
@@ -36,11 +41,19 @@ class RunState(TypedDict):
 
 
 def best_of(history: list[Candidate], template_only: bool = False) -> Candidate | None:
-    """The fastest accepted candidate by speedup over eager (a ratio measured in one process, so it
-    compares across evaluations); without timings (CPU interpreter) the first accepted one.
+    """The accepted candidate of the highest score: its speedup over eager (a ratio measured in one process,
+    so it compares across evaluations), of forward+backward in a training run; without scores (CPU
+    interpreter) the first accepted one, preferring one with a checked backward.
     `template_only` skips candidates that are not template points (they cannot be mutated)."""
     accepted = [c for c in history if c["status"] == "accepted" and (c.get("params") is not None or not template_only)]
     if not accepted:
         return None
-    timed = [c for c in accepted if c.get("speedup_eager") is not None]
-    return max(timed, key=lambda c: c["speedup_eager"]) if timed else accepted[0]
+    timed = [c for c in accepted if _score(c) is not None]
+    if timed:
+        return max(timed, key=_score)
+    return next((c for c in accepted if c.get("backward")), accepted[0])
+
+
+def _score(candidate: Candidate) -> float | None:
+    # candidates recorded before scores existed rank by their forward speed
+    return candidate["score"] if "score" in candidate else candidate.get("speedup_eager")

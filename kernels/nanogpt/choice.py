@@ -2,8 +2,10 @@
 function taken from a kernel file.
 
 A promoted kernel rendered from a template is a point of that template (its meta.toml keeps the point), so
-the model runs the op module's own launcher at that point and keeps the module's Triton backward. A kernel
-written outside the template (by an LLM) supplies its forward only; the backward stays the module's.
+the model runs the op module's own launchers at that point: the forward's knobs drive the forward launcher,
+the backward's knobs the module's Triton backward (the seed's backward for a point recorded before the
+template had backward knobs). A kernel written outside the template (by an LLM) supplies its forward only;
+the backward stays the module's seed.
 The choice is process-wide, like a library's kernel registry: `install` sets it, the custom ops read it.
 """
 from __future__ import annotations
@@ -46,14 +48,27 @@ class KernelChoice:
         launcher, _ = LAUNCHERS[self.op]
         if self.params is None:
             return self.entry
-        params = dict(self.params)
+        params = _template(self.op).forward_point(self.params)
         return lambda *args, **extra: launcher(*args, **params, **extra)
+
+    def backward_params(self) -> dict[str, Any]:
+        """The knobs of the op module's backward launcher: the point's, else the backward's seed."""
+        seed_point = dict(_template(self.op).backward_point(_template(self.op).seed))
+        if self.params is None:
+            return seed_point
+        return {**seed_point, **_template(self.op).backward_point(self.params)}
+
+
+def _template(op: str):
+    from .. import get_spec
+
+    return get_spec(op).template
 
 
 def seed(op: str) -> KernelChoice:
     if op not in LAUNCHERS:
         raise KernelChoiceError(f"unknown op {op!r}; the model's ops are {', '.join(MODEL_OPS)}")
-    return KernelChoice(op, "seed", dict(LAUNCHERS[op][1]))
+    return KernelChoice(op, "seed", dict(_template(op).seed))
 
 
 def from_params(op: str, params: Mapping[str, Any], source: str) -> KernelChoice:
@@ -126,6 +141,8 @@ def shipped_choices(root: Path, device_name: str) -> dict[str, KernelChoice]:
 
 
 _ACTIVE: dict[str, KernelChoice] = {op: seed(op) for op in MODEL_OPS}
+# each active choice's backward knobs, worked out once: the custom ops read them on every backward
+_BACKWARD: dict[str, dict[str, Any]] = {op: choice.backward_params() for op, choice in _ACTIVE.items()}
 
 
 def install(choices: Mapping[str, KernelChoice] | None) -> None:
@@ -137,6 +154,8 @@ def install(choices: Mapping[str, KernelChoice] | None) -> None:
         fresh[op] = choice
     _ACTIVE.clear()
     _ACTIVE.update(fresh)
+    _BACKWARD.clear()
+    _BACKWARD.update({op: choice.backward_params() for op, choice in fresh.items()})
 
 
 def active() -> dict[str, KernelChoice]:
@@ -145,6 +164,10 @@ def active() -> dict[str, KernelChoice]:
 
 def forward_of(op: str) -> Callable:
     return _ACTIVE[op].forward()
+
+
+def backward_of(op: str) -> dict[str, Any]:
+    return _BACKWARD[op]
 
 
 def has_params(op: str) -> bool:

@@ -13,7 +13,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import custom_op
 
-from ..layer_norm import SUM_BLOCK_G, SUM_BLOCK_N, _column_sum_kernel
+from ..layer_norm import BWD_SEED_PARAMS, _column_sum_kernel
 from .ops import NAMESPACE
 
 
@@ -63,8 +63,8 @@ def bias_grad_sum(dy: Tensor, dtype: torch.dtype) -> Tensor:
                                                    BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=4)
     else:
         part.zero_()
-    _column_sum_kernel[(triton.cdiv(N, SUM_BLOCK_N),)](part, out, bands, N, BLOCK_G=SUM_BLOCK_G,
-                                                        BLOCK_N=SUM_BLOCK_N)
+    sum_g, sum_n = BWD_SEED_PARAMS["SUM_BLOCK_G"], BWD_SEED_PARAMS["SUM_BLOCK_N"]
+    _column_sum_kernel[(triton.cdiv(N, sum_n),)](part, out, bands, N, BLOCK_G=sum_g, BLOCK_N=sum_n)
     return out
 
 

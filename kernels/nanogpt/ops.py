@@ -20,7 +20,7 @@ from .. import bias_gelu as _bg
 from .. import cross_entropy as _ce
 from .. import embedding as _emb
 from .. import layer_norm as _ln
-from .choice import forward_of, has_params
+from .choice import backward_of, forward_of, has_params
 
 # the package's own name as the namespace, so a renamed copy of this package (an export) registers its own ops
 NAMESPACE = __name__.split(".")[0]
@@ -49,7 +49,7 @@ def _(idx, wte, wpe):
 @custom_op(_name("embedding_backward"), mutates_args=())
 def _embedding_backward(dy: Tensor, idx: Tensor, vocab: int, positions: int, dtype: torch.dtype
                         ) -> tuple[Tensor, Tensor]:
-    return _emb._embedding_bwd(dy, idx, vocab, positions, dtype)
+    return _emb._embedding_bwd(dy, idx, vocab, positions, dtype, **backward_of("embedding"))
 
 
 @_embedding_backward.register_fake
@@ -86,7 +86,7 @@ def _(x, weight, bias, eps):
 
 @custom_op(_name("layer_norm_backward"), mutates_args=())
 def _layer_norm_backward(dy: Tensor, x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    return _ln._layer_norm_bwd(dy, x.contiguous(), weight, eps)
+    return _ln._layer_norm_bwd(dy, x, weight, eps, **backward_of("layer_norm"))
 
 
 @_layer_norm_backward.register_fake
@@ -125,7 +125,7 @@ def _(x, residual, weight, bias, eps):
 @custom_op(_name("add_layer_norm_backward"), mutates_args=())
 def _add_layer_norm_backward(ds: Optional[Tensor], dy: Tensor, s: Tensor, weight: Tensor, eps: float,
                              x_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dx, dx_lo, dw, db = _aln._add_layer_norm_bwd(ds, dy, s, weight, eps, x_dtype)
+    dx, dx_lo, dw, db = _aln._add_layer_norm_bwd(ds, dy, s, weight, eps, x_dtype, **backward_of("add_layer_norm"))
     # outputs may not alias each other: with one dtype the second gradient is an empty placeholder
     return dx, (dx_lo if dx_lo is not dx else dx.new_empty((0,))), dw, db
 
@@ -171,7 +171,7 @@ def _(x, bias):
 
 @custom_op(_name("bias_gelu_backward"), mutates_args=())
 def _bias_gelu_backward(dy: Tensor, x: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-    return _bg._bias_gelu_bwd(dy, _contiguous_rows(x), bias)
+    return _bg._bias_gelu_bwd(dy, _contiguous_rows(x), bias, **backward_of("bias_gelu"))
 
 
 @_bias_gelu_backward.register_fake
@@ -224,7 +224,7 @@ def _(qkv, n_head):
 
 @custom_op(_name("attention_backward"), mutates_args=())
 def _attention_backward(dy: Tensor, qkv: Tensor, y: Tensor, lse: Tensor, n_head: int) -> Tensor:
-    return _attn._attention_bwd(dy, qkv.contiguous(), y, lse, n_head)
+    return _attn._attention_bwd(dy, qkv.contiguous(), y, lse, n_head, **backward_of("attention"))
 
 
 @_attention_backward.register_fake
@@ -261,7 +261,7 @@ def _(logits, targets):
 @custom_op(_name("cross_entropy_train"), mutates_args=())
 def _cross_entropy_train(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """The mean loss and, written in the same pass over the logits, its gradient for an incoming gradient of 1."""
-    return _ce._fused_fwd(logits, targets)
+    return _ce._fused_fwd(logits, targets, **backward_of("cross_entropy"))
 
 
 @_cross_entropy_train.register_fake
@@ -272,7 +272,7 @@ def _(logits, targets):
 @custom_op(_name("scale_"), mutates_args=("grad",))
 def _scale_(grad: Tensor, scale: Tensor) -> None:
     """grad *= scale, in place (a no-op launch when scale is 1, as it is for loss.backward())."""
-    _ce._scale_grad_(grad, scale)
+    _ce._scale_grad_(grad, scale, **backward_of("cross_entropy"))
 
 
 @_scale_.register_fake

@@ -1,0 +1,72 @@
+"""The evaluator's backward checks: an honest differentiable candidate passes with its gradients checked,
+a forward-only one keeps `backward: null`, and each planted wrong backward is rejected with its class."""
+from __future__ import annotations
+
+import pytest
+
+from backward_attacks import FORWARD_ONLY, HONEST, PLANTED, TORCH_IN_BACKWARD
+
+# float32 only: the interpreter's float16 and bfloat16 calls would triple the time, and every planted
+# fault here is wrong in any dtype
+DTYPES = ("float32",)
+
+
+def _evaluate(evaluator, source: str):
+    return evaluator.evaluate_source("layer_norm", source, "planted", dtypes=DTYPES)
+
+
+def test_honest_backward_is_checked_on_every_shape(cpu_evaluator):
+    from kernels import get_spec
+
+    verdict = _evaluate(cpu_evaluator, HONEST)
+    assert verdict.accepted, verdict.reason()
+    backward = verdict.backward
+    assert backward is not None and backward["deterministic"] is True
+    shapes = {c["shape"] for c in backward["checks"]}
+    assert shapes == {s.name for s in get_spec("layer_norm").interpreter_shapes}
+    assert all(c["passed"] and c["rel_l2"] < 1e-5 for c in backward["checks"])
+    assert backward["timing"] is None  # no GPU: speed not measured
+
+
+def test_forward_only_candidate_has_no_backward(cpu_evaluator):
+    verdict = _evaluate(cpu_evaluator, FORWARD_ONLY)
+    assert verdict.accepted, verdict.reason()
+    assert verdict.backward is None
+    assert verdict.to_dict()["backward"] is None
+
+
+@pytest.mark.parametrize("name", sorted(PLANTED))
+def test_planted_backward_is_rejected(cpu_evaluator, name):
+    source, expected = PLANTED[name]
+    verdict = _evaluate(cpu_evaluator, source)
+    assert not verdict.accepted
+    assert verdict.failure_class == expected, verdict.reason()
+    if expected not in ("static",):
+        # the failing check is in the verdict's backward block, with the forward's checks all passed
+        assert verdict.backward is not None and verdict.backward["checks"][-1]["passed"] is False
+        assert all(c["passed"] for c in verdict.checks)
+
+
+def test_torch_in_backward_is_refused_at_run_time(cpu_unguarded):
+    """Behind the static policy, the torch guard holds inside the backward too."""
+    verdict = _evaluate(cpu_unguarded, TORCH_IN_BACKWARD)
+    assert verdict.failure_class == "escape", verdict.reason()
+
+
+def test_inference_only_settings_skip_the_backward():
+    from evaluators import Evaluator, EvaluatorSettings
+
+    with Evaluator(EvaluatorSettings(device="cpu", backward=False)) as ev:
+        verdict = ev.evaluate_source("layer_norm", PLANTED["zero_bias_grad"][0], "planted", dtypes=DTYPES)
+    assert verdict.accepted and verdict.backward is None
+
+
+def test_template_seed_carries_a_checked_backward(cpu_evaluator, tmp_path):
+    from kernels import get_spec
+
+    space = get_spec("layer_norm").template
+    point = {**space.seed, "BWD_TILE": 4096, "SUM_BLOCK_N": 64, "BWD_PROGRAMS_PER_SM": 1}
+    verdict = cpu_evaluator.evaluate_source("layer_norm", space.render(space.validate(point)), "template",
+                                            dtypes=DTYPES)
+    assert verdict.accepted, verdict.reason()
+    assert verdict.backward is not None and verdict.backward["deterministic"] is True
