@@ -18,10 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+import tomllib
 
 SHIPPED = Path(__file__).parent / "targets"
 _KEYS = {"name", "description", "ops", "model", "follows"}

@@ -70,3 +70,29 @@ def test_template_seed_carries_a_checked_backward(cpu_evaluator, tmp_path):
                                             dtypes=DTYPES)
     assert verdict.accepted, verdict.reason()
     assert verdict.backward is not None and verdict.backward["deterministic"] is True
+
+
+def test_eval_command_reports_the_backward(config_file, tmp_path):
+    import io
+    import json
+    import subprocess
+
+    from rich.console import Console
+
+    from conftest import EVOLVE, PROJECT_ROOT
+    from evaluators import Verdict
+
+    from agents.app.cli import print_verdict
+
+    path = tmp_path / "honest.py"
+    path.write_text(HONEST)
+    done = subprocess.run([*EVOLVE, "--config", str(config_file), "eval", "layer_norm", str(path), "--json",
+                           "--training", "--device", "cpu"], capture_output=True, text=True, timeout=600,
+                          cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["backward"]["deterministic"] is True and data["backward"]["checks"]
+    out = io.StringIO()
+    print_verdict(Console(file=out, width=200), "layer_norm", path, Verdict.from_dict(data))
+    assert "gradients too (backward deterministic)" in out.getvalue()
+    assert f"gradients: {len(data['backward']['checks'])}/{len(data['backward']['checks'])}" in out.getvalue()

@@ -12,7 +12,8 @@ import torch
 from evaluators.checker import compare
 from evaluators.static import check_candidate
 from kernels import DTYPES, get_spec
-from kernels.layer_norm import EPS_CHOICES, SEED_PARAMS, _layer_norm_fwd, _layer_norm_fwd_kernel, layer_norm
+from kernels.layer_norm import (BWD_SEED_PARAMS, EPS_CHOICES, SEED_PARAMS, _layer_norm_fwd, _layer_norm_fwd_kernel,
+                                layer_norm)
 from kernels.spec import Shape
 
 SPEC = get_spec("layer_norm")
@@ -188,7 +189,7 @@ POINTS = {
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("point", list(POINTS), ids=list(POINTS))
 def test_seed_kernel_matches_reference(point, dtype):
-    params = SPACE.validate(POINTS[point])
+    params = SPACE.forward_point(SPACE.validate(POINTS[point]))
     tol = SPEC.tolerances[dtype]
     failures = []
     for i, s in enumerate(SMALL_SHAPES):
@@ -206,7 +207,7 @@ def test_seed_kernel_matches_reference(point, dtype):
 
 @pytest.mark.parametrize("point", ["seed", "chunked-128", "persistent-2", "prefetch-rows-2", "rows-4"])
 def test_seed_kernel_non_contiguous_rows(point):
-    params = SPACE.validate(POINTS[point])
+    params = SPACE.forward_point(SPACE.validate(POINTS[point]))
     M, N = 13, 385
     wide, w, b, eps = SPEC.make_inputs(shape(M, 2 * N + 7), torch.float32, 5, "cpu")
     w, b = w[:N].contiguous(), b[:N].contiguous()
@@ -292,9 +293,10 @@ def test_layer_norm_default_eps_matches_torch():
 # ----------------------------------------------------------------------------- template space
 
 def test_template_seed_is_valid():
-    assert SPACE.validate({}) == dict(SEED_PARAMS)
-    assert set(SPACE.params) == set(SEED_PARAMS)
-    for knob, value in SEED_PARAMS.items():
+    assert SPACE.validate({}) == {**SEED_PARAMS, **BWD_SEED_PARAMS}
+    assert set(SPACE.params) == set(SEED_PARAMS) | set(BWD_SEED_PARAMS)
+    assert SPACE.backward_knobs == set(BWD_SEED_PARAMS)
+    for knob, value in {**SEED_PARAMS, **BWD_SEED_PARAMS}.items():
         assert value in SPACE.params[knob]
 
 
@@ -312,7 +314,7 @@ def test_validate_rejects_out_of_range(knob, value):
 
 def test_validate_fills_in_the_seed():
     point = SPACE.validate({"ROWS_PER_PROGRAM": 4})
-    assert point == {**SEED_PARAMS, "ROWS_PER_PROGRAM": 4}
+    assert point == {**SEED_PARAMS, **BWD_SEED_PARAMS, "ROWS_PER_PROGRAM": 4}
 
 
 def test_normalize_merges_switched_off_knobs():
@@ -344,8 +346,10 @@ def test_normalize_does_not_mutate_its_argument():
 
 
 def test_normalize_is_a_projection():
-    points = SPACE.all_points()
-    assert len(points) == SPACE.size()
+    # the forward's space (the backward held at its seed): the whole space is too large to list
+    forward = SPACE.forward_only()
+    points = forward.all_points()
+    assert len(points) == forward.size()
     keys = set()
     for p in points:
         n = SPACE.normalize(p)
@@ -411,7 +415,7 @@ def test_rendered_candidate_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("rendered_layer_norm_candidate", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.PARAMS == params
+    assert module.PARAMS == SPACE.forward_point(params) and module.BWD_PARAMS == SPACE.backward_point(params)
     x, w, b, eps = SPEC.make_inputs(shape(5, 385), torch.float32, 9, "cpu")
     out = module.layer_norm(x, w, b, eps)
     tol = SPEC.tolerances["float32"]

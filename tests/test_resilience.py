@@ -20,7 +20,7 @@ CHEATS = Path(__file__).parent / "cheats"
 class MixedCoder:
     """Two of every six candidates hang or crash the worker; the rest are honest template points."""
 
-    def __init__(self, spec, plan, explore, rng):
+    def __init__(self, spec, plan, explore, rng, training=True):
         space = get_spec("layer_norm").template
         honest = [space.validate(p) for p in ({}, {"ROWS_PER_PROGRAM": 2}, {"ROWS_PER_PROGRAM": 4},
                                                {"NUM_WARPS": 2})]

@@ -441,7 +441,7 @@ def test_bfloat16_is_checked_on_the_cpu_except_where_tl_dot_is():
 def test_kernels_import_nothing_of_the_project_outside_kernels():
     # the standard library's modules the package uses, torch, triton and numpy (the data loader's memmaps)
     allowed = {"__future__", "contextlib", "dataclasses", "importlib", "inspect", "itertools", "math", "pathlib",
-               "pickle", "random", "re", "json", "statistics", "sys", "textwrap", "time", "types", "typing", "numpy",
+               "pickle", "random", "re", "json", "statistics", "sys", "textwrap", "time", "tomllib", "types", "typing", "numpy",
                "torch", "triton"}
     for path in sorted((ROOT / "kernels").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -98,6 +98,18 @@ def print_verdict(out: Console, op: str, file: Path, verdict) -> None:
             out.print(f"  {shape['shape']} {shape['dtype']}: {shape['candidate_ms'] * 1e3:.1f} us, "
                       f"eager {shape['eager_ms'] * 1e3:.1f} us, compile {shape['compile_ms'] * 1e3:.1f} us, "
                       f"{shape['gbps']:,.0f} GB/s ({shape['roofline_fraction']:.0%})", markup=False)
+    backward = verdict.backward or {}
+    checks = backward.get("checks") or []
+    if checks:
+        out.print(f"  gradients: {sum(1 for c in checks if c.get('passed'))}/{len(checks)} shape×dtype checked, "
+                  f"backward {'deterministic' if backward.get('deterministic') else 'with atomics' if backward.get('deterministic') is False else 'checked'}",
+                  markup=False)
+    for shape in (backward.get("timing") or {}).get("shapes", []):
+        peak = shape.get("peak_mib") or {}
+        out.print(f"  forward+backward {shape['shape']} {shape['dtype']}: {shape['candidate_ms'] * 1e3:.1f} us, eager "
+                  f"{shape['eager_ms'] * 1e3:.1f} us, compile {shape['compile_ms'] * 1e3:.1f} us, peak "
+                  f"{peak.get('candidate', 0):,.0f} MiB (eager {peak.get('eager', 0):,.0f}, compile "
+                  f"{peak.get('compile', 0):,.0f})", markup=False)
 
 
 def _config(ctx: typer.Context) -> Config:
@@ -190,7 +202,10 @@ def evaluate(ctx: typer.Context,
              op: str = typer.Argument(..., help="op name, e.g. layer_norm"),
              file: Path = typer.Argument(..., help="candidate source file"),
              as_json: bool = typer.Option(False, "--json", help="print the verdict as one JSON object"),
-             device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu")):
+             device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu"),
+             training: Optional[bool] = typer.Option(None, "--training/--inference",
+                                                     help="also check (and time) a differentiable candidate's "
+                                                          "backward, or the forward only ([run].training)")):
     """Evaluate one candidate file: exit 0 if accepted, 1 if rejected or failed."""
     from evaluators import Evaluator, JudgeError, SandboxLost
     from kernels import get_spec
@@ -199,7 +214,7 @@ def evaluate(ctx: typer.Context,
     try:
         get_spec(op)
         _readable_text(file)
-        config = config.with_run(device=device)
+        config = config.with_run(device=device, training=training)
         resolved = resolve_device(config.run.device)
     except (UsageError, ConfigError, KeyError) as exc:
         _fail(_message(exc))

@@ -1,6 +1,8 @@
 """Rich tables of runs and of one run's results, read from the run folders alone."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -130,6 +132,48 @@ def model_lines(summary: dict) -> list[str]:
     return lines
 
 
+def handover_lines(folder: RunFolder) -> list[str]:
+    """What earlier studies handed this run, per op, from its plan events: the kernel it started from (the
+    incumbent, or a transfer from another device) with the run and target that promoted it, and the rules
+    it applied with their confidence on this device."""
+    runs_dir = folder.path.parent
+    lines = []
+    for event in folder.events():
+        if event.get("kind") != "plan" or "budget" not in event:
+            continue
+        op, parts = event.get("op"), []
+        for key, word in (("incumbent", "started from its incumbent"), ("transfer", "started from a transfer")):
+            value = event.get(key)
+            path = value.get("path") if isinstance(value, dict) else value
+            if isinstance(path, str) and path:
+                parts.append(f"{word} {_promoted_by(Path(path), runs_dir)}")
+        rules = [f"{r.get('id')} ({r.get('confidence')})" for r in event.get("rules") or [] if isinstance(r, dict)]
+        if rules:
+            parts.append("rules " + ", ".join(rules))
+        if parts:
+            lines.append(f"  {op}: " + "; ".join(parts))
+    return ["Handed over:", *lines] if lines else []
+
+
+def _promoted_by(kernel: Path, runs_dir: Path) -> str:
+    """"<gpu>, promoted by run R (target T)" from a promoted kernel's meta.toml, as far as it can be read."""
+    import tomllib
+
+    try:
+        meta = tomllib.loads(kernel.with_name("meta.toml").read_text())
+    except (OSError, ValueError):
+        return f"({kernel})"
+    run = (meta.get("lineage") or {}).get("run")
+    target = None
+    if isinstance(run, str):
+        try:
+            target = RunFolder.open(runs_dir, run).summary.get("target")
+        except (LookupError, OSError, ValueError):
+            target = None
+    where = f" by run {run}" + (f" (target {target})" if target else "") if run else ""
+    return f"of {meta.get('gpu', '?')}, promoted{where}"
+
+
 def print_run(console: Console, folder: RunFolder) -> None:
     console.print(run_table(folder))
     # promotion reasons, rule ids and statements may hold text from candidates or the model: never markup
@@ -141,6 +185,8 @@ def print_run(console: Console, folder: RunFolder) -> None:
         for learned in o.get("reflections", []):
             console.print(f"  {op}: learned {learned['rule']} (confidence {learned['confidence']:.2f}) — "
                           f"{learned['statement']}", highlight=False, markup=False)
+    for line in handover_lines(folder):
+        console.print(line, highlight=False, markup=False)
     for line in llm_lines(folder.summary):
         console.print(line, highlight=False, markup=False)
     for line in model_lines(folder.summary):

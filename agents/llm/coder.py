@@ -29,7 +29,7 @@ REPAIRABLE = frozenset({"syntax_error", "compile_error", "exception", "static", 
                         "no_code", "several_files", "escape"})
 _FENCE = re.compile(r"^```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 _PYTHON_TAGS = {"", "python", "py", "python3"}
-SOURCE_LIMIT = 12_000   # characters of one kernel shown in a prompt
+SOURCE_LIMIT = 32_000   # characters of one kernel shown in a prompt: a forward+backward file runs to 25,000
 
 
 def prompt(name: str, **fields: object) -> str:
