@@ -207,3 +207,30 @@ def test_concurrent_learned_rules_with_one_id_write_one_file_each(memory_root: P
     book = Rulebook.load(memory_root)
     assert all(book.get(f"race.{i}").statement == wrote[i][0] for i in range(ids))
     assert not [p for p in os.listdir(memory_root / "learned") if p.endswith(".tmp")]
+
+
+def test_two_runs_at_once_on_one_memory_leave_it_valid_and_agree_on_the_order(config_file, tmp_path) -> None:
+    """Two `evolve run` processes on one memory folder at the same time: both complete, both promote into
+    the same slot, and the store says which came first (one is the winner, the other its history entry)."""
+    import json
+    import subprocess
+
+    from conftest import EVOLVE, PROJECT_ROOT
+    from memory import INTERPRETER_GPU, KernelStore, Rulebook
+
+    command = [*EVOLVE, "--config", str(config_file), "run", "nanogpt", "--ops", "layer_norm", "--budget", "1",
+               "--device", "cpu"]
+    procs = [subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if (p / "summary.json").is_file())
+    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+    assert len(summaries) == 2 and all(s["status"] == "complete" for s in summaries)
+    assert all(s["ops"]["layer_norm"]["promoted"] for s in summaries)
+    store = KernelStore(tmp_path / "memory")
+    winner = store.best("layer_norm", INTERPRETER_GPU)
+    earlier = store.history("layer_norm", INTERPRETER_GPU)
+    assert [k.seq for k in earlier] == [1] and winner.seq == 2
+    assert {winner.lineage["run"], earlier[0].lineage["run"]} == {s["run_id"] for s in summaries}
+    Rulebook.load(tmp_path / "memory")  # every evidence line the two runs appended still parses
