@@ -72,3 +72,16 @@ def test_a_bad_target_file_is_one_line(config_file, tmp_path, text, message):
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
     missing = _evolve(config_file, "run", str(tmp_path / "absent.toml"))
     assert missing.returncode == 2 and "no target file" in missing.stderr
+
+
+def test_a_training_run_checks_and_records_the_backward(config_file, tmp_path):
+    done = _evolve(config_file, "run", "fmha", "--budget", "1", "--device", "cpu", "--training")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.name.endswith("fmha")]
+    summary = json.loads((run / "summary.json").read_text())
+    best = summary["ops"]["attention"]["best"]
+    assert best["backward"] is True and best["deterministic"] is True  # the seed's dq kernel has no atomics
+    verdicts = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()
+                if '"kind": "verdict"' in line]
+    assert verdicts and all(v["backward"]["checks"] for v in verdicts)
+    assert "determ." in done.stdout
