@@ -387,3 +387,13 @@ def test_llm_coder_prompt_carries_strategy_and_incumbent(tmp_path, memory_root):
     assert "try two rows per program" in task
     assert "# the incumbent" in task and "1.50x eager" in task and "60% of the roofline" in task
     assert "(nothing yet)" in task and "imports only `torch`" in system
+
+
+def test_llm_coder_is_told_whether_the_run_wants_a_backward(memory_root):
+    from agents.llm.coder import LLMCoder
+
+    rules = Rulebook.load(memory_root).query("layer_norm", CONTEXT)
+    training = LLMCoder(SPEC, None, "cpu", rules, "", None, repairs=1, training=True).task_messages([])[1]["content"]
+    inference = LLMCoder(SPEC, None, "cpu", rules, "", None, repairs=1, training=False).task_messages([])[1]["content"]
+    assert "torch.autograd.Function" in training and "cannot win" in training
+    assert "forward only" in inference and "torch.autograd.Function" not in inference

@@ -81,8 +81,9 @@ def _numbers(c: dict) -> str:
 
 class LLMCoder:
     def __init__(self, spec: OpSpec, model: ChatModel, device: str, rules: list[Rule], strategy: str,
-                 incumbent: tuple[str, dict] | None, repairs: int):
+                 incumbent: tuple[str, dict] | None, repairs: int, training: bool = True):
         self.spec = spec
+        self.training = training
         self.model = model
         self.device = device
         self.rules = rules
@@ -104,7 +105,8 @@ class LLMCoder:
         note = "CPU: Triton's interpreter, correctness only" if self.device != "cuda" else "GPU"
         return {"op": spec.name, "signature": spec.signature, "description": spec.description, "shapes": shapes,
                 "dtypes": ", ".join(spec.dtypes_for(self.device)), "tolerances": tolerances,
-                "device_note": note, "reference": inspect.getsource(spec.reference).strip()}
+                "device_note": note, "reference": inspect.getsource(spec.reference).strip(),
+                "training": prompt("coder_training.md" if self.training else "coder_inference.md").strip()}
 
     def _best(self, history: list[dict]) -> str:
         parts = []

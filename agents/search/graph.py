@@ -217,7 +217,7 @@ def build_graph(ctx: RunContext):
         lessons = ctx.rulebook.query(op, context) if ctx.rulebook else []
         ctx.llm_coder = ctx.make_llm_coder(spec, ctx.model, ctx.config.run.device, lessons, strategy,
                                  (incumbent.source(), incumbent.metrics) if incumbent else None,
-                                 ctx.config.llm.repairs)
+                                 ctx.config.llm.repairs, ctx.config.run.training)
         return {"queue": [q for q in queue if q != op], "op": op, "proposed": 0, "pending": None, "history": [],
                 "exhausted": False}
 
