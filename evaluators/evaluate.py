@@ -241,10 +241,11 @@ class Evaluator:
             backward = None
             if self.settings.backward and spec.has_backward:
                 # one backward check says whether it is differentiable, and that its backward is still right
-                checks = [GradientJudge(judge).check_shape(spec.headline_shape(), self.settings.timed_dtypes[0],
-                                                           None, repeat=True, refill=False)]
+                gradients = GradientJudge(judge)
+                checks = [gradients.check_shape(spec.headline_shape(), self.settings.timed_dtypes[0], None,
+                                                repeat=True, refill=False)]
                 if checks[0] is not None:
-                    backward = {"checks": checks, "deterministic": None, "timing": None}
+                    backward = {"checks": checks, "deterministic": gradients.deterministic, "timing": None}
             timing = judge.time(self.settings.timed_dtypes[:1], self.ceilings(), self.settings.timing,
                                 backward=backward is not None)
             if backward is not None:

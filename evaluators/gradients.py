@@ -268,15 +268,18 @@ class GradientJudge:
         """Every shape in every dtype (the forward's plan, in a new random order); None for a forward-only
         candidate, else the backward block of the verdict without its timing."""
         plan = self.judge.plan(dtypes)
-        # a repeat on about a third of the calls, and at least one, so determinism is always measured
-        repeats = [self.judge.rng.random() < 0.35 for _ in plan]
-        if plan and not any(repeats):
-            repeats[self.judge.rng.randrange(len(plan))] = True
-        for (dtype_key, shape, variant, refill), repeat in zip(plan, repeats):
-            # as in the forward's checks: the interpreter checks a shape of thousands of rows in one call
-            large = self.judge.device == "cpu" and math.prod(shape.dims.values()) > INTERPRETER_THOROUGH_NUMEL
+        # as in the forward's checks: the interpreter checks a shape of thousands of rows in one call
+        large = [self.judge.device == "cpu" and math.prod(s.dims.values()) > INTERPRETER_THOROUGH_NUMEL
+                 for _, s, _, _ in plan]
+        # a repeat on about a third of the calls, and at least one where repeats run, so determinism is
+        # always measured
+        repeats = [self.judge.rng.random() < 0.35 and not big for big in large]
+        small = [i for i, big in enumerate(large) if not big]
+        if small and not any(repeats):
+            repeats[self.judge.rng.choice(small)] = True
+        for (dtype_key, shape, variant, refill), repeat, big in zip(plan, repeats, large):
             try:
-                result = self.check_shape(shape, dtype_key, variant, repeat and not large, refill and not large)
+                result = self.check_shape(shape, dtype_key, variant, repeat, refill and not big)
             except CandidateFailure as failure:
                 checks.append({"shape": shape.name, "dims": dict(shape.dims), "dtype": dtype_key, "passed": False,
                                "variant": variant, "failure": failure.failure_class, "detail": failure.detail})

@@ -235,7 +235,11 @@ def time_backward(entry: Callable, guard: Callable, spec: OpSpec, input_sets: li
             raise BaselineError(f"the {name} forward+backward baseline failed: {type(exc).__name__}: {exc}")
     variants["candidate"]()
     torch.cuda.synchronize()
-    peaks = {name: peak_mib(v) for name, v in variants.items()}
+    peaks = {}
+    for name, variant in variants.items():
+        variant.last = None  # the previous call's gradients, still held, would count twice
+        peaks[name] = peak_mib(variant)
+        variant.last = None
     samples = interleaved_samples(variants, settings)
     return {"samples_ms": samples, "peak_mib": peaks}
 

@@ -70,6 +70,9 @@ def test_a_bad_target_file_is_one_line(config_file, tmp_path, text, message):
     path.write_text(text)
     done = _evolve(config_file, "run", str(path), "--budget", "1", "--device", "cpu")
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_missing_target_file_is_one_line(config_file, tmp_path):
     missing = _evolve(config_file, "run", str(tmp_path / "absent.toml"))
     assert missing.returncode == 2 and "no target file" in missing.stderr
 
