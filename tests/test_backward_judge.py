@@ -40,7 +40,10 @@ def test_planted_backward_is_rejected(cpu_evaluator, name):
     source, expected = PLANTED[name]
     verdict = _evaluate(cpu_evaluator, source)
     assert not verdict.accepted
-    assert verdict.failure_class == expected, verdict.reason()
+    # a gradient wrong on some inputs is caught by the first call that meets them: a shape's first call says
+    # wrong_gradient, its call on new values in the same buffers caching (as for the forward's outputs)
+    allowed = {"wrong_gradient", "caching"} if expected == "wrong_gradient" else {expected}
+    assert verdict.failure_class in allowed, verdict.reason()
     if expected not in ("static",):
         # the failing check is in the verdict's backward block, with the forward's checks all passed
         assert verdict.backward is not None and verdict.backward["checks"][-1]["passed"] is False
