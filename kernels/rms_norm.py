@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .candidate import Backward, render_candidate
-from .layer_norm import _column_sum_kernel, bwd_layout
+from .layer_norm import BWD_KNOBS as _NORM_BWD_KNOBS, _column_sum_kernel, bwd_layout
 from .rowwise import _row_tile
 from .spec import OpSpec, Shape, TemplateSpace, Tolerance, row_tile_canonical
 from .variants import (constant_rows_split, copies, generator, large_mean_rows, row_strided, small_constants,
@@ -234,13 +234,8 @@ BWD_SEED_PARAMS = {
     "SUM_BLOCK_G": 64,
     "SUM_BLOCK_N": 32,
 }
-BWD_KNOBS = {
-    "BWD_TILE": (1024, 2048, 4096, 8192),
-    "BWD_PROGRAMS_PER_SM": (1, 2, 4, 8),
-    "BWD_WARPS": (0, 2, 4, 8, 16),
-    "SUM_BLOCK_G": (16, 32, 64, 128),
-    "SUM_BLOCK_N": (16, 32, 64, 128),
-}
+# the same knobs and values as LayerNorm's backward, which this one shares its layout and reductions with
+BWD_KNOBS = dict(_NORM_BWD_KNOBS)
 
 
 SEED_PARAMS = {
