@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,32 +44,57 @@ def _flush_buffer() -> torch.Tensor:
     return _FLUSH["buf"]
 
 
+def _sleep_cycles_per_ms() -> float:
+    # torch.cuda._sleep spins for a number of GPU clock cycles; how many make a millisecond, measured once
+    if "cycles_per_ms" not in _FLUSH:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1_000_000)
+        start.record()
+        torch.cuda._sleep(4_000_000)
+        end.record()
+        torch.cuda.synchronize()
+        _FLUSH["cycles_per_ms"] = 4_000_000 / max(start.elapsed_time(end), 1e-3)
+    return _FLUSH["cycles_per_ms"]
+
+
+def head_start_ms(host_ms: float) -> float:
+    """GPU time to queue ahead of each timed call: enough for the host to enqueue all of the call's launches
+    (with room for jitter) before the GPU reaches them, and no less than 0.2 ms."""
+    return min(max(0.2, 1.5 * host_ms + 0.05), 50.0)
+
+
 def _bench(fn: Callable[[], object], settings: TimingSettings) -> float:
     """Median GPU time of one call of fn, in ms, with cold L2 and the host's launch overhead hidden.
 
     Each timed call is queued behind a GPU busy-wait and an L2 flush, so the host enqueues the call's
     launches before the GPU reaches them: what is measured is the device time of the call, as with
     triton.testing.do_bench, but immune to Python overhead (torch.compile's guards take longer than a
-    10 us kernel, and do_bench would then time the host).
+    10 us kernel, and do_bench would then time the host). The busy-wait lasts longer than the host takes to
+    enqueue one call: a forward+backward through autograd, or under the sandbox's guard, can take a
+    millisecond or more of Python.
     """
     flush = _flush_buffer()
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    host = time.perf_counter()
     start.record()
     for _ in range(5):
         flush.sum(dtype=torch.int32)
         fn()
     end.record()
+    host_ms = (time.perf_counter() - host) * 1e3 / 5
     torch.cuda.synchronize()
-    per_iteration = max(start.elapsed_time(end) / 5, 1e-3) + 0.2  # plus the busy-wait below
+    head_start = head_start_ms(host_ms)
+    cycles = int(head_start * _sleep_cycles_per_ms())
+    per_iteration = max(start.elapsed_time(end) / 5, 1e-3) + head_start
     for _ in range(max(1, int(settings.warmup_ms / per_iteration))):
         fn()
     n = max(10, int(settings.rep_ms / per_iteration))
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     for i in range(n):
-        torch.cuda._sleep(400_000)  # about 0.2 ms of GPU time in which the host runs ahead
+        torch.cuda._sleep(cycles)  # GPU time in which the host runs ahead
         flush.sum(dtype=torch.int32)
         starts[i].record()
         fn()

@@ -138,3 +138,14 @@ def test_a_lying_sandbox_breaks_only_the_protocol(reply) -> None:
     with pytest.raises(CandidateFailure) as caught:
         judge.check_shape(shape, "float32", None, refill=False)
     assert caught.value.failure_class == "protocol", caught.value
+
+
+def test_the_head_start_outlasts_the_hosts_enqueueing() -> None:
+    # a forward+backward under the sandbox's guard took 2.4 ms of Python a call on an H200: a fixed 0.2 ms
+    # busy-wait timed the host instead of the GPU (2.5 ms for a 70 us op)
+    from evaluators.timing import head_start_ms
+
+    assert head_start_ms(0.01) == 0.2
+    for host_ms in (0.2, 1.0, 2.4, 10.0):
+        assert head_start_ms(host_ms) > host_ms
+    assert head_start_ms(1e4) <= 50.0  # a call that blocks on the GPU cannot be hidden: no endless waits
