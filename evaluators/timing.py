@@ -183,21 +183,25 @@ def interleaved_samples(variants: dict[str, Callable[[], object]], settings: Tim
 
 
 def _output_gradients(outs: tuple, gen: torch.Generator) -> list:
-    """Random gradients (on the GPU, in each output's dtype) for the floating outputs of one input set."""
-    return [torch.randn(o.shape, generator=gen, device="cuda").to(o.dtype) if o.is_floating_point() else None
+    """Random gradients (on the generator's device, in each output's dtype) for the floating outputs of one
+    input set."""
+    return [torch.randn(o.shape, generator=gen, device=gen.device).to(o.dtype) if o.is_floating_point() else None
             for o in outs]
 
 
-def gradient_sets(spec: OpSpec, input_sets: list[tuple], seed: int) -> list[tuple[tuple, list]]:
+def gradient_sets(spec: OpSpec, input_sets: list[tuple], seed: int,
+                  fn: Callable | None = None) -> list[tuple[tuple, list]]:
     """Each input set with its floating tensors requiring a gradient (sharing their storage), and random
-    output gradients of the op's output layout."""
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+    output gradients of the layout of fn's outputs (the op's, unless a baseline such as SDPA returns its
+    own: [B, H, T, D] where the op gives [B, T, C])."""
+    device = next(a.device for a in input_sets[0] if isinstance(a, torch.Tensor))
+    gen = torch.Generator(device=device).manual_seed(seed)
     sets = []
     for inputs in input_sets:
         leaves = tuple(a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point()
                        else a for a in inputs)
         with torch.no_grad():
-            probe = spec.eager(*inputs)
+            probe = (fn or spec.eager)(*inputs)
         sets.append((leaves, _output_gradients(probe if isinstance(probe, (tuple, list)) else (probe,), gen)))
         del probe
     return sets
@@ -251,7 +255,8 @@ def time_backward(entry: Callable, guard: Callable, spec: OpSpec, input_sets: li
         "candidate": Rotating(ForwardBackward(entry, guard), sets),
         "eager": Rotating(ForwardBackward(spec.eager), sets),
         "compile": Rotating(ForwardBackward(compiled_baseline(spec)), sets),
-        **{name: Rotating(ForwardBackward(fn), sets) for name, fn in spec.baselines.items()},
+        **{name: Rotating(ForwardBackward(fn), gradient_sets(spec, input_sets, seed, fn))
+           for name, fn in spec.baselines.items()},
     }
     for name in ("eager", "compile", *spec.baselines):
         try:

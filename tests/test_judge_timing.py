@@ -149,3 +149,21 @@ def test_the_head_start_outlasts_the_hosts_enqueueing() -> None:
     for host_ms in (0.2, 1.0, 2.4, 10.0):
         assert head_start_ms(host_ms) > host_ms
     assert head_start_ms(1e4) <= 50.0  # a call that blocks on the GPU cannot be hidden: no endless waits
+
+
+def test_a_baseline_with_its_own_output_layout_gets_gradients_of_that_layout() -> None:
+    # SDPA returns [B, H, T, D] where the attention op gives [B, T, C]: its forward+backward failed on an
+    # H200 when handed the op's dy
+    import torch
+
+    from evaluators.timing import gradient_sets
+    from kernels import get_spec
+
+    spec = get_spec("attention")
+    shape = spec.interpreter_shapes[0]
+    inputs = spec.make_inputs(shape, torch.float32, 1, "cpu")
+    (leaves, dys), = gradient_sets(spec, [inputs], 2)
+    (_, sdpa_dys), = gradient_sets(spec, [inputs], 2, spec.baselines["sdpa"])
+    assert dys[0].shape == spec.eager(*inputs).shape
+    assert sdpa_dys[0].shape == spec.baselines["sdpa"](*inputs).shape != dys[0].shape
+    assert all(a.requires_grad for a in leaves if isinstance(a, torch.Tensor) and a.is_floating_point())
