@@ -1,6 +1,6 @@
-"""LayerNorm forward candidate
+"""LayerNorm candidate, forward and backward
 
-Generated from the layer_norm template. Parameters: ROWS_PER_PROGRAM=2, NUM_WARPS=1, SINGLE_TILE=True, CHUNK_N=256, PERSISTENT=True, PROGRAMS_PER_SM=16, PREFETCH=True, SCALE_EARLY=True, NUM_STAGES=1, EVICTION='', STORE_CACHE='', CONST_WIDTH=True
+Generated from the layer_norm template. Parameters: ROWS_PER_PROGRAM=2, NUM_WARPS=1, SINGLE_TILE=True, CHUNK_N=256, PERSISTENT=True, PROGRAMS_PER_SM=16, PREFETCH=True, SCALE_EARLY=True, NUM_STAGES=1, EVICTION='', STORE_CACHE='', CONST_WIDTH=True, BWD_TILE=2048, BWD_PROGRAMS_PER_SM=2, BWD_WARPS=0, SUM_BLOCK_G=64, SUM_BLOCK_N=32
 """
 import math
 import typing
@@ -179,6 +179,103 @@ def _layer_norm_fwd(x, weight, bias, eps, ROWS_PER_PROGRAM, NUM_WARPS, SINGLE_TI
     return y
 
 
+@triton.jit
+def _layer_norm_bwd_kernel(
+    X,          # [M, N] forward input
+    W,          # [N] scale
+    DY,         # [M, N] gradient of the output, rows stride_dy apart
+    DX,         # [M, N] gradient of the input (written), rows stride_x apart
+    DW_PART,    # [G, N] float32 per-program partial sums of dy * xhat
+    DB_PART,    # [G, N] float32 per-program partial sums of dy
+    stride_x,
+    stride_dy,
+    M,
+    N,
+    eps,
+    BLOCK_N: tl.constexpr,
+    ROWS: tl.constexpr,     # rows per step: several rows' loads in flight hide memory latency
+):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    # each program owns row tiles pid, pid + G, ...: its dw/db partials need no atomics
+    for tile in range(pid, tl.cdiv(M, ROWS), tl.num_programs(0)):
+        # int64 row index: row * stride overflows int32 past 2**31 elements
+        rows = tl.cast(tile, tl.int64) * ROWS + tl.arange(0, ROWS)
+        m2 = (rows < M)[:, None] & mask[None, :]
+        x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / N
+        xc = tl.where(m2, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / N + eps)
+        xhat = xc * rstd[:, None]
+        wdy = w[None, :] * dy
+        c1 = tl.sum(xhat * wdy, axis=1) / N
+        c2 = tl.sum(wdy, axis=1) / N
+        dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        tl.store(DX + rows[:, None] * stride_x + cols[None, :], dx.to(DX.dtype.element_ty), mask=m2)
+        dw += dy * xhat
+        db += dy
+    tl.store(DW_PART + pid.to(tl.int64) * N + cols, tl.sum(dw, axis=0), mask=mask)
+    tl.store(DB_PART + pid.to(tl.int64) * N + cols, tl.sum(db, axis=0), mask=mask)
+
+
+@triton.jit
+def _column_sum_kernel(
+    PART,       # [G, N] float32 partial sums
+    OUT,        # [N] result, in the parameter's dtype
+    G,
+    N,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, G, BLOCK_G):
+        rows = start + tl.arange(0, BLOCK_G)
+        mask = (rows < G)[:, None] & (cols < N)[None, :]
+        acc += tl.sum(tl.load(PART + rows[:, None] * N + cols[None, :], mask=mask, other=0.0), axis=0)
+    tl.store(OUT + cols, acc.to(OUT.dtype.element_ty), mask=cols < N)
+
+
+def bwd_layout(M, N, sms, tile, programs_per_sm, warps):
+    """(BLOCK_N, rows per step, warps, programs) of the LayerNorm backwards: row tiles of about `tile`
+    elements (at 2048: 4 rows of 384 or 512, 2 of 768 or 1024) and `programs_per_sm` programs an SM, so each
+    SM keeps several rows' loads in flight while the partial sums stay few (that many rows of N floats per
+    SM); `warps` 0 picks 4 up to 2048 elements a tile and 8 above."""
+    block_n = triton.next_power_of_2(N)
+    rows = max(1, min(8, tile // block_n))
+    if warps == 0:
+        warps = 4 if block_n * rows <= 2048 else 8
+    groups = max(1, min(triton.cdiv(M, rows), programs_per_sm * sms))
+    return block_n, rows, warps, groups
+
+
+def _layer_norm_bwd(dy, x, weight, eps, BWD_TILE, BWD_PROGRAMS_PER_SM, BWD_WARPS, SUM_BLOCK_G, SUM_BLOCK_N):
+    """dx, dweight, dbias. Parameters in capitals are the backward's template knobs: the row tile and
+    programs per SM of the first pass (dx and per-program partial sums, no atomics), and the column strips
+    of the second (SUM_BLOCK_N columns a program, SUM_BLOCK_G partial rows a step)."""
+    M, N = x.shape
+    x = x.contiguous()
+    dy = dy.contiguous()
+    dx = torch.empty_like(x)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+    block_n, rows, warps, groups = bwd_layout(M, N, sms, BWD_TILE, BWD_PROGRAMS_PER_SM, BWD_WARPS)
+    dw_part = torch.empty((groups, N), dtype=torch.float32, device=x.device)
+    db_part = torch.empty((groups, N), dtype=torch.float32, device=x.device)
+    _layer_norm_bwd_kernel[(groups,)](x, weight, dy, dx, dw_part, db_part, x.stride(0), dy.stride(0),
+                                      M, N, eps, BLOCK_N=block_n, ROWS=rows, num_warps=warps)
+    dw = torch.empty_like(weight)
+    db = torch.empty_like(weight)
+    grid = (triton.cdiv(N, SUM_BLOCK_N),)
+    _column_sum_kernel[grid](dw_part, dw, groups, N, BLOCK_G=SUM_BLOCK_G, BLOCK_N=SUM_BLOCK_N)
+    _column_sum_kernel[grid](db_part, db, groups, N, BLOCK_G=SUM_BLOCK_G, BLOCK_N=SUM_BLOCK_N)
+    return dx, dw, db
+
+
 PARAMS = {
     'ROWS_PER_PROGRAM': 2,
     'NUM_WARPS': 1,
@@ -195,5 +292,29 @@ PARAMS = {
 }
 
 
+BWD_PARAMS = {
+    'BWD_TILE': 2048,
+    'BWD_PROGRAMS_PER_SM': 2,
+    'BWD_WARPS': 0,
+    'SUM_BLOCK_G': 64,
+    'SUM_BLOCK_N': 32,
+}
+
+
+class LayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, params, bwd_params):
+        ctx.save_for_backward(x, weight)
+        ctx.eps = eps
+        ctx.bwd_params = bwd_params
+        return _layer_norm_fwd(x, weight, bias, eps, **params)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dx, dw, db = _layer_norm_bwd(dy, x, weight, ctx.eps, **ctx.bwd_params)
+        return dx, dw, db, None, None, None
+
+
 def layer_norm(x, weight, bias, eps):
-    return _layer_norm_fwd(x, weight, bias, eps, **PARAMS)
+    return LayerNormFunction.apply(x, weight, bias, eps, {**PARAMS}, {**BWD_PARAMS})
