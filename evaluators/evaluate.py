@@ -25,6 +25,26 @@ from .timing import TimingSettings
 from .verdict import CandidateFailure, Verdict
 
 
+class PhaseClock:
+    """Seconds spent in each phase of one evaluation, for the verdict: where a judge's time goes."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self.current: str | None = None
+        self.since = time.perf_counter()
+
+    def enter(self, phase: str) -> None:
+        now = time.perf_counter()
+        if self.current is not None:
+            self.phases[self.current] = self.phases.get(self.current, 0.0) + now - self.since
+        self.current, self.since = phase, now
+
+    def stop(self) -> dict[str, float]:
+        self.enter("")
+        self.phases.pop("", None)
+        return {name: round(seconds, 3) for name, seconds in self.phases.items()}
+
+
 @dataclass(frozen=True)
 class EvaluatorSettings:
     device: str                                  # "cuda" or "cpu" (resolved, never "auto")
@@ -164,20 +184,25 @@ class Evaluator:
         backward_checks: list[dict] = []
         backward = None
         sandbox = None
+        clock = PhaseClock()
         try:
+            clock.enter("start")
             sandbox = self._sandbox()
             device = {**device, "sandbox": sandbox.namespaces}
+            clock.enter("load")
             if on_message:
                 on_message(("phase", "load"))
             sandbox_reply(sandbox.request({"kind": "load", "op": op, "source": source},
                                           self.settings.timeouts.load), "loaded")
             judge = Judge(spec, sandbox, self.settings.device, random.Random(_fresh_seed()), self.settings.timeouts)
+            clock.enter("check")
             if on_message:
                 on_message(("phase", "check"))
             checked_dtypes = tuple(dtypes or spec.dtypes_for(self.settings.device))
             judge.run_checks(checked_dtypes, checks)
             gradients = None
             if self.settings.backward and spec.has_backward:
+                clock.enter("backward")
                 if on_message:
                     on_message(("phase", "backward"))
                 gradients = GradientJudge(judge)
@@ -186,12 +211,14 @@ class Evaluator:
                     gradients = None
             timing = None
             if self.settings.device == "cuda":
+                clock.enter("time")
                 if on_message:
                     on_message(("phase", "time"))
                 timing = judge.time(self.settings.timed_dtypes, ceilings, self.settings.timing,
                                     backward=gradients is not None)
                 if gradients is not None:
                     backward["timing"] = judge.backward_timing
+                    clock.enter("recheck")
                     # after thousands of timed backwards: one honest only for its first calls fails here
                     gradients.check_shape(spec.headline_shape(), self.settings.timed_dtypes[0], None, repeat=True,
                                           refill=False)
@@ -211,6 +238,7 @@ class Evaluator:
         if sandbox is not None and not verdict.accepted:
             verdict.stderr = sandbox.stderr.text()[-4000:]
         verdict.seconds = time.perf_counter() - started
+        verdict.phases = clock.stop()
         return verdict
 
     # ------------------------------------------------------------ promotion, GPU only

@@ -99,3 +99,8 @@ def test_eval_command_reports_the_backward(config_file, tmp_path):
     print_verdict(Console(file=out, width=200), "layer_norm", path, Verdict.from_dict(data))
     assert "gradients too (backward deterministic)" in out.getvalue()
     assert f"gradients: {len(data['backward']['checks'])}/{len(data['backward']['checks'])}" in out.getvalue()
+    # where the judge's time went, phase by phase, adding up to no more than the whole
+    phases = data["phases"]
+    assert list(phases) == ["start", "load", "check", "backward"]  # no timing phase without a GPU
+    assert all(seconds >= 0 for seconds in phases.values()) and sum(phases.values()) <= data["seconds"]
+    assert "judged in" in out.getvalue() and "backward" in out.getvalue()

@@ -285,3 +285,25 @@ def test_sigterm_interrupts_eval_and_bench_cleanly(config_file: Path, tmp_path: 
 
     seen = _terminate_when(proc, a_worker_runs_for_a_while)
     _assert_nothing_left(proc, seen, tmp_path)
+
+
+def test_an_interrupted_bench_reports_the_ops_it_measured(config_file: Path, tmp_path: Path) -> None:
+    # a bench stopped by a time limit (SIGTERM) must not lose the ops already measured
+    err_path = tmp_path / "bench.err"
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("EVOLVE_CONFIG", None)
+    with err_path.open("w") as err:
+        proc = subprocess.Popen([*EVOLVE, "--config", str(config_file), "bench", "nanogpt", "--ops",
+                                 "layer_norm,bias_gelu", "--json", "--device", "cpu"], cwd=PROJECT_ROOT, env=env,
+                                text=True, stdout=subprocess.PIPE, stderr=err)
+        seen = _terminate_when(proc, lambda: "bench bias_gelu" in err_path.read_text())
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err_path.read_text()[-3000:]
+    data = json.loads(out)
+    assert data["interrupted"] is True
+    assert [row["op"] for row in data["rows"]] == ["layer_norm"]
+    assert data["rows"][0]["verdict"]["status"] == "accepted"
+    assert "judged in" in err_path.read_text()
+    time.sleep(5)
+    left = {pid: cmd for pid, cmd in seen.items() if _cmdline(pid) is not None and _cmdline(pid) == cmd}
+    assert not left, f"processes left behind: {left}"

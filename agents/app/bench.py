@@ -78,9 +78,19 @@ def kernel_in_use(op: str, promoted, tmp: Path, training: bool) -> tuple[Path, s
     return promoted.path, f"promoted {promoted.path}"
 
 
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a bench: the rows measured until then, for the caller to report."""
+
+    def __init__(self, rows: list[BenchRow], device: dict):
+        super().__init__()
+        self.rows = rows
+        self.device = device
+
+
 def bench_target(config: Config, target: str, ops: str | None, console: Console,
                  on_row=None) -> tuple[list[BenchRow], dict]:
-    """Evaluate the op kernels in use for `target` on this machine; returns the rows and the device."""
+    """Evaluate the op kernels in use for `target` on this machine; returns the rows and the device. Each op's
+    verdict is printed as it comes; interrupted, it raises BenchInterrupted with the rows done so far."""
     op_names = resolve_ops(target, ops)
     device = resolve_device(config.run.device)
     rows: list[BenchRow] = []
@@ -91,13 +101,18 @@ def bench_target(config: Config, target: str, ops: str | None, console: Console,
             info = {**info, "ceilings": evaluator.ceilings()}
         gpu = info["name"] if device == "cuda" else INTERPRETER_GPU
         store = KernelStore(Path(config.run.memory_dir))
-        for op in op_names:
-            path, kernel = kernel_in_use(op, store.best(op, gpu), Path(tmp), config.run.training)
-            console.print(f"[cyan]bench[/] {op}: {escape(kernel)}")
-            row = BenchRow(op, kernel, evaluator.evaluate(op, path))
-            rows.append(row)
-            if on_row is not None:
-                on_row(row)
+        try:
+            for op in op_names:
+                path, kernel = kernel_in_use(op, store.best(op, gpu), Path(tmp), config.run.training)
+                console.print(f"[cyan]bench[/] {op}: {escape(kernel)}")
+                row = BenchRow(op, kernel, evaluator.evaluate(op, path))
+                rows.append(row)
+                console.print(f"  {row.verdict.status} {escape(row.verdict.reason())} (judged in "
+                              f"{row.verdict.seconds:.0f} s)", highlight=False)
+                if on_row is not None:
+                    on_row(row)
+        except KeyboardInterrupt:
+            raise BenchInterrupted(rows, info) from None
     if device == "cuda" and "attention" in op_names:
         info = {**info, "sdpa_backend": sdpa_backend()}
     return rows, info

@@ -110,6 +110,9 @@ def print_verdict(out: Console, op: str, file: Path, verdict) -> None:
                   f"{shape['eager_ms'] * 1e3:.1f} us, compile {shape['compile_ms'] * 1e3:.1f} us, peak "
                   f"{peak.get('candidate', 0):,.0f} MiB (eager {peak.get('eager', 0):,.0f}, compile "
                   f"{peak.get('compile', 0):,.0f})", markup=False)
+    if verdict.phases:
+        spent = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in verdict.phases.items())
+        out.print(f"  judged in {verdict.seconds:.1f} s: {spent}", markup=False)
 
 
 def _config(ctx: typer.Context) -> Config:
@@ -388,26 +391,34 @@ def bench(ctx: typer.Context,
 
     from evaluators import JudgeError, SandboxLost
 
-    from agents.app.bench import backward_table, bench_table, bench_target
+    from agents.app.bench import BenchInterrupted, backward_table, bench_table, bench_target
 
     config = _config(ctx)
+    interrupted = False
     try:
         config = config.with_run(device=device, training=training)
         quiet = Console(file=sys.stderr) if as_json else console
         rows, info = bench_target(config, target, ops, quiet)
     except (UsageError, ConfigError, KeyError, MemoryStoreError) as exc:
         _fail(_message(exc))
+    except BenchInterrupted as stopped:  # the ops measured so far are reported, then the interruption
+        rows, info, interrupted = stopped.rows, stopped.device, True
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the evaluator stopped its sandboxes on the way out
         raise _interrupted()
     except (JudgeError, SandboxLost) as exc:  # the evaluator's own failure, never the candidate's
         _fail(f"the evaluator failed: {exc}", 1)
     if as_json:
-        sys.stdout.write(json.dumps({"device": info, "rows": [r.to_dict() for r in rows]}, indent=2) + "\n")
-    else:
+        sys.stdout.write(json.dumps({"device": info, "rows": [r.to_dict() for r in rows], "interrupted": interrupted},
+                                    indent=2) + "\n")
+        if interrupted:
+            raise _interrupted()
+    elif rows or not interrupted:
         console.print(bench_table(rows, info))
         train = backward_table(rows, info)
         if train is not None:
             console.print(train)
+    if interrupted:
+        raise _interrupted()
     raise typer.Exit(0 if all(r.verdict.accepted for r in rows) else 1)
 
 
