@@ -18,6 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ("auto", "cuda", "cpu")
 CODERS = ("template", "llm", "mixed")
 ON_UNAVAILABLE = ("fail", "template")
+CLUSTER_BACKENDS = ("local", "ray")
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,8 @@ class RunConfig:
     device: str = "auto"
     coder: str = "template"
     training: bool = True              # evolve each op's forward and backward, timed together (--inference: forward only)
+    workers: int = 1                   # evaluators judging a population of candidates at once (--workers)
+    population: int = 0                # candidates proposed per step from the same history; 0: one per worker
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,12 @@ class TimingConfig:
 class PromotionConfig:
     margin: float = 0.02
     ab_rounds: int = 10
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    backend: str = "local"             # local: the pool's workers are threads of this process | ray: Ray actors
+    address: str = ""                  # ray: the cluster to join ("auto", "ray://host:10001"); "": start one here
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ class Config:
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     source: Path | None = None
 
     def with_run(self, check_llm: bool = True, **changes: Any) -> "Config":
@@ -116,6 +126,11 @@ class Config:
         if check_llm:
             _check_endpoint(config, "command line")
         return config
+
+    @property
+    def population(self) -> int:
+        """Candidates each step of an op proposes and judges at once."""
+        return self.run.population or self.run.workers
 
     def to_toml(self) -> str:
         """The resolved configuration, as written into each run folder. A template run's says nothing
@@ -169,6 +184,10 @@ def _validate_run(run: RunConfig, origin: str) -> None:
         raise ConfigError(f"{origin}: coder must be one of {', '.join(CODERS)}, not {run.coder!r}")
     if run.budget < 1:
         raise ConfigError(f"{origin}: budget must be at least 1, not {run.budget}")
+    if run.workers < 1:
+        raise ConfigError(f"{origin}: workers must be at least 1, not {run.workers}")
+    if run.population < 0:
+        raise ConfigError(f"{origin}: population must be 0 (one per worker) or more, not {run.population}")
 
 
 def endpoint_configured(llm: LLMConfig) -> bool:
@@ -234,6 +253,9 @@ def _validate(config: Config, origin: str, check_llm: bool = True) -> None:
         _check_endpoint(config, origin)
     if not 0.0 <= config.coder.explore <= 1.0:
         raise ConfigError(f"{origin}: [coder].explore must lie in [0, 1]")
+    if config.cluster.backend not in CLUSTER_BACKENDS:
+        raise ConfigError(f"{origin}: [cluster].backend must be one of {', '.join(CLUSTER_BACKENDS)}, "
+                          f"not {config.cluster.backend!r}")
     _validate_bounds(config, origin)
     from kernels import DTYPES
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 EVENT_KINDS = ("plan", "candidate", "verdict", "promotion", "lesson", "error", "llm", "reflection", "assembly",
-               "resume")
+               "resume", "workers_lost")
 STATUSES = ("running", "complete", "interrupted", "failed")
 
 

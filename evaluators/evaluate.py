@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -79,9 +80,11 @@ def read_source(path: Path) -> str:
 
 
 class Evaluator:
-    def __init__(self, settings: EvaluatorSettings, skip_static: bool = False):
+    def __init__(self, settings: EvaluatorSettings, skip_static: bool = False, turns=None):
         # skip_static exists for the tests of the layers behind the static policy; no setting reaches it
         self.settings = settings
+        # pool.GpuTurns when other evaluators share this GPU: checks may overlap, timing runs alone
+        self.turns = turns
         self._skip_static = skip_static
         self._server: ForkServer | None = None
         self._ceilings: dict | None = None
@@ -102,6 +105,11 @@ class Evaluator:
                 self._server.close()
             self._server = ForkServer(self.settings.device, self.settings.timeouts, self.settings.namespaces)
         return self._server
+
+    def _turn(self, exclusive: bool):
+        if self.turns is None:
+            return nullcontext()
+        return self.turns.exclusive() if exclusive else self.turns.shared()
 
     def _sandbox(self) -> Sandbox:
         self.sandboxes_started += 1
@@ -199,29 +207,31 @@ class Evaluator:
             if on_message:
                 on_message(("phase", "check"))
             checked_dtypes = tuple(dtypes or spec.dtypes_for(self.settings.device))
-            judge.run_checks(checked_dtypes, checks)
             gradients = None
-            if self.settings.backward and spec.has_backward:
-                clock.enter("backward")
-                if on_message:
-                    on_message(("phase", "backward"))
-                gradients = GradientJudge(judge)
-                backward = gradients.run(checked_dtypes, backward_checks)
-                if backward is None:
-                    gradients = None
+            with self._turn(exclusive=False):
+                judge.run_checks(checked_dtypes, checks)
+                if self.settings.backward and spec.has_backward:
+                    clock.enter("backward")
+                    if on_message:
+                        on_message(("phase", "backward"))
+                    gradients = GradientJudge(judge)
+                    backward = gradients.run(checked_dtypes, backward_checks)
+                    if backward is None:
+                        gradients = None
             timing = None
             if self.settings.device == "cuda":
                 clock.enter("time")
                 if on_message:
                     on_message(("phase", "time"))
-                timing = judge.time(self.settings.timed_dtypes, ceilings, self.settings.timing,
-                                    backward=gradients is not None)
-                if gradients is not None:
-                    backward["timing"] = judge.backward_timing
-                    clock.enter("recheck")
-                    # after thousands of timed backwards: one honest only for its first calls fails here
-                    gradients.check_shape(spec.headline_shape(), self.settings.timed_dtypes[0], None, repeat=True,
-                                          refill=False)
+                with self._turn(exclusive=True):
+                    timing = judge.time(self.settings.timed_dtypes, ceilings, self.settings.timing,
+                                        backward=gradients is not None)
+                    if gradients is not None:
+                        backward["timing"] = judge.backward_timing
+                        clock.enter("recheck")
+                        # after thousands of timed backwards: one honest only for its first calls fails here
+                        gradients.check_shape(spec.headline_shape(), self.settings.timed_dtypes[0], None,
+                                              repeat=True, refill=False)
             verdict = Verdict(op=op, status="accepted", failure=None, checks=checks, timing=timing, device=device,
                               candidate=name, backward=backward)
         except CandidateFailure as failure:

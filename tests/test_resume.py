@@ -118,6 +118,27 @@ def test_recorded_candidates_pair_verdicts_and_keep_the_unjudged_one(tmp_path):
     assert [c["id"] for c in history] == ["c001", "c002"]
     assert [c["status"] for c in history] == ["accepted", "rejected"]
     assert history[1]["failure_class"] == "wrong_result"
-    assert pending["id"] == "c003" and pending["params"] == {"A": 3}
+    assert [c["id"] for c in pending] == ["c003"] and pending[0]["params"] == {"A": 3}
     path.unlink()  # its file gone (a kill between the event and the write): proposed afresh instead
-    assert recorded_candidates(events, training=False)["layer_norm"][1] is None
+    assert recorded_candidates(events, training=False)["layer_norm"][1] == []
+
+
+def test_a_population_stopped_mid_way_resumes_with_its_unjudged_candidates(tmp_path):
+    # a population of three proposed, one judged: the other two come back, up to the first whose file is gone
+    from agents.search.graph import recorded_candidates
+
+    verdict = {"op": "rms_norm", "status": "accepted", "failure": None, "checks": [], "timing": None,
+               "device": {}, "candidate": "", "backward": None}
+    paths = []
+    events = []
+    for i in (1, 2, 3, 4):
+        paths.append(tmp_path / f"c00{i}.py")
+        paths[-1].write_text("# proposed\n")
+        events.append({"kind": "candidate", "op": "rms_norm", "id": f"c00{i}", "origin": "rules",
+                       "params": {"A": i}, "path": str(paths[-1])})
+    events.append({"kind": "verdict", "id": "c001", **verdict})
+    history, pending = recorded_candidates(events, training=False)["rms_norm"]
+    assert [c["id"] for c in history] == ["c001"]
+    assert [c["id"] for c in pending] == ["c002", "c003", "c004"]
+    paths[2].unlink()
+    assert [c["id"] for c in recorded_candidates(events, training=False)["rms_norm"][1]] == ["c002"]

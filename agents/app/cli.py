@@ -156,6 +156,9 @@ def run(ctx: typer.Context,
         training: Optional[bool] = typer.Option(None, "--training/--inference",
                                                 help="evolve forward and backward, timed together, or the "
                                                      "forward only ([run].training)"),
+        workers: Optional[int] = typer.Option(None, "--workers", help="evaluators judging candidates at once "
+                                                                      "([run].workers); the result does not "
+                                                                      "depend on it"),
         resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN",
                                              help="continue an interrupted run (an id, a path or 'latest') "
                                                   "where it stopped, with the settings it ran with")):
@@ -168,7 +171,7 @@ def run(ctx: typer.Context,
         if extra:
             _fail(f"--resume continues a run with the settings it ran with; leave out {', '.join(extra)}")
         try:
-            folder = resume_target(config, resume, console, target)
+            folder = resume_target(config, resume, console, target, workers)
         except (UsageError, ConfigError, KeyError) as exc:
             _fail(_message(exc))
         except KeyboardInterrupt:
@@ -185,11 +188,11 @@ def run(ctx: typer.Context,
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, assemble=assemble))
     try:
         if llm_replay is not None:
-            config = config.with_run(check_llm=False, device=device, training=training)
+            config = config.with_run(check_llm=False, device=device, training=training, workers=workers)
             folder = run_target(config, target, ops, not no_memory, console, seed=seed, replay=llm_replay,
                                 replay_flags={"coder": coder, "budget": budget})
         else:
-            config = config.with_run(budget=budget, coder=coder, device=device, training=training)
+            config = config.with_run(budget=budget, coder=coder, device=device, training=training, workers=workers)
             folder = run_target(config, target, ops, not no_memory, console, seed=seed)
     except (UsageError, ConfigError, KeyError) as exc:
         _fail(_message(exc))

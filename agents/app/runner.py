@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from evaluators import Evaluator, EvaluatorSettings, Timeouts, TimingSettings
+from evaluators import EvaluationPool, EvaluatorSettings, Timeouts, TimingSettings
 from kernels import OPS, TARGET_FILES, Target, TargetError, get_spec, load_target
 from memory import INTERPRETER_GPU, CandidateArchive, KernelStore, Rulebook
 
@@ -97,6 +97,18 @@ def evaluator_settings(config: Config, device: str, target: Target | None = None
     )
 
 
+def evaluation_pool(config: Config, settings: EvaluatorSettings):
+    """The run's evaluators: [run].workers of them, as threads here or as Ray actors ([cluster])."""
+    if config.cluster.backend == "ray":
+        from evaluators.ray_pool import RayPool
+
+        try:
+            return RayPool(settings, config.run.workers, config.cluster.address)
+        except RuntimeError as exc:  # Ray missing, or no cluster at the address
+            raise UsageError(str(exc)) from None
+    return EvaluationPool(settings, config.run.workers)
+
+
 class RunDisplay:
     """Rich progress while a run works: one bar per op, a line per verdict."""
 
@@ -138,6 +150,9 @@ class RunDisplay:
             mark = {"accepted": "[green]✓[/]", "rejected": "[yellow]✗[/]", "failed": "[red]✗[/]"}[data["status"]]
             line = f"{self.op} {data['id']} {data['status']}: {_reason(data)}"
             print_line(f"  {mark} {escape(line)}")
+        elif kind == "workers_lost":
+            print_line(f"  [yellow]{data['lost']} worker(s) lost[/]: their candidates went back to the queue and "
+                       f"were judged by others", highlight=False)
         elif kind == "lesson":
             line = f"{data['rule']}: {data['verdict']} ({data['effect']})"
             print_line(f"  [magenta]lesson[/] {escape(line)}")
@@ -209,10 +224,14 @@ def _resumable(config: Config, run: str) -> tuple[Config, RunFolder, bool]:
     return recorded, folder, folder.summary.get("memory", True) is not False
 
 
-def resume_target(config: Config, run: str, console: Console, target: str | None = None) -> RunFolder:
-    """`evolve run --resume RUN`: the run continued where it stopped, under the settings it ran with; a
-    target named beside it must be the run's."""
+def resume_target(config: Config, run: str, console: Console, target: str | None = None,
+                  workers: int | None = None) -> RunFolder:
+    """`evolve run --resume RUN`: the run continued where it stopped, under the settings it ran with (its
+    population too, so the same candidates come), on `workers` evaluators if given; a target named beside it
+    must be the run's."""
     recorded, folder, use_memory = _resumable(config, run)
+    if workers is not None:
+        recorded = recorded.with_run(check_llm=False, workers=workers, population=recorded.population)
     if target is not None and target != folder.summary["target"]:
         raise UsageError(f"--resume {folder.run_id}: that run's target is {folder.summary['target']!r}, not {target!r}")
     return run_target(recorded, folder.summary["target"], ",".join(folder.summary["ops"]), use_memory, console,
@@ -258,7 +277,7 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         console.print(f"[bold]LLM[/] coder={config.run.coder} ({escape(where)})", highlight=False)
     if device == "cpu":
         console.print("[yellow]No GPU: candidates run in Triton's interpreter. Correctness only; speed not measured.[/]")
-    evaluator = Evaluator(evaluator_settings(config, device, resolve_target(target)))
+    evaluator = evaluation_pool(config, evaluator_settings(config, device, resolve_target(target)))
     folder = None
     model = None
     previous = None
@@ -272,7 +291,7 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         if resume is not None:
             folder = resume
             folder.claim()
-            folder.log("resume", op=None, evaluated=[], pending=None)
+            folder.log("resume", op=None, evaluated=[], pending=[])
             console.print(f"resuming: {escape(str(folder.path))}")
         else:
             folder = RunFolder.create(config.run.runs_dir, target, config.to_toml(), info, op_names)
@@ -287,7 +306,7 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
             archive=CandidateArchive(memory_dir) if use_memory and replay is None else None,
             planner=Planner(rulebook, store, gpu, info["sm_count"], config.run.budget, config.coder.test_rules,
                             config.run.training, info.get("arch", "")),
-            rng=random.Random(seed),
+            rng=random.Random(seed), population=config.population,
         )
         if config.run.coder != "template":
             model = _llm_agents(ctx, config, target, op_names, seed, endpoint, meta, exchanges, past)
@@ -298,7 +317,7 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
             recorded = recorded_candidates(folder.events(), config.run.training)
             ctx.resume = {op: recorded[op] for op in op_names if op not in done and op in recorded}
         graph = build_graph(ctx)
-        state = {"queue": [op for op in op_names if op not in done], "op": None, "proposed": 0, "pending": None,
+        state = {"queue": [op for op in op_names if op not in done], "op": None, "proposed": 0, "pending": [],
                  "history": [], "exhausted": False, "done": done}
         steps = 10 + len(op_names) * (4 * config.run.budget + 6)
         with RunDisplay(console) as display:

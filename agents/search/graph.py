@@ -64,9 +64,10 @@ class RunContext:
     replay_of: str | None = None               # the run whose recorded answers this run replays
     replay_plans: dict[str, dict] = field(default_factory=dict)   # op -> that run's plan event
     fallback_noted: bool = False
-    # a resumed run: op -> (the candidates it evaluated before it stopped, the one it had proposed and not
-    # evaluated or None); that op starts from them instead of from nothing
-    resume: dict[str, tuple[list[Candidate], Candidate | None]] = field(default_factory=dict)
+    # a resumed run: op -> (the candidates it evaluated before it stopped, those it had proposed and not
+    # evaluated); that op starts from them instead of from nothing
+    resume: dict[str, tuple[list[Candidate], list[Candidate]]] = field(default_factory=dict)
+    population: int = 1                        # candidates proposed and judged at once (the pool's workers)
 
     def llm_slot(self, slot: int) -> bool:
         """Whether the model writes candidate `slot` (0-based) of an op; mixed runs interleave by share."""
@@ -109,10 +110,10 @@ def _candidate_from(pending: Candidate, verdict: Verdict, training: bool) -> Can
 
 
 def _resumed(ctx: RunContext, op: str, queue: list[str]) -> dict:
-    """The state of an op an interrupted run had begun: its judged candidates as they were, the one it had
+    """The state of an op an interrupted run had begun: its judged candidates as they were, those it had
     proposed and not judged pending again, the coder told what was tried, the summary's counts redone."""
     history, pending = ctx.resume.pop(op)
-    ctx.coder.skip_tried(history + ([pending] if pending else []))
+    ctx.coder.skip_tried(history + pending)
     summary = ctx.folder.op_summary(op)
     summary["candidates"] = len(history)
     summary["accepted"] = sum(1 for c in history if c["status"] == "accepted")
@@ -121,14 +122,14 @@ def _resumed(ctx: RunContext, op: str, queue: list[str]) -> dict:
         if c["status"] != "accepted":
             failures[c["failure_class"]] = failures.get(c["failure_class"], 0) + 1
     summary["failures"] = failures
-    _emit(ctx, "resume", op=op, evaluated=[c["id"] for c in history], pending=pending["id"] if pending else None)
-    return {"queue": queue, "op": op, "proposed": len(history) + (1 if pending else 0), "pending": pending,
+    _emit(ctx, "resume", op=op, evaluated=[c["id"] for c in history], pending=[c["id"] for c in pending])
+    return {"queue": queue, "op": op, "proposed": len(history) + len(pending), "pending": pending,
             "history": history, "exhausted": False}
 
 
-def recorded_candidates(events: list[dict], training: bool) -> dict[str, tuple[list[Candidate], Candidate | None]]:
-    """Per op, the candidates a run's events show judged (in order) and the last one proposed without a
-    verdict (None if there is none, or its file is gone): what a resume starts the op from."""
+def recorded_candidates(events: list[dict], training: bool) -> dict[str, tuple[list[Candidate], list[Candidate]]]:
+    """Per op, the candidates a run's events show judged (in order) and those proposed without a verdict
+    whose file is still there (a population stopped mid-way): what a resume starts the op from."""
     proposed: dict[str, dict[str, dict]] = {}
     judged: dict[str, list[Candidate]] = {}
     for event in events:
@@ -146,8 +147,11 @@ def recorded_candidates(events: list[dict], training: bool) -> dict[str, tuple[l
     for op, candidates in proposed.items():
         done = {c["id"] for c in judged.get(op, [])}
         waiting = [c for cid, c in candidates.items() if cid not in done]
-        pending = waiting[-1] if waiting and ("unusable" in waiting[-1] or Path(waiting[-1].get("path", "")).is_file()) \
-            else None
+        pending = []
+        for c in waiting:  # up to the first whose file is gone (a kill as it was written): ids stay in sequence
+            if "unusable" not in c and not Path(c.get("path", "")).is_file():
+                break
+            pending.append(c)
         out[op] = (judged.get(op, []), pending)
     return out
 
@@ -195,7 +199,7 @@ def build_graph(ctx: RunContext):
                                       training=ctx.config.run.training)
             if op in ctx.resume:
                 return _resumed(ctx, op, queue[1:])
-            return {"queue": queue[1:], "op": op, "proposed": 0, "pending": None, "history": [], "exhausted": False}
+            return {"queue": queue[1:], "op": op, "proposed": 0, "pending": [], "history": [], "exhausted": False}
         strategy, extra = "", {"planner": "rules"}
         # with one op left there is no choice to make: the request (and its tokens) would buy nothing
         if ctx.llm_planner is not None and ctx.model.available and len(queue) > 1:
@@ -218,12 +222,12 @@ def build_graph(ctx: RunContext):
         ctx.llm_coder = ctx.make_llm_coder(spec, ctx.model, ctx.config.run.device, lessons, strategy,
                                  (incumbent.source(), incumbent.metrics) if incumbent else None,
                                  ctx.config.llm.repairs, ctx.config.run.training)
-        return {"queue": [q for q in queue if q != op], "op": op, "proposed": 0, "pending": None, "history": [],
+        return {"queue": [q for q in queue if q != op], "op": op, "proposed": 0, "pending": [], "history": [],
                 "exhausted": False}
 
-    def propose(state: RunState) -> dict:
+    def propose_one(state: RunState, proposed: int) -> Candidate | None:
         proposal = None
-        if ctx.llm_slot(state["proposed"]):
+        if ctx.llm_slot(proposed):
             if ctx.model.available:
                 proposal = ctx.llm_coder.propose(state["history"])
             if proposal is None and not ctx.fallback_noted:
@@ -231,11 +235,10 @@ def build_graph(ctx: RunContext):
                 emit("llm", purpose="coder", op=state["op"], outcome="fallback",
                      error=f"{ctx.model.why_unavailable()}; the template coder takes the remaining slots")
         if proposal is None:
-            proposal = ctx.coder.propose(state["history"], ctx.plan.budget - state["proposed"])
+            proposal = ctx.coder.propose(state["history"], ctx.plan.budget - proposed)
         if proposal is None:
-            emit("plan", op=state["op"], note="template space exhausted before the budget")
-            return {"pending": None, "exhausted": True}
-        cid = f"c{state['proposed'] + 1:03d}"
+            return None
+        cid = f"c{proposed + 1:03d}"
         pending: Candidate = {"id": cid, "op": state["op"], "origin": proposal.origin, "params": proposal.params,
                               "parents": list(proposal.parents)}
         unusable = getattr(proposal, "failure", None)
@@ -247,30 +250,55 @@ def build_graph(ctx: RunContext):
         if getattr(proposal, "exchange", None):
             pending["exchange"] = proposal.exchange
         emit("candidate", **pending, note=proposal.note)
-        return {"pending": pending, "proposed": state["proposed"] + 1}
+        return pending
+
+    def propose(state: RunState) -> dict:
+        # a population: one candidate per worker of the pool, all proposed from the same history, so the
+        # search depends on the verdicts alone and not on which worker finished first
+        population: list[Candidate] = []
+        proposed = state["proposed"]
+        while len(population) < ctx.population and proposed < ctx.plan.budget:
+            pending = propose_one(state, proposed)
+            if pending is None:
+                break
+            population.append(pending)
+            proposed += 1
+        if not population:
+            emit("plan", op=state["op"], note="template space exhausted before the budget")
+            return {"pending": [], "exhausted": True}
+        return {"pending": population, "proposed": proposed}
 
     def evaluate(state: RunState) -> dict:
-        pending = state["pending"]
-        if "unusable" in pending:
-            verdict = Verdict.failed(pending["op"], pending["unusable"]["class"], pending["unusable"]["detail"],
-                                     device=folder.summary["device"])
-        else:
-            verdict = ctx.evaluator.evaluate(pending["op"], Path(pending["path"]),
-                                             on_message=lambda m: ctx.on_event("progress", {"message": m}))
-        candidate = _candidate_from(pending, verdict, ctx.config.run.training)
-        emit("verdict", id=pending["id"], **verdict.to_dict())
-        if ctx.archive is not None and "path" in pending:
-            ctx.archive.record(pending["op"], Path(pending["path"]).read_text(), {
-                "run": folder.run_id, "candidate": pending["id"], "gpu": ctx.gpu, "status": verdict.status,
-                "failure_class": verdict.failure_class, "speedup_eager": candidate.get("speedup_eager")})
-        summary = folder.op_summary(pending["op"])
-        summary["candidates"] += 1
-        if verdict.accepted:
-            summary["accepted"] += 1
-        else:
-            failures = summary["failures"]
-            failures[verdict.failure_class] = failures.get(verdict.failure_class, 0) + 1
-        return {"history": state["history"] + [candidate], "pending": None}
+        population = state["pending"]
+        judged = [p for p in population if "unusable" not in p]
+        lost_before = ctx.evaluator.lost
+        verdicts = dict(zip((p["id"] for p in judged), ctx.evaluator.evaluate_all(
+            [(p["op"], Path(p["path"])) for p in judged],
+            on_message=lambda m: ctx.on_event("progress", {"message": m}))))
+        if ctx.evaluator.lost > lost_before:
+            # workers lost mid-way (a Ray actor or its node): their candidates were judged again elsewhere
+            emit("workers_lost", op=state["op"], lost=ctx.evaluator.lost - lost_before,
+                 candidates=[p["id"] for p in judged])
+        history = list(state["history"])
+        for pending in population:  # in the order proposed, whichever finished first
+            verdict = verdicts.get(pending["id"]) or Verdict.failed(
+                pending["op"], pending["unusable"]["class"], pending["unusable"]["detail"],
+                device=folder.summary["device"])
+            candidate = _candidate_from(pending, verdict, ctx.config.run.training)
+            emit("verdict", id=pending["id"], **verdict.to_dict())
+            if ctx.archive is not None and "path" in pending:
+                ctx.archive.record(pending["op"], Path(pending["path"]).read_text(), {
+                    "run": folder.run_id, "candidate": pending["id"], "gpu": ctx.gpu, "status": verdict.status,
+                    "failure_class": verdict.failure_class, "speedup_eager": candidate.get("speedup_eager")})
+            summary = folder.op_summary(pending["op"])
+            summary["candidates"] += 1
+            if verdict.accepted:
+                summary["accepted"] += 1
+            else:
+                failures = summary["failures"]
+                failures[verdict.failure_class] = failures.get(verdict.failure_class, 0) + 1
+            history.append(candidate)
+        return {"history": history, "pending": []}
 
     def select(state: RunState) -> dict:
         history_of[state["op"]] = state["history"]
@@ -334,7 +362,7 @@ def build_graph(ctx: RunContext):
     def after_plan(state: RunState) -> Literal["propose", "evaluate", "__end__"]:
         if not state["op"]:
             return END
-        # a resumed op whose last candidate was proposed but never judged: that candidate first
+        # a resumed op whose last candidates were proposed but never judged: those first
         return "evaluate" if state["pending"] else "propose"
 
     def after_propose(state: RunState) -> Literal["evaluate", "promote"]:

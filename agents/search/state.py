@@ -34,7 +34,7 @@ class RunState(TypedDict):
     queue: list[str]                  # ops still to evolve, in order
     op: str | None                    # the op being evolved, None between ops
     proposed: int                     # candidates proposed for the current op
-    pending: Candidate | None         # proposed, not yet evaluated
+    pending: list[Candidate]          # proposed, not yet evaluated (one per worker of the pool)
     history: list[Candidate]          # evaluated candidates of the current op
     exhausted: bool                   # the coder has nothing untried left for this op
     done: list[str]                   # ops finished

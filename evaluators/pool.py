@@ -1,0 +1,146 @@
+"""Several evaluators judging candidates at once, behind the one interface the search uses.
+
+Each worker is an Evaluator of its own (its own fork server, fresh sandboxes per candidate); the judge side of
+each runs in a thread of this process, the candidates in their sandboxes. On a GPU the workers share the card
+in turns: any number may check at once, but a timed phase runs alone, so that no measurement is disturbed by
+another candidate's work (`GpuTurns`). Verdicts come back in the order the jobs were given, whichever worker
+finished first, so what a search does with them does not depend on the schedule.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .evaluate import Evaluator, EvaluatorSettings
+from .verdict import Verdict
+
+
+class GpuTurns:
+    """A readers-writer lock over one GPU: `shared()` for work that may overlap (correctness checks),
+    `exclusive()` for timing. A waiting exclusive turn holds back new shared ones, so timing is not starved."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._sharing = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._sharing -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._exclusive and not self._sharing)
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class EvaluationPool:
+    """`workers` evaluators; `evaluate_all` judges a population of candidates on all of them. Promotion's
+    re-timing and A/B rounds (`retime`, `ab`) and the device's description go through the first worker."""
+
+    def __init__(self, settings: EvaluatorSettings, workers: int = 1, skip_static: bool = False):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
+        self.settings = settings
+        self.turns = GpuTurns() if settings.device == "cuda" and workers > 1 else None
+        self.workers = [Evaluator(settings, skip_static=skip_static, turns=self.turns) for _ in range(workers)]
+        self._messages = threading.Lock()
+        self.lost = 0  # workers lost mid-evaluation: a local worker is a thread of this process, never lost alone
+        # threads that live as long as the pool: a fork server dies with the thread that started it (its
+        # parent-death signal follows the thread), so short-lived threads would restart one every step
+        self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evaluator") \
+            if workers > 1 else None
+
+    # the first worker speaks for the pool where one evaluator is asked
+    def spec(self, op: str):
+        return self.workers[0].spec(op)
+
+    @property
+    def device_info(self) -> dict:
+        return self.workers[0].device_info
+
+    def ceilings(self) -> dict | None:
+        return self.workers[0].ceilings()
+
+    def evaluate(self, op: str, path: Path, on_message: Callable[[tuple], None] | None = None,
+                 dtypes: tuple[str, ...] | None = None) -> Verdict:
+        return self.workers[0].evaluate(op, path, on_message, dtypes)
+
+    def retime(self, op: str, path: Path) -> Verdict:
+        with self._alone():
+            return self.workers[0].retime(op, path)
+
+    def ab(self, op: str, challenger: Path, incumbent: Path, backward: bool = False):
+        with self._alone():
+            return self.workers[0].ab(op, challenger, incumbent, backward)
+
+    def _alone(self):
+        return self.turns.exclusive() if self.turns is not None else nullcontext()
+
+    @property
+    def sandboxes_started(self) -> int:
+        return sum(w.sandboxes_started for w in self.workers)
+
+    def evaluate_all(self, jobs: list[tuple[str, Path]],
+                     on_message: Callable[[tuple], None] | None = None) -> list[Verdict]:
+        """The verdict of every (op, path), in the jobs' order. Progress messages from the workers are
+        passed on one at a time, each with the index of its job."""
+        if len(jobs) == 1 or len(self.workers) == 1:
+            return [self.workers[0].evaluate(op, Path(path), self._tagged(on_message, i))
+                    for i, (op, path) in enumerate(jobs)]
+        free = list(self.workers)
+        lock = threading.Lock()
+
+        def judge(index: int) -> Verdict:
+            with lock:
+                worker = free.pop()
+            try:
+                op, path = jobs[index]
+                return worker.evaluate(op, Path(path), self._tagged(on_message, index))
+            finally:
+                with lock:
+                    free.append(worker)
+
+        return list(self._threads.map(judge, range(len(jobs))))
+
+    def _tagged(self, on_message: Callable[[tuple], None] | None, index: int):
+        if on_message is None:
+            return None
+
+        def tagged(message: tuple) -> None:
+            with self._messages:
+                on_message((*message, index))
+        return tagged
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+
+    def __enter__(self) -> "EvaluationPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

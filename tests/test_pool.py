@@ -1,0 +1,178 @@
+"""The evaluation pool: several evaluators judging a population at once, verdicts in the order proposed,
+timing alone on a shared GPU, and a run whose candidates and verdicts do not depend on the worker count."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import EVOLVE, PROJECT_ROOT, render
+
+
+def test_a_timed_turn_waits_for_the_checks_and_holds_back_new_ones():
+    from evaluators import GpuTurns
+
+    turns = GpuTurns()
+    checking, release_check = threading.Event(), threading.Event()
+    timing, release_timing = threading.Event(), threading.Event()
+    late_check = threading.Event()
+
+    def check():
+        with turns.shared():
+            checking.set()
+            release_check.wait(30)
+
+    def time_it():
+        with turns.exclusive():
+            timing.set()
+            release_timing.wait(30)
+
+    def check_later():
+        with turns.shared():
+            late_check.set()
+
+    threads = [threading.Thread(target=check), threading.Thread(target=time_it)]
+    threads[0].start()
+    assert checking.wait(30)
+    threads[1].start()
+    assert not timing.wait(0.5)  # a check is running: the timed turn waits
+    threads.append(threading.Thread(target=check_later))
+    threads[2].start()
+    assert not late_check.wait(0.5)  # a timed turn is waiting: no new check jumps ahead of it
+    release_check.set()
+    assert timing.wait(30)
+    assert not late_check.is_set()  # nothing else runs beside the timed turn
+    release_timing.set()
+    assert late_check.wait(30)
+    for t in threads:
+        t.join(30)
+
+
+def test_a_pool_returns_verdicts_in_the_order_of_its_jobs(tmp_path):
+    from evaluators import EvaluationPool, EvaluatorSettings
+
+    good = render(tmp_path, name="good.py")
+    bad = tmp_path / "bad.py"
+    bad.write_text("def layer_norm(x, weight, bias, eps):\n    return x\n")  # no kernel: static refusal
+    with EvaluationPool(EvaluatorSettings(device="cpu"), workers=2) as pool:
+        verdicts = pool.evaluate_all([("layer_norm", good), ("layer_norm", bad), ("layer_norm", good)])
+        assert pool.sandboxes_started >= 2
+        servers = {w._server.process.pid for w in pool.workers if w._server is not None}
+        again = pool.evaluate_all([("layer_norm", good), ("layer_norm", good)])
+        # the next population finds the same fork servers alive: none died with a finished thread
+        assert {w._server.process.pid for w in pool.workers if w._server is not None} >= servers
+        assert all(w._server.alive() for w in pool.workers if w._server is not None)
+        assert [v.status for v in again] == ["accepted", "accepted"]
+    assert [v.candidate for v in verdicts] == [str(good), str(bad), str(good)]
+    assert [v.status for v in verdicts] == ["accepted", "rejected", "accepted"]
+
+
+def test_pool_rejects_zero_workers():
+    from evaluators import EvaluationPool, EvaluatorSettings
+
+    with pytest.raises(ValueError, match="at least 1"):
+        EvaluationPool(EvaluatorSettings(device="cpu"), workers=0)
+
+
+def _run(folder: Path, workers: int, cluster: str = "", interrupt=None) -> list[dict]:
+    """`evolve run` of layer_norm in populations of two; `interrupt(proc, runs)` runs beside it."""
+    folder.mkdir(parents=True)
+    config = folder / "config.toml"
+    config.write_text('[model]\nassemble = false\n[run]\nruns_dir = "runs"\nmemory_dir = "memory"\nbudget = 4\n'
+                      'device = "cpu"\ncoder = "template"\ntraining = false\npopulation = 2\n' + cluster)
+    proc = subprocess.Popen([*EVOLVE, "--config", str(config), "run", "nanogpt", "--ops", "layer_norm", "--seed",
+                             "5", "--workers", str(workers), "--no-memory"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
+    if interrupt is not None:
+        interrupt(proc, folder / "runs")
+    out, err = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    (events,) = (folder / "runs").glob("*/events.jsonl")
+    return [json.loads(line) for line in events.read_text().splitlines()]
+
+
+def _candidates(events):
+    return [(e["id"], e["origin"], e["params"]) for e in events if e["kind"] == "candidate"]
+
+
+def _verdicts(events):
+    return [(e["id"], e["status"], (e["failure"] or {}).get("class")) for e in events if e["kind"] == "verdict"]
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory) -> list[dict]:
+    return _run(tmp_path_factory.mktemp("pool") / "one", 1)
+
+
+def _same_run(events, reference):
+    assert _candidates(events) == _candidates(reference)
+    assert len(_candidates(reference)) == 4
+    assert _verdicts(events) == _verdicts(reference)
+    assert [v[0] for v in _verdicts(events)] == ["c001", "c002", "c003", "c004"]  # each judged once, in order
+
+
+def test_two_workers_judge_the_same_candidates_as_one(tmp_path, one_worker):
+    _same_run(_run(tmp_path / "two", 2), one_worker)
+
+
+RAY = '[cluster]\nbackend = "ray"\n'
+
+
+def test_ray_actors_judge_the_same_candidates_as_one_local_worker(tmp_path, one_worker):
+    pytest.importorskip("ray")
+    _same_run(_run(tmp_path / "ray", 2, RAY), one_worker)
+
+
+def _actor_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"EvaluatorActor.evaluate" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_ray_actor_killed_mid_run_gives_its_candidate_back(tmp_path, one_worker):
+    pytest.importorskip("ray")
+    killed = []
+
+    def kill_an_actor(proc, runs):
+        deadline = time.monotonic() + 600
+        while not killed:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no actor was ever seen judging"
+            pids = _actor_pids()
+            if pids:
+                time.sleep(2)  # well inside its evaluation (the interpreter's checks take several seconds)
+                for pid in pids[:1]:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.2)
+
+    events = _run(tmp_path / "killed", 2, RAY, interrupt=kill_an_actor)
+    assert killed
+    (lost,) = [e for e in events if e["kind"] == "workers_lost"]
+    assert lost["lost"] == 1
+    _same_run(events, one_worker)
+
+
+@pytest.mark.parametrize("args, config, message", [
+    (["--workers", "0"], "", "workers must be at least 1"),
+    ([], '[cluster]\nbackend = "spark"\n', "[cluster].backend must be one of local, ray"),
+])
+def test_bad_pool_settings_get_one_line(tmp_path, args, config, message):
+    path = tmp_path / "config.toml"
+    path.write_text('[run]\nruns_dir = "runs"\nmemory_dir = "memory"\ndevice = "cpu"\n' + config)
+    done = subprocess.run([*EVOLVE, "--config", str(path), "run", "nanogpt", "--ops", "layer_norm", *args],
+                          capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
