@@ -15,13 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from evaluators import Evaluator, Verdict
+from evaluators import Verdict
 from kernels import get_spec
 from memory import INTERPRETER_GPU, KernelStore
 
 from agents.config import Config
 from agents.app.report import rate_text
-from agents.app.runner import evaluator_settings, resolve_device, resolve_ops, resolve_target
+from agents.app.runner import evaluation_pool, evaluator_settings, resolve_device, resolve_ops, resolve_target
 
 
 @dataclass
@@ -94,7 +94,8 @@ def bench_target(config: Config, target: str, ops: str | None, console: Console,
     op_names = resolve_ops(target, ops)
     device = resolve_device(config.run.device)
     rows: list[BenchRow] = []
-    with Evaluator(evaluator_settings(config, device, resolve_target(target))) as evaluator, \
+    # the run's pool ([cluster]): the ops one after another, each verdict shown as it comes
+    with evaluation_pool(config, evaluator_settings(config, device, resolve_target(target))) as evaluator, \
             tempfile.TemporaryDirectory(prefix="evolve-bench-") as tmp:
         info = evaluator.device_info
         if device == "cuda":
@@ -105,7 +106,7 @@ def bench_target(config: Config, target: str, ops: str | None, console: Console,
             for op in op_names:
                 path, kernel = kernel_in_use(op, store.best(op, gpu), Path(tmp), config.run.training)
                 console.print(f"[cyan]bench[/] {op}: {escape(kernel)}")
-                row = BenchRow(op, kernel, evaluator.evaluate(op, path))
+                row = BenchRow(op, kernel, evaluator.evaluate_all([(op, path)])[0])
                 rows.append(row)
                 console.print(f"  {row.verdict.status} {escape(row.verdict.reason())} (judged in "
                               f"{row.verdict.seconds:.0f} s)", highlight=False)
