@@ -67,6 +67,7 @@ class EvaluationPool:
         self.workers = [Evaluator(settings, skip_static=skip_static, turns=self.turns) for _ in range(workers)]
         self._messages = threading.Lock()
         self.lost = 0  # workers lost mid-evaluation: a local worker is a thread of this process, never lost alone
+        self._closing = False  # set before the workers' sandboxes are stopped: verdicts after it are not real
         # threads that live as long as the pool: a fork server dies with the thread that started it (its
         # parent-death signal follows the thread), so short-lived threads would restart one every step
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evaluator") \
@@ -102,13 +103,10 @@ class EvaluationPool:
     def sandboxes_started(self) -> int:
         return sum(w.sandboxes_started for w in self.workers)
 
-    def evaluate_all(self, jobs: list[tuple[str, Path]],
-                     on_message: Callable[[tuple], None] | None = None) -> list[Verdict]:
-        """The verdict of every (op, path), in the jobs' order. Progress messages from the workers are
-        passed on one at a time, each with the index of its job."""
-        if len(jobs) == 1 or len(self.workers) == 1:
-            return [self.workers[0].evaluate(op, Path(path), self._tagged(on_message, i))
-                    for i, (op, path) in enumerate(jobs)]
+    def evaluate_all(self, jobs: list[tuple[str, Path]], on_message: Callable[[tuple], None] | None = None,
+                     on_verdict: Callable[[int, Verdict], None] | None = None) -> list[Verdict]:
+        """The verdict of every (op, path), in the jobs' order. Progress messages from the workers, and each
+        verdict as it comes (`on_verdict(job index, verdict)`), are passed on one at a time."""
         free = list(self.workers)
         lock = threading.Lock()
 
@@ -117,11 +115,18 @@ class EvaluationPool:
                 worker = free.pop()
             try:
                 op, path = jobs[index]
-                return worker.evaluate(op, Path(path), self._tagged(on_message, index))
+                verdict = worker.evaluate(op, Path(path), self._tagged(on_message, index))
             finally:
                 with lock:
                     free.append(worker)
+            with self._messages:
+                # a candidate whose sandbox the pool's own closing (Ctrl-C, SIGTERM) killed has no verdict
+                if on_verdict is not None and not self._closing:
+                    on_verdict(index, verdict)
+            return verdict
 
+        if len(jobs) == 1 or self._threads is None:
+            return [judge(i) for i in range(len(jobs))]
         return list(self._threads.map(judge, range(len(jobs))))
 
     def _tagged(self, on_message: Callable[[tuple], None] | None, index: int):
@@ -134,6 +139,8 @@ class EvaluationPool:
         return tagged
 
     def close(self) -> None:
+        with self._messages:
+            self._closing = True
         for worker in self.workers:
             worker.close()
         if self._threads is not None:

@@ -126,9 +126,10 @@ class RayPool:
         return ABDecision(**self._call("ab", op, read_source(Path(challenger)), read_source(Path(incumbent)),
                                        backward))
 
-    def evaluate_all(self, jobs: list[tuple[str, Path]],
-                     on_message: Callable[[tuple], None] | None = None) -> list[Verdict]:
-        """The verdict of every (op, path), in the jobs' order, whichever actor finished first."""
+    def evaluate_all(self, jobs: list[tuple[str, Path]], on_message: Callable[[tuple], None] | None = None,
+                     on_verdict: Callable[[int, Verdict], None] | None = None) -> list[Verdict]:
+        """The verdict of every (op, path), in the jobs' order, whichever actor finished first; each verdict
+        also goes to `on_verdict(job index, verdict)` as it comes."""
         ray = self.ray
         sources = [(op, read_source(Path(path)), str(path)) for op, path in jobs]
         verdicts: list[Verdict | None] = [None] * len(jobs)
@@ -147,6 +148,8 @@ class RayPool:
                 index, slot = running.pop(ref)
                 try:
                     verdicts[index] = Verdict.from_dict(ray.get(ref))
+                    if on_verdict is not None:
+                        on_verdict(index, verdicts[index])
                 except ray.exceptions.RayActorError:
                     # the actor (its process or its node) is gone: the candidate goes back to the queue,
                     # first in line, and a fresh actor takes the slot

@@ -102,7 +102,8 @@ def _candidates(events):
 
 
 def _verdicts(events):
-    return [(e["id"], e["status"], (e["failure"] or {}).get("class")) for e in events if e["kind"] == "verdict"]
+    # logged as they come: within a population, in the order the workers finished
+    return sorted((e["id"], e["status"], (e["failure"] or {}).get("class")) for e in events if e["kind"] == "verdict")
 
 
 @pytest.fixture(scope="module")

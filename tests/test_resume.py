@@ -142,3 +142,37 @@ def test_a_population_stopped_mid_way_resumes_with_its_unjudged_candidates(tmp_p
     assert [c["id"] for c in pending] == ["c002", "c003", "c004"]
     paths[2].unlink()
     assert [c["id"] for c in recorded_candidates(events, training=False)["rms_norm"][1]] == ["c002"]
+
+
+def test_a_population_killed_between_its_verdicts_keeps_the_one_it_reached(tmp_path):
+    # two workers judge c001 and c002 at once; killed when one verdict is logged and the other is not, the
+    # resumed run (on one worker: the worker count may change) judges c002's partner only, and goes on
+    config = tmp_path / "config.toml"
+    config.write_text('[model]\nassemble = false\n[run]\nruns_dir = "runs"\nmemory_dir = "memory"\nbudget = 4\n'
+                      'device = "cpu"\ncoder = "template"\ntraining = false\nworkers = 2\npopulation = 2\n')
+    process = subprocess.Popen([*EVOLVE, "--config", str(config), "run", "nanogpt", "--ops", "layer_norm",
+                                "--no-memory"], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if (tmp_path / "runs").exists() and any((tmp_path / "runs").iterdir()):
+                run = _only_run(tmp_path)
+                if [e for e in _events(run) if e["kind"] == "verdict"]:
+                    break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no verdict in time")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    before = [e["id"] for e in _events(run) if e["kind"] == "verdict"]
+    assert len(before) == 1, before  # the other candidate of the population was still being judged
+
+    resumed = _evolve(config, "run", "--resume", run.name, "--workers", "1")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    events = _events(run)
+    judged = [e["id"] for e in events if e["kind"] == "verdict"]
+    assert sorted(judged) == ["c001", "c002", "c003", "c004"] and judged[0] == before[0]  # each once, kept
+    (resume,) = [e for e in events if e["kind"] == "resume" and e.get("op") == "layer_norm"]
+    assert resume["evaluated"] == before and len(resume["pending"]) == 1

@@ -145,6 +145,9 @@ def recorded_candidates(events: list[dict], training: bool) -> dict[str, tuple[l
             judged.setdefault(op, []).append(_candidate_from(pending, verdict, training))
     out = {}
     for op, candidates in proposed.items():
+        # in the order proposed: a population's verdicts are logged in the order they finished
+        order = list(candidates)
+        judged.get(op, []).sort(key=lambda c: order.index(c["id"]))
         done = {c["id"] for c in judged.get(op, [])}
         waiting = [c for cid, c in candidates.items() if cid not in done]
         pending = []
@@ -271,19 +274,11 @@ def build_graph(ctx: RunContext):
     def evaluate(state: RunState) -> dict:
         population = state["pending"]
         judged = [p for p in population if "unusable" not in p]
-        lost_before = ctx.evaluator.lost
-        verdicts = dict(zip((p["id"] for p in judged), ctx.evaluator.evaluate_all(
-            [(p["op"], Path(p["path"])) for p in judged],
-            on_message=lambda m: ctx.on_event("progress", {"message": m}))))
-        if ctx.evaluator.lost > lost_before:
-            # workers lost mid-way (a Ray actor or its node): their candidates were judged again elsewhere
-            emit("workers_lost", op=state["op"], lost=ctx.evaluator.lost - lost_before,
-                 candidates=[p["id"] for p in judged])
-        history = list(state["history"])
-        for pending in population:  # in the order proposed, whichever finished first
-            verdict = verdicts.get(pending["id"]) or Verdict.failed(
-                pending["op"], pending["unusable"]["class"], pending["unusable"]["detail"],
-                device=folder.summary["device"])
+        candidates: dict[str, Candidate] = {}
+
+        def record(pending: Candidate, verdict: Verdict) -> None:
+            # logged the moment it is known, so an interrupted population keeps every verdict it reached;
+            # the history below still takes them in the order proposed
             candidate = _candidate_from(pending, verdict, ctx.config.run.training)
             emit("verdict", id=pending["id"], **verdict.to_dict())
             if ctx.archive is not None and "path" in pending:
@@ -297,7 +292,22 @@ def build_graph(ctx: RunContext):
             else:
                 failures = summary["failures"]
                 failures[verdict.failure_class] = failures.get(verdict.failure_class, 0) + 1
-            history.append(candidate)
+            candidates[pending["id"]] = candidate
+
+        for pending in population:
+            if "unusable" in pending:
+                record(pending, Verdict.failed(pending["op"], pending["unusable"]["class"],
+                                               pending["unusable"]["detail"], device=folder.summary["device"]))
+        lost_before = ctx.evaluator.lost
+        ctx.evaluator.evaluate_all([(p["op"], Path(p["path"])) for p in judged],
+                                   on_message=lambda m: ctx.on_event("progress", {"message": m}),
+                                   on_verdict=lambda index, verdict: record(judged[index], verdict))
+        if ctx.evaluator.lost > lost_before:
+            # workers lost mid-way (a Ray actor or its node): their candidates were judged again elsewhere
+            emit("workers_lost", op=state["op"], lost=ctx.evaluator.lost - lost_before,
+                 candidates=[p["id"] for p in judged])
+        # in the order proposed, whichever finished first
+        history = list(state["history"]) + [candidates[p["id"]] for p in population]
         return {"history": history, "pending": []}
 
     def select(state: RunState) -> dict:
