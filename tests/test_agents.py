@@ -149,11 +149,11 @@ def test_to_toml_round_trips(tmp_path, config_file):
     config = load_config(config_file).with_run(budget=4, device="cpu")
     text = config.to_toml()
     data = tomllib.loads(text)
-    assert set(data) == {"run", "coder", "evaluator", "timing", "promotion", "model"}
+    assert set(data) == {"run", "coder", "evaluator", "timing", "promotion", "model", "cluster"}
     assert data["run"]["budget"] == 4 and data["run"]["device"] == "cpu"
     assert data["run"]["runs_dir"] == str(config.run.runs_dir)
     again = load_config(write_config(tmp_path / "copy" / "config.toml", text))
-    for table in ("run", "coder", "evaluator", "timing", "promotion", "model"):
+    for table in ("run", "coder", "evaluator", "timing", "promotion", "model", "cluster"):
         assert getattr(again, table) == getattr(config, table), table
 
 
