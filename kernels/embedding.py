@@ -14,9 +14,11 @@ each may start anywhere in its storage: NanoGPT's generate() passes idx[:, -bloc
 of a longer sequence. The output is contiguous.
 
 The backward sums each output row's gradient over the batch into wpe's first T rows, and into its token's
-row of dwte in one of two ways (a template knob): scattered with fp32 atomics (then cast to wte's dtype),
-which makes dwte's last bits depend on the order in which rows arrive, or summed by the program of the
-token's first position in position order, which is deterministic. The forward is deterministic.
+row of dwte in one of three ways (template knobs): scattered with fp32 atomics (then cast to wte's dtype),
+which makes dwte's last bits depend on the order in which rows arrive; summed by the program of the
+token's first position in position order, which is deterministic; or by segments, the positions grouped by
+token first so that one pass over the table sums each row and writes it once, zeros included, whose
+grouping order (and so a repeated token's last bits) varies too. The forward is deterministic.
 """
 from __future__ import annotations
 
@@ -219,6 +221,93 @@ def _embedding_bwd_wte_owner_kernel(
 
 
 @triton.jit
+def _embedding_bwd_count_kernel(
+    IDX,        # [B, T] token ids, strides stride_ib, stride_it
+    COUNT,      # [V] int32, zeroed: positions per token
+    stride_ib,
+    stride_it,
+    B,
+    T,
+    BLOCK: tl.constexpr,        # positions per program
+):
+    r = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = r < B * T
+    tok = tl.load(IDX + (r // T) * stride_ib + (r % T) * stride_it, mask=live, other=0)
+    tl.atomic_add(COUNT + tok, 1, mask=live, sem="relaxed")
+
+
+@triton.jit
+def _embedding_bwd_starts_kernel(
+    COUNT,      # [V] int32: positions per token
+    START,      # [V] int32, written: where each token's positions begin in ORDER
+    TOTAL,      # [1] int32, zeroed: positions placed so far
+    V,
+    BLOCK: tl.constexpr,        # tokens per program
+):
+    # each block of tokens takes one contiguous stretch of ORDER with a single atomic; which stretch a
+    # block gets depends on the order the programs run, but only the grouping matters to the sums
+    v = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = v < V
+    n = tl.load(COUNT + v, mask=live, other=0)
+    base = tl.atomic_add(TOTAL, tl.sum(n, axis=0))
+    tl.store(START + v, base + tl.cumsum(n, axis=0) - n, mask=live)
+
+
+@triton.jit
+def _embedding_bwd_group_kernel(
+    IDX,        # [B, T] token ids, strides stride_ib, stride_it
+    CURSOR,     # [V] int32: each token's next free place in ORDER (its start, advanced here to its end)
+    ORDER,      # [B * T] int32, written: positions grouped by token
+    stride_ib,
+    stride_it,
+    B,
+    T,
+    BLOCK: tl.constexpr,        # positions per program
+):
+    r = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = r < B * T
+    tok = tl.load(IDX + (r // T) * stride_ib + (r % T) * stride_it, mask=live, other=0)
+    place = tl.atomic_add(CURSOR + tok, 1, mask=live, sem="relaxed")
+    tl.store(ORDER + place, r.to(tl.int32), mask=live)
+
+
+@triton.jit
+def _embedding_bwd_segments_kernel(
+    DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
+    COUNT,      # [V] int32: positions per token
+    END,        # [V] int32: where each token's positions end in ORDER
+    ORDER,      # [B * T] int32: positions grouped by token
+    DWTE,       # [V, C] gradient of the token table, contiguous, in the table's dtype; every row written
+    stride_db,
+    stride_dt,
+    T,
+    V,
+    C,
+    BLOCK_C: tl.constexpr,      # columns per program (the grid's second axis)
+    BLOCK_R: tl.constexpr,      # positions of one token gathered a step
+    ROWS: tl.constexpr,         # table rows per program
+):
+    # one pass over the table: a row no id points to is stored as zeros here, so dwte needs no zero-fill,
+    # no float32 copy and no cast; a row of n positions is their sum in float32, ceil(n / BLOCK_R) steps
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    lanes = tl.arange(0, BLOCK_R)
+    for i in range(ROWS):
+        v = tl.program_id(0).to(tl.int64) * ROWS + i
+        if v < V:
+            end = tl.load(END + v)
+            acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+            for first in range(end - tl.load(COUNT + v), end, BLOCK_R):
+                q = first + lanes
+                live = q < end
+                r = tl.load(ORDER + q, mask=live, other=0).to(tl.int64)
+                g = tl.load(DY + ((r // T) * stride_db + (r % T) * stride_dt)[:, None] + c[None, :],
+                            mask=live[:, None] & cmask[None, :], other=0.0)
+                acc += tl.sum(g.to(tl.float32), axis=0)
+            tl.store(DWTE + v * C + c, acc.to(DWTE.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
 def _cast_kernel(
     SRC,        # [n] float32
     DST,        # [n] in the destination dtype
@@ -263,10 +352,17 @@ def _embedding_bwd_wpe_kernel(
                  mask=(p < P)[:, None] & cmask[None, :])
 
 
-def _embedding_bwd(dy, idx, V, P, dtype, BWD_ATOMIC, BWD_WTE_ROWS, BWD_SCAN_BLOCK, BWD_WTE_BLOCK_C, BWD_WPE_ROWS,
-                   BWD_WPE_BLOCK_C, BWD_WARPS):
+def _embedding_bwd(dy, idx, V, P, dtype, BWD_SEGMENTS, BWD_SEG_ROWS, BWD_SEG_BLOCK, BWD_ATOMIC, BWD_WTE_ROWS,
+                   BWD_SCAN_BLOCK, BWD_WTE_BLOCK_C, BWD_WPE_ROWS, BWD_WPE_BLOCK_C, BWD_WARPS):
     """(d wte [V, C], d wpe [P, C]) in the tables' dtype from the output's gradient [B, T, C]. Parameters in
     capitals are the backward's template knobs:
+    BWD_SEGMENTS    d wte by segments (then BWD_ATOMIC is unused): the positions are counted and grouped by
+                    token with integer atomics (B * T of them, not B * T * C), then one pass over the table
+                    sums each row's positions in float32 and writes every row once, zeros included: no
+                    zero-fill, no [V, C] float32 buffer, no cast. The grouping's order varies from call to
+                    call, so the last bits of a repeated token's row do too
+    BWD_SEG_ROWS    table rows a program of that pass writes
+    BWD_SEG_BLOCK   positions of one token it gathers a step
     BWD_ATOMIC      d wte by float32 atomics, token rows scattered as they come (then cast to the table's
                     dtype), or by owners: the program of each token's first position sums that token's rows
                     in position order, deterministic, but every position scans the ids before it until it
@@ -283,7 +379,9 @@ def _embedding_bwd(dy, idx, V, P, dtype, BWD_ATOMIC, BWD_WTE_ROWS, BWD_SCAN_BLOC
     if dy.stride(2) != 1:
         dy = dy.contiguous()
     wte_block_c = min(BWD_WTE_BLOCK_C, triton.next_power_of_2(C))
-    if BWD_ATOMIC:
+    if BWD_SEGMENTS:
+        dwte = _segment_sums(dy, idx, V, dtype, wte_block_c, BWD_SEG_ROWS, BWD_SEG_BLOCK, BWD_WARPS)
+    elif BWD_ATOMIC:
         # fp32 tables take the atomics directly; others accumulate in fp32 and are cast once at the end
         acc = torch.zeros((V, C), dtype=torch.float32, device=dy.device)
         _embedding_bwd_wte_kernel[(triton.cdiv(B * T, BWD_WTE_ROWS),)](
@@ -308,9 +406,38 @@ def _embedding_bwd(dy, idx, V, P, dtype, BWD_ATOMIC, BWD_WTE_ROWS, BWD_SCAN_BLOC
     return dwte, dwpe
 
 
+def _segment_sums(dy, idx, V, dtype, block_c, rows, block_r, warps, group_block=512):
+    """d wte by segments (see BWD_SEGMENTS): count the ids, give each token a stretch of ORDER, place each
+    position in its token's stretch, then sum every table row over its stretch. `group_block` positions (or
+    tokens) a program of the counting and grouping kernels takes: integer work, one id each."""
+    B, T, C = dy.shape
+    n = B * T
+    if n >= 2**31:
+        raise ValueError(f"{n} token positions do not fit the segments' int32 places")
+    counts = torch.zeros(V + 1, dtype=torch.int32, device=dy.device)  # V counts and the running total
+    count, total = counts[:V], counts[V:]
+    cursor = torch.empty(V, dtype=torch.int32, device=dy.device)
+    order = torch.empty(max(n, 1), dtype=torch.int32, device=dy.device)
+    if n > 0:
+        _embedding_bwd_count_kernel[(triton.cdiv(n, group_block),)](
+            idx, count, idx.stride(0), idx.stride(1), B, T, BLOCK=group_block)
+    _embedding_bwd_starts_kernel[(triton.cdiv(V, group_block),)](count, cursor, total, V, BLOCK=group_block)
+    if n > 0:
+        _embedding_bwd_group_kernel[(triton.cdiv(n, group_block),)](
+            idx, cursor, order, idx.stride(0), idx.stride(1), B, T, BLOCK=group_block)
+    dwte = torch.empty((V, C), dtype=dtype, device=dy.device)
+    _embedding_bwd_segments_kernel[(triton.cdiv(V, rows), triton.cdiv(C, block_c))](
+        dy, count, cursor, order, dwte, dy.stride(0), dy.stride(1), T, V, C,
+        BLOCK_C=block_c, BLOCK_R=block_r, ROWS=rows, num_warps=warps)
+    return dwte
+
+
 # the backward's seed: the atomic scatter, 4 tokens a program, and the d wpe sum over 4 positions a program,
 # both in chunks of up to 512 columns on 4 warps
 BWD_SEED_PARAMS = {
+    "BWD_SEGMENTS": False,
+    "BWD_SEG_ROWS": 1,
+    "BWD_SEG_BLOCK": 32,
     "BWD_ATOMIC": True,
     "BWD_WTE_ROWS": 4,
     "BWD_SCAN_BLOCK": 128,
@@ -320,6 +447,9 @@ BWD_SEED_PARAMS = {
     "BWD_WARPS": 4,
 }
 BWD_KNOBS = {
+    "BWD_SEGMENTS": (False, True),
+    "BWD_SEG_ROWS": (1, 2, 4, 8),
+    "BWD_SEG_BLOCK": (8, 16, 32, 64, 128),
     "BWD_ATOMIC": (True, False),
     "BWD_WTE_ROWS": (1, 2, 4, 8, 16),
     "BWD_SCAN_BLOCK": (64, 128, 256, 512),
@@ -472,10 +602,15 @@ _row_tile_canonical = row_tile_canonical(SEED_PARAMS, "CHUNK_C")
 
 def _canonical(point: dict) -> dict:
     point = _row_tile_canonical(point)
-    # tokens a program belong to the atomic scatter, the scan's width to the owners
+    # tokens a program belong to the atomic scatter, the scan's width to the owners, rows and steps of the
+    # table pass to the segments, which use neither of the other two
     if "BWD_ATOMIC" in point:
-        unused = "BWD_SCAN_BLOCK" if point["BWD_ATOMIC"] else "BWD_WTE_ROWS"
-        point[unused] = BWD_SEED_PARAMS[unused]
+        if point.get("BWD_SEGMENTS"):
+            unused = ("BWD_ATOMIC", "BWD_WTE_ROWS", "BWD_SCAN_BLOCK")
+        else:
+            unused = ("BWD_SEG_ROWS", "BWD_SEG_BLOCK", "BWD_SCAN_BLOCK" if point["BWD_ATOMIC"] else "BWD_WTE_ROWS")
+        for knob in unused:
+            point[knob] = BWD_SEED_PARAMS[knob]
     return point
 
 
@@ -506,7 +641,9 @@ TEMPLATE = TemplateSpace(
         title="Token + position embedding candidate, forward and backward",
         backward=Backward(EmbeddingFunction, _embedding_bwd,
                           (_embedding_bwd_wte_kernel, _embedding_bwd_wte_owner_kernel, _cast_kernel,
-                           _embedding_bwd_wpe_kernel), frozenset(BWD_KNOBS)),
+                           _embedding_bwd_count_kernel, _embedding_bwd_starts_kernel, _embedding_bwd_group_kernel,
+                           _embedding_bwd_segments_kernel, _segment_sums, _embedding_bwd_wpe_kernel),
+                          frozenset(BWD_KNOBS)),
     ),
     canonical=_canonical,
     backward_knobs=frozenset(BWD_KNOBS),

@@ -371,6 +371,15 @@ def test_normalize_merges_switched_off_knobs():
                                                            "BWD_SCAN_BLOCK": t})).items()))
               for r in (1, 16) for t in (64, 512)}
     assert len(owners) == 2
+    # the segments use neither the scatter's tiles nor the owners' scans, nor the choice between them
+    segments = {tuple(sorted(SPACE.normalize(SPACE.validate({"BWD_SEGMENTS": True, "BWD_ATOMIC": a,
+                                                             "BWD_WTE_ROWS": r, "BWD_SCAN_BLOCK": t,
+                                                             "BWD_SEG_ROWS": rows})).items()))
+                for a in (True, False) for r in (1, 16) for t in (64, 512) for rows in (1, 8)}
+    assert len(segments) == 2
+    others = {SPACE.normalize(SPACE.validate({"BWD_ATOMIC": a, "BWD_SEG_ROWS": rows, "BWD_SEG_BLOCK": b}))["BWD_SEG_ROWS"]
+              for a in (True, False) for rows in (1, 8) for b in (8, 128)}
+    assert others == {BWD_SEED_PARAMS["BWD_SEG_ROWS"]}
     point = SPACE.validate({"SINGLE_TILE": True, "CHUNK_C": 512})
     SPACE.normalize(point)
     assert point["CHUNK_C"] == 512, "normalize must not mutate its argument"
@@ -482,14 +491,16 @@ def _backward_problems(entry) -> list[str]:
     return problems
 
 
-# the seed (atomic scatter) and two backward points away from it (forward knobs at the seed): the owners'
-# deterministic sum with narrow scans and column chunks, and the atomic scatter with other tiles throughout
+# the seed (atomic scatter) and three backward points away from it (forward knobs at the seed): the owners'
+# deterministic sum with narrow scans and column chunks, the atomic scatter with other tiles throughout, and
+# the segments with several table rows a program and short gathers
 BACKWARD_POINTS = {
     "seed": {},
     "owners": {"BWD_ATOMIC": False, "BWD_SCAN_BLOCK": 64, "BWD_WTE_BLOCK_C": 128, "BWD_WPE_ROWS": 2,
                "BWD_WARPS": 2},
     "atomic-tiles": {"BWD_WTE_ROWS": 16, "BWD_WTE_BLOCK_C": 1024, "BWD_WPE_ROWS": 8, "BWD_WPE_BLOCK_C": 128,
                      "BWD_WARPS": 8},
+    "segments": {"BWD_SEGMENTS": True, "BWD_SEG_ROWS": 4, "BWD_SEG_BLOCK": 16, "BWD_WTE_BLOCK_C": 256},
 }
 
 
@@ -507,20 +518,22 @@ def test_rendered_backward_matches_autograd(point):
     assert not problems, problems
 
 
-# a bug planted in each path: the atomic scatter adds half of each row, the owner skips its own position
+# a bug planted in each path: the atomic scatter adds half of each row, the owner skips its own position,
+# the segments' table pass drops the last position of each token's stretch
 PLANTED = {
-    True: ("g.to(tl.float32), mask=mask", "0.5 * g.to(tl.float32), mask=mask"),
-    False: ("for first in range(r, n, BLOCK_T):", "for first in range(r + 1, n, BLOCK_T):"),
+    "atomic": ({"BWD_ATOMIC": True}, ("g.to(tl.float32), mask=mask", "0.5 * g.to(tl.float32), mask=mask")),
+    "owners": ({"BWD_ATOMIC": False}, ("for first in range(r, n, BLOCK_T):", "for first in range(r + 1, n, BLOCK_T):")),
+    "segments": ({"BWD_SEGMENTS": True}, ("live = q < end\n", "live = q < end - 1\n")),
 }
 
 
-@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "owners"])
-def test_rendered_backward_check_catches_a_wrong_gradient(atomic):
+@pytest.mark.parametrize("path", PLANTED)
+def test_rendered_backward_check_catches_a_wrong_gradient(path):
     # the check above can fail: the same candidate with a bug planted in the token table's gradient
-    source = SPACE.render(SPACE.validate({"BWD_ATOMIC": atomic}))
-    right, wrong = PLANTED[atomic]
+    point, (right, wrong) = PLANTED[path]
+    source = SPACE.render(SPACE.validate(point))
     assert source.count(right) == 1
-    module = _load_source(source.replace(right, wrong), f"rendered_embedding_backward_planted_{atomic}")
+    module = _load_source(source.replace(right, wrong), f"rendered_embedding_backward_planted_{path}")
     problems = _backward_problems(module.embedding)
     assert problems and all("grad wte" in p for p in problems), problems
 
@@ -571,3 +584,32 @@ def test_owners_take_strided_ids_and_gradients():
         dwte, dwpe = _embedding_bwd(dy, ids, V, P, torch.float32, **{**BWD_SEED_PARAMS, "BWD_ATOMIC": False})
         assert compare(dwte, ref, 1e-5, 1e-5).ok
         assert compare(dwpe[:T], dy.double().sum(0), 1e-5, 1e-5).ok and float(dwpe[T:].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)], ids=["float32", "float16"])
+@pytest.mark.parametrize("rows,block", [(1, 8), (4, 128)], ids=["row-short-steps", "rows-one-step"])
+def test_segments_match_the_sum_and_write_unused_rows_as_zeros(dtype, tol, rows, block):
+    # 90 positions over 7 of 9 ids: stretches longer than a step of 8, two rows no id points to. dwte is
+    # allocated uninitialised, so a zero there is one the table pass stored
+    (dwte, dwpe), (ref_wte, ref_wpe) = _tables_grads(3, 30, 9, 130, 33, dtype, 2, ids_below=7, BWD_SEGMENTS=True,
+                                                     BWD_SEG_ROWS=rows, BWD_SEG_BLOCK=block, BWD_WTE_BLOCK_C=128)
+    assert dwte.dtype == dwpe.dtype == dtype
+    assert compare(dwte, ref_wte, tol, tol).ok and compare(dwpe, ref_wpe, tol, tol).ok
+    assert float(ref_wte[:7].abs().min()) > 0 and float(dwte[7:].abs().max()) == 0.0
+
+
+def test_segments_take_strided_ids_one_token_and_one_position():
+    B, T, V, C, P = 3, 5, 6, 129, 7
+    wide_idx = torch.randint(0, V, (B, 2 * T + 1), generator=torch.Generator().manual_seed(0))
+    idx = wide_idx[:, 1::2]                                          # stride 2 between positions
+    dy = torch.randn(B, C, T, generator=torch.Generator().manual_seed(1)).transpose(1, 2)  # columns strided
+    knobs = {**BWD_SEED_PARAMS, "BWD_SEGMENTS": True, "BWD_SEG_ROWS": 2}
+    for ids in (idx, idx.to(torch.int32), torch.full_like(idx, V - 1)):
+        ref = torch.zeros(V, C, dtype=torch.float64).index_add_(0, ids.reshape(-1), dy.double().reshape(-1, C))
+        dwte, dwpe = _embedding_bwd(dy, ids, V, P, torch.float32, **knobs)
+        assert compare(dwte, ref, 1e-5, 1e-5).ok
+        assert compare(dwpe[:T], dy.double().sum(0), 1e-5, 1e-5).ok and float(dwpe[T:].abs().max()) == 0.0
+    one = torch.randn(1, 1, C, generator=torch.Generator().manual_seed(2))
+    dwte, _ = _embedding_bwd(one, torch.tensor([[3]]), V, P, torch.float32, **knobs)
+    # a single position's row is its gradient exactly; every other row is zero
+    assert torch.equal(dwte[3], one[0, 0]) and float(dwte[torch.arange(V) != 3].abs().max()) == 0.0
