@@ -288,23 +288,33 @@ def _embedding_bwd_segments_kernel(
     ROWS: tl.constexpr,         # table rows per program
 ):
     # one pass over the table: a row no id points to is stored as zeros here, so dwte needs no zero-fill,
-    # no float32 copy and no cast; a row of n positions is their sum in float32, ceil(n / BLOCK_R) steps
+    # no float32 copy and no cast; a row of n positions is their sum in float32, ceil(n / BLOCK_R) steps.
+    # Most rows of a large vocabulary are such zeros: one tile store for all of a program's, and the
+    # per-row loop only for the others
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
+    first_row = tl.program_id(0).to(tl.int64) * ROWS
+    rows = first_row + tl.arange(0, ROWS)
+    counts = tl.load(COUNT + rows, mask=rows < V, other=0)
+    unused = (rows < V) & (counts == 0)
+    tl.store(DWTE + rows[:, None] * C + c[None, :], tl.zeros([ROWS, BLOCK_C], dtype=DWTE.dtype.element_ty),
+             mask=unused[:, None] & cmask[None, :])
     lanes = tl.arange(0, BLOCK_R)
     for i in range(ROWS):
-        v = tl.program_id(0).to(tl.int64) * ROWS + i
+        v = first_row + i
         if v < V:
-            end = tl.load(END + v)
-            acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-            for first in range(end - tl.load(COUNT + v), end, BLOCK_R):
-                q = first + lanes
-                live = q < end
-                r = tl.load(ORDER + q, mask=live, other=0).to(tl.int64)
-                g = tl.load(DY + ((r // T) * stride_db + (r % T) * stride_dt)[:, None] + c[None, :],
-                            mask=live[:, None] & cmask[None, :], other=0.0)
-                acc += tl.sum(g.to(tl.float32), axis=0)
-            tl.store(DWTE + v * C + c, acc.to(DWTE.dtype.element_ty), mask=cmask)
+            n = tl.load(COUNT + v)
+            if n > 0:
+                end = tl.load(END + v)
+                acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+                for first in range(end - n, end, BLOCK_R):
+                    q = first + lanes
+                    live = q < end
+                    r = tl.load(ORDER + q, mask=live, other=0).to(tl.int64)
+                    g = tl.load(DY + ((r // T) * stride_db + (r % T) * stride_dt)[:, None] + c[None, :],
+                                mask=live[:, None] & cmask[None, :], other=0.0)
+                    acc += tl.sum(g.to(tl.float32), axis=0)
+                tl.store(DWTE + v * C + c, acc.to(DWTE.dtype.element_ty), mask=cmask)
 
 
 @triton.jit
@@ -436,7 +446,7 @@ def _segment_sums(dy, idx, V, dtype, block_c, rows, block_r, warps, group_block=
 # both in chunks of up to 512 columns on 4 warps
 BWD_SEED_PARAMS = {
     "BWD_SEGMENTS": False,
-    "BWD_SEG_ROWS": 1,
+    "BWD_SEG_ROWS": 16,
     "BWD_SEG_BLOCK": 32,
     "BWD_ATOMIC": True,
     "BWD_WTE_ROWS": 4,
@@ -448,7 +458,7 @@ BWD_SEED_PARAMS = {
 }
 BWD_KNOBS = {
     "BWD_SEGMENTS": (False, True),
-    "BWD_SEG_ROWS": (1, 2, 4, 8),
+    "BWD_SEG_ROWS": (1, 4, 16, 64),
     "BWD_SEG_BLOCK": (8, 16, 32, 64, 128),
     "BWD_ATOMIC": (True, False),
     "BWD_WTE_ROWS": (1, 2, 4, 8, 16),

@@ -375,10 +375,10 @@ def test_normalize_merges_switched_off_knobs():
     segments = {tuple(sorted(SPACE.normalize(SPACE.validate({"BWD_SEGMENTS": True, "BWD_ATOMIC": a,
                                                              "BWD_WTE_ROWS": r, "BWD_SCAN_BLOCK": t,
                                                              "BWD_SEG_ROWS": rows})).items()))
-                for a in (True, False) for r in (1, 16) for t in (64, 512) for rows in (1, 8)}
+                for a in (True, False) for r in (1, 16) for t in (64, 512) for rows in (1, 64)}
     assert len(segments) == 2
     others = {SPACE.normalize(SPACE.validate({"BWD_ATOMIC": a, "BWD_SEG_ROWS": rows, "BWD_SEG_BLOCK": b}))["BWD_SEG_ROWS"]
-              for a in (True, False) for rows in (1, 8) for b in (8, 128)}
+              for a in (True, False) for rows in (1, 64) for b in (8, 128)}
     assert others == {BWD_SEED_PARAMS["BWD_SEG_ROWS"]}
     point = SPACE.validate({"SINGLE_TILE": True, "CHUNK_C": 512})
     SPACE.normalize(point)
@@ -603,7 +603,7 @@ def test_segments_take_strided_ids_one_token_and_one_position():
     wide_idx = torch.randint(0, V, (B, 2 * T + 1), generator=torch.Generator().manual_seed(0))
     idx = wide_idx[:, 1::2]                                          # stride 2 between positions
     dy = torch.randn(B, C, T, generator=torch.Generator().manual_seed(1)).transpose(1, 2)  # columns strided
-    knobs = {**BWD_SEED_PARAMS, "BWD_SEGMENTS": True, "BWD_SEG_ROWS": 2}
+    knobs = {**BWD_SEED_PARAMS, "BWD_SEGMENTS": True, "BWD_SEG_ROWS": 4}
     for ids in (idx, idx.to(torch.int32), torch.full_like(idx, V - 1)):
         ref = torch.zeros(V, C, dtype=torch.float64).index_add_(0, ids.reshape(-1), dy.double().reshape(-1, C))
         dwte, dwpe = _embedding_bwd(dy, ids, V, P, torch.float32, **knobs)
