@@ -7,7 +7,9 @@ Device ceilings are measured once per device and software stack, in a sandbox, a
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -60,6 +62,9 @@ class EvaluatorSettings:
     backward: bool = True
     # op -> the shapes to time, the headline first (a target's choice); other ops time their spec's
     timed_shapes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # on a GPU, compile torch.compile's baseline once per op, in a sandbox that loads no candidate, and load
+    # its caches into every candidate's sandbox: each timing then skips most of the baseline's compile
+    warm_baselines: bool = True
 
 
 def _fresh_seed() -> int:
@@ -79,16 +84,26 @@ def read_source(path: Path) -> str:
     return path.read_bytes().decode("utf-8").removeprefix("\ufeff")
 
 
+def visible_gpu(index: int) -> str:
+    """The CUDA_VISIBLE_DEVICES entry of this process's GPU `index` (its own list, where it has one)."""
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed[index] if index < len(listed) else str(index)
+
+
 class Evaluator:
-    def __init__(self, settings: EvaluatorSettings, skip_static: bool = False, turns=None):
+    def __init__(self, settings: EvaluatorSettings, skip_static: bool = False, turns=None, gpu: int | None = None):
         # skip_static exists for the tests of the layers behind the static policy; no setting reaches it
         self.settings = settings
         # pool.GpuTurns when other evaluators share this GPU: checks may overlap, timing runs alone
         self.turns = turns
+        # on a host with several GPUs: the index of this evaluator's. Its sandboxes see that card alone and
+        # the judge's own work (inputs, references) runs on it, never on a card another evaluator times on
+        self.gpu = gpu
         self._skip_static = skip_static
         self._server: ForkServer | None = None
         self._ceilings: dict | None = None
         self._device: dict | None = None
+        self._warm: dict[str, tuple[ForkServer, str | None]] = {}  # op -> (its fork server, cache file or None)
         self.sandboxes_started = 0
 
     # ------------------------------------------------------------ infrastructure
@@ -103,8 +118,17 @@ class Evaluator:
         if self._server is None or not self._server.alive():
             if self._server is not None:
                 self._server.close()
-            self._server = ForkServer(self.settings.device, self.settings.timeouts, self.settings.namespaces)
+            pinned = visible_gpu(self.gpu) if self.gpu is not None and self.settings.device == "cuda" else None
+            self._server = ForkServer(self.settings.device, self.settings.timeouts, self.settings.namespaces, pinned)
         return self._server
+
+    def _on_own_gpu(self):
+        """The judge's CUDA work in this thread goes to this evaluator's GPU for the duration."""
+        if self.gpu is None or self.settings.device != "cuda":
+            return nullcontext()
+        import torch
+
+        return torch.cuda.device(self.gpu)
 
     def _turn(self, exclusive: bool):
         if self.turns is None:
@@ -156,6 +180,43 @@ class Evaluator:
             self._ceilings = stored[key]
         return self._ceilings
 
+    def baseline_cache(self, op: str) -> str | None:
+        """The file of torch.compile's caches for the op's baseline at this evaluator's timed shapes and
+        dtypes, compiled once (per fork server) in a fresh sandbox that loads no candidate; None where that
+        sandbox failed, and each timing then compiles the baseline itself, as it would without the cache."""
+        server = self._fork_server()
+        known = self._warm.get(op)
+        if known is not None and known[0] is server:
+            return known[1]
+        spec = self.spec(op)
+        shapes = [[shape.name, dtype] for shape in spec.timed_shapes() for dtype in self.settings.timed_dtypes]
+        request = {"kind": "warm", "op": op, "shapes": shapes, "seed": _fresh_seed(),
+                   "backward": self.settings.backward and spec.has_backward}
+        path = None
+        sandbox = self._sandbox()
+        try:
+            # alone on the GPU: the baseline's autotuning picks its kernels by timing them
+            with self._turn(exclusive=True):
+                reply = sandbox_reply(sandbox.request(request, self.settings.timeouts.time), "warmed")
+            source = Path(sandbox.folder) / Path(str(reply["file"])).name
+            path = str(Path(server.base) / f"baselines-{op}.bin")
+            shutil.copyfile(source, path)
+        except (CandidateFailure, SandboxLost, OSError, KeyError):
+            path = None
+        finally:
+            sandbox.close()
+        self._warm[op] = (server, path)
+        return path
+
+    def _offer_baselines(self, sandbox: Sandbox, op: str) -> None:
+        """Before the candidate loads: the baseline's caches, where timing will run and they exist."""
+        if self.settings.device != "cuda" or not self.settings.warm_baselines:
+            return
+        path = self.baseline_cache(op)
+        if path is not None:
+            sandbox_reply(sandbox.request({"kind": "baselines", "path": path}, self.settings.timeouts.load),
+                          "baselines")
+
     # ------------------------------------------------------------ one candidate
 
     def _static_failure(self, op: str, source: str) -> tuple[str, str] | None:
@@ -180,6 +241,11 @@ class Evaluator:
     def evaluate_source(self, op: str, source: str, name: str = "<source>",
                         on_message: Callable[[tuple], None] | None = None, dtypes: tuple[str, ...] | None = None,
                         started: float | None = None) -> Verdict:
+        with self._on_own_gpu():
+            return self._evaluate_source(op, source, name, on_message, dtypes, started)
+
+    def _evaluate_source(self, op: str, source: str, name: str, on_message: Callable[[tuple], None] | None,
+                         dtypes: tuple[str, ...] | None, started: float | None) -> Verdict:
         started = time.perf_counter() if started is None else started
         spec = self.spec(op)
         device = self.device_info
@@ -194,12 +260,18 @@ class Evaluator:
         sandbox = None
         clock = PhaseClock()
         try:
+            if self.settings.device == "cuda" and self.settings.warm_baselines and op not in self._warm:
+                clock.enter("warm")
+                if on_message:
+                    on_message(("phase", "warm"))
+                self.baseline_cache(op)
             clock.enter("start")
             sandbox = self._sandbox()
             device = {**device, "sandbox": sandbox.namespaces}
             clock.enter("load")
             if on_message:
                 on_message(("phase", "load"))
+            self._offer_baselines(sandbox, op)
             sandbox_reply(sandbox.request({"kind": "load", "op": op, "source": source},
                                           self.settings.timeouts.load), "loaded")
             judge = Judge(spec, sandbox, self.settings.device, random.Random(_fresh_seed()), self.settings.timeouts)
@@ -253,13 +325,15 @@ class Evaluator:
 
     # ------------------------------------------------------------ promotion, GPU only
 
-    def _loaded(self, op: str, path: Path) -> Sandbox:
+    def _loaded(self, op: str, path: Path, baselines: bool) -> Sandbox:
         source = read_source(Path(path))
         found = self._static_failure(op, source)
         if found:
             raise CandidateFailure(*found)
         sandbox = self._sandbox()
         try:
+            if baselines:
+                self._offer_baselines(sandbox, op)
             sandbox_reply(sandbox.request({"kind": "load", "op": op, "source": source},
                                           self.settings.timeouts.load), "loaded")
         except BaseException:
@@ -271,10 +345,14 @@ class Evaluator:
         """A promotion candidate timed again in a fresh sandbox, with every timing cross-check."""
         if self.settings.device != "cuda":
             raise RuntimeError("timing needs a GPU")
+        with self._on_own_gpu():
+            return self._retime(op, path)
+
+    def _retime(self, op: str, path: Path) -> Verdict:
         spec = self.spec(op)
         sandbox = None
         try:
-            sandbox = self._loaded(op, path)
+            sandbox = self._loaded(op, path, baselines=True)
             judge = Judge(spec, sandbox, "cuda", random.Random(_fresh_seed()), self.settings.timeouts)
             backward = None
             if self.settings.backward and spec.has_backward:
@@ -302,11 +380,15 @@ class Evaluator:
         fresh sandbox, so neither can reach the other; of forward+backward with `backward`."""
         if self.settings.device != "cuda":
             raise RuntimeError("A/B timing needs a GPU")
+        with self._on_own_gpu():
+            return self._ab(op, challenger, incumbent, backward)
+
+    def _ab(self, op: str, challenger: Path, incumbent: Path, backward: bool) -> ABDecision:
         spec = self.spec(op)
         sandboxes: dict[str, Sandbox] = {}
         try:
             for role, path in (("challenger", challenger), ("incumbent", incumbent)):
-                sandboxes[role] = self._loaded(op, path)
+                sandboxes[role] = self._loaded(op, path, baselines=False)  # a bench times no baseline
             seed = _fresh_seed()
             # forward+backward in a training search: both carry a checked backward (graph._promotion races
             # only such pairs there)

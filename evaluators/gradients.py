@@ -14,6 +14,7 @@ within rounding makes it a kernel with atomics, beyond rounding is nondeterminis
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -301,15 +302,17 @@ class GradientJudge:
         if small and not any(repeats):
             repeats[self.judge.rng.choice(small)] = True
         for (dtype_key, shape, variant, refill), repeat, big in zip(plan, repeats, large):
+            started = time.perf_counter()
             try:
                 result = self.check_shape(shape, dtype_key, variant, repeat, refill and not big)
             except CandidateFailure as failure:
                 checks.append({"shape": shape.name, "dims": dict(shape.dims), "dtype": dtype_key, "passed": False,
-                               "variant": variant, "failure": failure.failure_class, "detail": failure.detail})
+                               "variant": variant, "failure": failure.failure_class, "detail": failure.detail,
+                               "seconds": round(time.perf_counter() - started, 3)})
                 raise
             if result is None:
                 return None
-            checks.append(result)
+            checks.append({**result, "seconds": round(time.perf_counter() - started, 3)})
         return {"checks": checks, "deterministic": self.deterministic, "timing": None}
 
 

@@ -279,12 +279,16 @@ class Judge:
 
     def run_checks(self, dtypes: tuple[str, ...], checks: list[dict]) -> None:
         for dtype_key, shape, variant, refill in self.plan(dtypes):
+            started = time.perf_counter()
             try:
-                checks.append(self.check_shape(shape, dtype_key, variant, refill))
+                result = self.check_shape(shape, dtype_key, variant, refill)
             except CandidateFailure as failure:
                 checks.append({"shape": shape.name, "dims": dict(shape.dims), "dtype": dtype_key, "passed": False,
-                               "variant": variant, "failure": failure.failure_class, "detail": failure.detail})
+                               "variant": variant, "failure": failure.failure_class, "detail": failure.detail,
+                               "seconds": round(time.perf_counter() - started, 3)})
                 raise
+            # what each check costs, so that the dearest can be found in a run's verdicts
+            checks.append({**result, "seconds": round(time.perf_counter() - started, 3)})
 
     # ------------------------------------------------------------ timing, GPU only
 

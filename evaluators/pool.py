@@ -3,7 +3,8 @@
 Each worker is an Evaluator of its own (its own fork server, fresh sandboxes per candidate); the judge side of
 each runs in a thread of this process, the candidates in their sandboxes. On a GPU the workers share the card
 in turns: any number may check at once, but a timed phase runs alone, so that no measurement is disturbed by
-another candidate's work (`GpuTurns`). Verdicts come back in the order the jobs were given, whichever worker
+another candidate's work (`GpuTurns`). On a host with several GPUs the workers are spread over the cards,
+each pinned to its own (its sandboxes see that card alone), and turns are taken per card. Verdicts come back in the order the jobs were given, whichever worker
 finished first, so what a search does with them does not depend on the schedule.
 """
 from __future__ import annotations
@@ -59,12 +60,23 @@ class EvaluationPool:
     """`workers` evaluators; `evaluate_all` judges a population of candidates on all of them. Promotion's
     re-timing and A/B rounds (`retime`, `ab`) and the device's description go through the first worker."""
 
-    def __init__(self, settings: EvaluatorSettings, workers: int = 1, skip_static: bool = False):
+    def __init__(self, settings: EvaluatorSettings, workers: int = 1, skip_static: bool = False,
+                 gpus: int | None = None):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
         self.settings = settings
-        self.turns = GpuTurns() if settings.device == "cuda" and workers > 1 else None
-        self.workers = [Evaluator(settings, skip_static=skip_static, turns=self.turns) for _ in range(workers)]
+        # on a host with several GPUs, worker i judges on GPU i mod their number; the workers of one GPU take
+        # turns on it, and the GPUs are independent of each other
+        if settings.device == "cuda" and gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        gpus = max(1, min(gpus or 1, workers)) if settings.device == "cuda" else 1
+        per_gpu = [sum(1 for i in range(workers) if i % gpus == g) for g in range(gpus)]
+        turns = [GpuTurns() if settings.device == "cuda" and n > 1 else None for n in per_gpu]
+        self.turns = turns[0]  # the first GPU's, where promotion's re-timing and A/B rounds run
+        self.workers = [Evaluator(settings, skip_static=skip_static, turns=turns[i % gpus],
+                                  gpu=i % gpus if gpus > 1 else None) for i in range(workers)]
         self._messages = threading.Lock()
         self.lost = 0  # workers lost mid-evaluation: a local worker is a thread of this process, never lost alone
         self._closing = False  # set before the workers' sandboxes are stopped: verdicts after it are not real

@@ -2,7 +2,8 @@
 and runs it as the judge asks. It decides nothing: it returns raw outputs, launch counts, layouts and
 timings, and the judge (another process, which never imports candidate code) draws every conclusion.
 
-Requests (JSON frames, see wire.py): arena, load, call, grad, time, batch, bench, ceilings, stop.
+Requests (JSON frames, see wire.py): arena, load, call, grad, time, batch, bench, ceilings, warm, baselines,
+stop.
 """
 from __future__ import annotations
 
@@ -344,6 +345,52 @@ def _bench(request: dict) -> dict:
     return {"kind": "benched", "ms": ms}
 
 
+BASELINES_FILE = "baselines.bin"  # where a warm sandbox leaves torch.compile's caches, in its own folder
+
+
+def _warm(request: dict) -> dict:
+    """Compile torch.compile's baseline at the timed shapes and save every cache that made (torch's
+    portable cache artifacts: graphs, generated Triton kernels, autotuning choices) for the judge. Only in
+    a sandbox that has loaded no candidate: what it saves is loaded into candidates' sandboxes."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from kernels import get_spec
+
+    from .timing import compile_baselines
+
+    if "entry" in STATE:
+        return {"kind": "failure", "class": "protocol", "detail": "a warm request after a candidate was loaded"}
+    STATE["spec"] = get_spec(request["op"])
+    for shape_name, dtype_key in request["shapes"]:
+        compile_baselines(STATE["spec"], _shape(shape_name), dtype_key, STATE["device"], bool(request["backward"]),
+                          int(request["seed"]))
+    saved = torch.compiler.save_cache_artifacts()
+    data = saved[0] if saved else b""
+    with open(BASELINES_FILE, "wb") as out:  # the cwd is this sandbox's folder
+        out.write(data)
+    return {"kind": "warmed", "file": BASELINES_FILE, "bytes": len(data),
+            "cache_hits": int(counters["inductor"]["fxgraph_cache_hit"]),
+            "cache_misses": int(counters["inductor"]["fxgraph_cache_miss"])}
+
+
+def _baselines(request: dict) -> dict:
+    """Load a warm sandbox's caches into this one's own cache folders, before any candidate code runs:
+    torch.compile's baseline then finds its graphs and kernels compiled, and no candidate can change what
+    another sandbox loads (the file is outside every candidate's writable folder)."""
+    import torch
+
+    if "entry" in STATE:
+        return {"kind": "failure", "class": "protocol", "detail": "baselines offered after a candidate was loaded"}
+    try:
+        with open(request["path"], "rb") as stored:
+            data = stored.read()
+        info = torch.compiler.load_cache_artifacts(data) if data else None
+    except Exception as exc:  # the judge's cache, not the candidate's doing: the baseline compiles cold
+        return {"kind": "baselines", "artifacts": 0, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"kind": "baselines", "artifacts": sum(len(v) for v in info.artifacts.values()) if info else 0}
+
+
 def _ceilings(request: dict) -> dict:
     from .timing import TimingSettings, measure_ceilings
 
@@ -366,7 +413,8 @@ def _handle(request: dict) -> dict:
                     "detail": f"the candidate defines no callable {STATE['spec'].entry}()"}
         STATE["entry"] = entry
         return {"kind": "loaded"}
-    handlers = {"call": _call, "grad": _grad, "time": _time, "batch": _batch, "bench": _bench, "ceilings": _ceilings}
+    handlers = {"call": _call, "grad": _grad, "time": _time, "batch": _batch, "bench": _bench, "ceilings": _ceilings,
+                "warm": _warm, "baselines": _baselines}
     if kind not in handlers:
         return {"kind": "failure", "class": "protocol", "detail": f"unknown request {kind!r}"}
     return handlers[kind](request)

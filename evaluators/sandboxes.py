@@ -57,8 +57,12 @@ class SandboxLost(Exception):
         self.detail = detail
 
 
-def scrubbed_env(device: str) -> dict:
+def scrubbed_env(device: str, visible_gpu: str | None = None) -> dict:
+    """The environment of a fork server and its sandboxes; `visible_gpu` pins them to one GPU (its entry for
+    CUDA_VISIBLE_DEVICES), so that each sees only the card its evaluator judges on, as cuda:0."""
     env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
+    if visible_gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible_gpu
     paths = [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -100,7 +104,7 @@ class _Drain(threading.Thread):
 
 
 class ForkServer:
-    def __init__(self, device: str, timeouts: Timeouts, namespaces: bool = True):
+    def __init__(self, device: str, timeouts: Timeouts, namespaces: bool = True, visible_gpu: str | None = None):
         self.device = device
         self.timeouts = timeouts
         self.base = tempfile.mkdtemp(prefix=f"evolve-sandboxes-{os.getpid()}-")
@@ -111,7 +115,8 @@ class ForkServer:
         judge_end, server_end = socket.socketpair()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "evaluators.forkserver", str(server_end.fileno()), device, json.dumps(limits)],
-            pass_fds=(server_end.fileno(),), env=scrubbed_env(device), cwd=self.base, start_new_session=True,
+            pass_fds=(server_end.fileno(),), env=scrubbed_env(device, visible_gpu), cwd=self.base,
+            start_new_session=True,
             stdin=subprocess.DEVNULL)
         server_end.close()
         self.control = judge_end
@@ -195,6 +200,7 @@ class Sandbox:
             raise SandboxLost("protocol", "the sandbox did not say ready")
         self.device = wire.field(hello, "device", dict)
         self.namespaces = str(hello.get("namespaces", ""))[:200]
+        self.folder = str(hello.get("folder", ""))
 
     def request(self, message: dict, timeout: float, expect_reply: bool = True) -> dict:
         """Send (unless this is the greeting) and wait for the reply; SandboxLost on any breach."""

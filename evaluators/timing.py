@@ -166,6 +166,21 @@ def compiled_baseline(spec: OpSpec) -> Callable:
     return _COMPILED[key]
 
 
+def compile_baselines(spec: OpSpec, shape: Shape, dtype_key: str, device: str, backward: bool, seed: int) -> None:
+    """Sandbox side: torch.compile's baseline compiled for one timed shape the way time_shape and
+    time_backward will call it (the same graphs: no_grad on the op's inputs, then forward+backward on inputs
+    that require gradients), so that the caches it leaves hold what a timing needs."""
+    inputs = spec.make_inputs(shape, DTYPES[dtype_key], seed, device)
+    compiled = compiled_baseline(spec)
+    try:
+        with torch.no_grad():
+            compiled(*inputs)
+        if backward:
+            ForwardBackward(compiled)(*gradient_sets(spec, [inputs], seed)[0])
+    except Exception as exc:
+        raise BaselineError(f"the compile baseline failed at {shape} {dtype_key}: {type(exc).__name__}: {exc}")
+
+
 def input_set_count(bytes_moved: int, settings: TimingSettings) -> int:
     """How many input sets to rotate through so that together they exceed L2 (2 to 64)."""
     return min(64, max(2, math.ceil(settings.rotate_bytes / max(bytes_moved, 1))))

@@ -104,3 +104,13 @@ def test_eval_command_reports_the_backward(config_file, tmp_path):
     assert list(phases) == ["start", "load", "check", "backward"]  # no timing phase without a GPU
     assert all(seconds >= 0 for seconds in phases.values()) and sum(phases.values()) <= data["seconds"]
     assert "judged in" in out.getvalue() and "backward" in out.getvalue()
+    # and check by check, the dearest named: within the phases they belong to
+    forward_s = [c["seconds"] for c in data["checks"]]
+    gradient_s = [c["seconds"] for c in data["backward"]["checks"]]
+    assert all(s >= 0 for s in forward_s + gradient_s)
+    # (each is rounded to the millisecond, as the phases are)
+    assert sum(forward_s) <= phases["check"] + 1e-3 * (len(forward_s) + 1)
+    assert sum(gradient_s) <= phases["backward"] + 1e-3 * (len(gradient_s) + 1)
+    dearest = max(data["checks"] + data["backward"]["checks"], key=lambda c: c["seconds"])
+    assert f"dearest checks: {'gradient ' if dearest in data['backward']['checks'] else ''}{dearest['shape']}" \
+        in out.getvalue()

@@ -177,3 +177,29 @@ def test_bad_pool_settings_get_one_line(tmp_path, args, config, message):
                           capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_workers_are_spread_over_the_gpus_and_take_turns_per_gpu(monkeypatch):
+    # no GPU is touched: the pool only assigns cards, and a fork server pins its sandboxes to one
+    from evaluators import EvaluationPool, EvaluatorSettings
+    from evaluators.evaluate import visible_gpu
+    from evaluators.sandboxes import scrubbed_env
+
+    pool = EvaluationPool(EvaluatorSettings(device="cuda"), workers=5, gpus=2)
+    assert [w.gpu for w in pool.workers] == [0, 1, 0, 1, 0]
+    first, second = pool.workers[0].turns, pool.workers[1].turns
+    assert first is not None and second is not None and first is not second
+    assert all(w.turns is (first if w.gpu == 0 else second) for w in pool.workers)
+    assert pool.turns is first  # promotion's re-timing and A/B rounds take the first card's turns
+    alone = EvaluationPool(EvaluatorSettings(device="cuda"), workers=2, gpus=4)
+    assert [w.gpu for w in alone.workers] == [0, 1] and all(w.turns is None for w in alone.workers)
+    single = EvaluationPool(EvaluatorSettings(device="cuda"), workers=3, gpus=1)
+    assert all(w.gpu is None and w.turns is single.turns for w in single.workers) and single.turns is not None
+    cpu = EvaluationPool(EvaluatorSettings(device="cpu"), workers=3, gpus=8)
+    assert all(w.gpu is None and w.turns is None for w in cpu.workers)
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert visible_gpu(1) == "6" and visible_gpu(0) == "4"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpu(3) == "3"
+    assert scrubbed_env("cuda", "6")["CUDA_VISIBLE_DEVICES"] == "6"

@@ -113,6 +113,12 @@ def print_verdict(out: Console, op: str, file: Path, verdict) -> None:
     if verdict.phases:
         spent = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in verdict.phases.items())
         out.print(f"  judged in {verdict.seconds:.1f} s: {spent}", markup=False)
+    timed = sorted(((c["seconds"], "gradient " if kind else "", c) for kind, group in ((0, verdict.checks), (1, checks))
+                    for c in group if isinstance(c.get("seconds"), (int, float))), key=lambda t: -t[0])
+    if timed:
+        dearest = ", ".join(f"{how}{c['shape']} {c['dtype']}{' ' + c['variant'] if c.get('variant') else ''} "
+                            f"{seconds:.1f} s" for seconds, how, c in timed[:3])
+        out.print(f"  dearest checks: {dearest}", markup=False)
 
 
 def _config(ctx: typer.Context) -> Config:

@@ -1,0 +1,73 @@
+"""torch.compile's baseline compiled once per op in a sandbox that loads no candidate, and its caches loaded
+into later sandboxes before their candidate: the later compile finds every graph cached. On the CPU
+torch.compile's C++ backend stands in for the GPU's; the requests and the files are the same."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from evaluators import EvaluatorSettings
+from evaluators.evaluate import Evaluator
+from evaluators.judge import sandbox_reply
+from evaluators.verdict import CandidateFailure
+from kernels import get_spec
+
+OP = "bias_gelu"
+SHAPE = "one-row"  # one row of 3072: compiles like the timed shapes, in seconds
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    settings = EvaluatorSettings(device="cpu", timed_dtypes=("float32",), timed_shapes={OP: (SHAPE,)})
+    with Evaluator(settings) as ev:
+        yield ev
+
+
+def _warm(sandbox, timeout=600) -> dict:
+    request = {"kind": "warm", "op": OP, "shapes": [[SHAPE, "float32"]], "seed": 3, "backward": True}
+    return sandbox_reply(sandbox.request(request, timeout), "warmed")
+
+
+def test_a_later_sandbox_finds_the_baseline_compiled(evaluator):
+    path = evaluator.baseline_cache(OP)
+    assert path is not None and os.path.getsize(path) > 0
+    # judge-owned: in the fork server's folder, outside every sandbox's own (the only place a sandbox writes)
+    assert Path(path).parent == Path(evaluator._fork_server().base)
+    assert evaluator.baseline_cache(OP) == path, "one warm sandbox per op and fork server"
+
+    warm = evaluator._sandbox()
+    try:
+        loaded = sandbox_reply(warm.request({"kind": "baselines", "path": path}, 120), "baselines")
+        assert loaded["artifacts"] > 0 and "error" not in loaded
+        again = _warm(warm)
+    finally:
+        warm.close()
+    # both graphs (forward, forward+backward) from the cache: a sandbox without it misses both
+    assert again["cache_hits"] >= 2 and again["cache_misses"] == 0
+
+
+def test_no_cache_goes_into_or_comes_out_of_a_sandbox_with_a_candidate(evaluator, tmp_path):
+    source = get_spec(OP).template.render(get_spec(OP).template.seed)
+    sandbox = evaluator._sandbox()
+    try:
+        sandbox_reply(sandbox.request({"kind": "load", "op": OP, "source": source}, 120), "loaded")
+        # the caches must be in place before candidate code runs, and a sandbox that ran some saves none
+        with pytest.raises(CandidateFailure, match="protocol"):
+            sandbox_reply(sandbox.request({"kind": "baselines", "path": str(tmp_path / "x.bin")}, 60), "baselines")
+        with pytest.raises(CandidateFailure, match="protocol"):
+            _warm(sandbox, 60)
+    finally:
+        sandbox.close()
+
+
+def test_a_broken_cache_file_is_the_judges_and_compiles_cold(evaluator, tmp_path):
+    broken = tmp_path / "baselines.bin"
+    broken.write_bytes(b"not torch's cache artifacts")
+    sandbox = evaluator._sandbox()
+    try:
+        reply = sandbox_reply(sandbox.request({"kind": "baselines", "path": str(broken)}, 60), "baselines")
+    finally:
+        sandbox.close()
+    assert reply["artifacts"] == 0  # a reply, not a failure the candidate would be blamed for
