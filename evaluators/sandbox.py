@@ -388,7 +388,9 @@ def _baselines(request: dict) -> dict:
         info = torch.compiler.load_cache_artifacts(data) if data else None
     except Exception as exc:  # the judge's cache, not the candidate's doing: the baseline compiles cold
         return {"kind": "baselines", "artifacts": 0, "error": f"{type(exc).__name__}: {exc}"[:300]}
-    return {"kind": "baselines", "artifacts": sum(len(v) for v in info.artifacts.values()) if info else 0}
+    # CacheInfo lists the artifacts by kind (torch versions that return nothing count as none)
+    kinds = getattr(info, "artifacts", None) or {}
+    return {"kind": "baselines", "artifacts": sum(len(v) for v in kinds.values())}
 
 
 def _ceilings(request: dict) -> dict:

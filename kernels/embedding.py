@@ -221,22 +221,6 @@ def _embedding_bwd_wte_owner_kernel(
 
 
 @triton.jit
-def _embedding_bwd_count_kernel(
-    IDX,        # [B, T] token ids, strides stride_ib, stride_it
-    COUNT,      # [V] int32, zeroed: positions per token
-    stride_ib,
-    stride_it,
-    B,
-    T,
-    BLOCK: tl.constexpr,        # positions per program
-):
-    r = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = r < B * T
-    tok = tl.load(IDX + (r // T) * stride_ib + (r % T) * stride_it, mask=live, other=0)
-    tl.atomic_add(COUNT + tok, 1, mask=live, sem="relaxed")
-
-
-@triton.jit
 def _embedding_bwd_starts_kernel(
     COUNT,      # [V] int32: positions per token
     START,      # [V] int32, written: where each token's positions begin in ORDER
@@ -256,19 +240,22 @@ def _embedding_bwd_starts_kernel(
 @triton.jit
 def _embedding_bwd_group_kernel(
     IDX,        # [B, T] token ids, strides stride_ib, stride_it
-    CURSOR,     # [V] int32: each token's next free place in ORDER (its start, advanced here to its end)
-    ORDER,      # [B * T] int32, written: positions grouped by token
+    PER_TOKEN,  # [V] int32: the counts (zeroed) when counting; else each token's next free place in ORDER
+                # (its start, advanced here to its end)
+    ORDER,      # [B * T] int32, written when placing: positions grouped by token
     stride_ib,
     stride_it,
     B,
     T,
     BLOCK: tl.constexpr,        # positions per program
+    PLACE: tl.constexpr,        # count the positions of each token, or place each in its token's stretch
 ):
     r = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = r < B * T
     tok = tl.load(IDX + (r // T) * stride_ib + (r % T) * stride_it, mask=live, other=0)
-    place = tl.atomic_add(CURSOR + tok, 1, mask=live, sem="relaxed")
-    tl.store(ORDER + place, r.to(tl.int32), mask=live)
+    place = tl.atomic_add(PER_TOKEN + tok, 1, mask=live, sem="relaxed")
+    if PLACE:
+        tl.store(ORDER + place, r.to(tl.int32), mask=live)
 
 
 @triton.jit
@@ -429,12 +416,12 @@ def _segment_sums(dy, idx, V, dtype, block_c, rows, block_r, warps, group_block=
     cursor = torch.empty(V, dtype=torch.int32, device=dy.device)
     order = torch.empty(max(n, 1), dtype=torch.int32, device=dy.device)
     if n > 0:
-        _embedding_bwd_count_kernel[(triton.cdiv(n, group_block),)](
-            idx, count, idx.stride(0), idx.stride(1), B, T, BLOCK=group_block)
+        _embedding_bwd_group_kernel[(triton.cdiv(n, group_block),)](
+            idx, count, order, idx.stride(0), idx.stride(1), B, T, BLOCK=group_block, PLACE=False)
     _embedding_bwd_starts_kernel[(triton.cdiv(V, group_block),)](count, cursor, total, V, BLOCK=group_block)
     if n > 0:
         _embedding_bwd_group_kernel[(triton.cdiv(n, group_block),)](
-            idx, cursor, order, idx.stride(0), idx.stride(1), B, T, BLOCK=group_block)
+            idx, cursor, order, idx.stride(0), idx.stride(1), B, T, BLOCK=group_block, PLACE=True)
     dwte = torch.empty((V, C), dtype=dtype, device=dy.device)
     _embedding_bwd_segments_kernel[(triton.cdiv(V, rows), triton.cdiv(C, block_c))](
         dy, count, cursor, order, dwte, dy.stride(0), dy.stride(1), T, V, C,
@@ -651,7 +638,7 @@ TEMPLATE = TemplateSpace(
         title="Token + position embedding candidate, forward and backward",
         backward=Backward(EmbeddingFunction, _embedding_bwd,
                           (_embedding_bwd_wte_kernel, _embedding_bwd_wte_owner_kernel, _cast_kernel,
-                           _embedding_bwd_count_kernel, _embedding_bwd_starts_kernel, _embedding_bwd_group_kernel,
+                           _embedding_bwd_group_kernel, _embedding_bwd_starts_kernel,
                            _embedding_bwd_segments_kernel, _segment_sums, _embedding_bwd_wpe_kernel),
                           frozenset(BWD_KNOBS)),
     ),

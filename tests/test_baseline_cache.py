@@ -20,13 +20,14 @@ SHAPE = "one-row"  # one row of 3072: compiles like the timed shapes, in seconds
 
 @pytest.fixture(scope="module")
 def evaluator():
-    settings = EvaluatorSettings(device="cpu", timed_dtypes=("float32",), timed_shapes={OP: (SHAPE,)})
+    # forward only on the CPU (one graph to compile); the GPU test warms forward+backward
+    settings = EvaluatorSettings(device="cpu", timed_dtypes=("float32",), timed_shapes={OP: (SHAPE,)}, backward=False)
     with Evaluator(settings) as ev:
         yield ev
 
 
 def _warm(sandbox, timeout=600) -> dict:
-    request = {"kind": "warm", "op": OP, "shapes": [[SHAPE, "float32"]], "seed": 3, "backward": True}
+    request = {"kind": "warm", "op": OP, "shapes": [[SHAPE, "float32"]], "seed": 3, "backward": False}
     return sandbox_reply(sandbox.request(request, timeout), "warmed")
 
 
@@ -44,8 +45,8 @@ def test_a_later_sandbox_finds_the_baseline_compiled(evaluator):
         again = _warm(warm)
     finally:
         warm.close()
-    # both graphs (forward, forward+backward) from the cache: a sandbox without it misses both
-    assert again["cache_hits"] >= 2 and again["cache_misses"] == 0
+    # the baseline's graph from the cache: a sandbox without it misses (torch compiles it afresh)
+    assert again["cache_hits"] >= 1 and again["cache_misses"] == 0
 
 
 def test_no_cache_goes_into_or_comes_out_of_a_sandbox_with_a_candidate(evaluator, tmp_path):

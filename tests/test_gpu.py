@@ -136,12 +136,10 @@ def test_torch_in_a_backward_on_autograds_device_thread_is_refused(unguarded):
 def test_the_compile_baseline_is_compiled_once_per_op(ceilings, tmp_path):
     # a fresh evaluator warms the baseline before its first candidate and never again; the second
     # candidate's timing finds it compiled, so its timing phase is the shorter
-    with Evaluator(EvaluatorSettings(device="cuda", timing=FAST, ceilings_cache=ceilings,
-                                     backward=False)) as ev:
+    with Evaluator(EvaluatorSettings(device="cuda", timing=FAST, ceilings_cache=ceilings)) as ev:
         first = ev.evaluate("bias_gelu", render(tmp_path, op="bias_gelu"), dtypes=("bfloat16",))
         second = ev.evaluate("bias_gelu", render(tmp_path, op="bias_gelu"), dtypes=("bfloat16",))
-        cold = Evaluator(EvaluatorSettings(device="cuda", timing=FAST, ceilings_cache=ceilings, backward=False,
-                                           warm_baselines=False))
+        cold = Evaluator(EvaluatorSettings(device="cuda", timing=FAST, ceilings_cache=ceilings, warm_baselines=False))
         with cold:
             unwarmed = cold.evaluate("bias_gelu", render(tmp_path, op="bias_gelu"), dtypes=("bfloat16",))
     for verdict in (first, second, unwarmed):

@@ -60,7 +60,8 @@ def test_a_pool_returns_verdicts_in_the_order_of_its_jobs(tmp_path):
     good = render(tmp_path, name="good.py")
     bad = tmp_path / "bad.py"
     bad.write_text("def layer_norm(x, weight, bias, eps):\n    return x\n")  # no kernel: static refusal
-    with EvaluationPool(EvaluatorSettings(device="cpu"), workers=2) as pool:
+    # forward checks only: the order and the fork servers are the point here, not the gradients
+    with EvaluationPool(EvaluatorSettings(device="cpu", backward=False), workers=2) as pool:
         verdicts = pool.evaluate_all([("layer_norm", good), ("layer_norm", bad), ("layer_norm", good)])
         assert pool.sandboxes_started >= 2
         servers = {w._server.process.pid for w in pool.workers if w._server is not None}
