@@ -21,18 +21,27 @@ from .verdict import Verdict
 
 class GpuTurns:
     """A readers-writer lock over one GPU: `shared()` for work that may overlap (correctness checks),
-    `exclusive()` for timing. A waiting exclusive turn holds back new shared ones, so timing is not starved."""
+    `exclusive()` for timing. A waiting exclusive turn holds back new shared ones, so timing is not starved.
+    The thread that holds the exclusive turn may ask for either again inside it (promotion's re-timing holds
+    it and may have to warm the baseline, which asks for it too): it has the GPU already."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._sharing = 0
-        self._exclusive = False
+        self._owner: int | None = None  # the thread holding the exclusive turn
         self._waiting = 0
+
+    def _held_here(self) -> bool:
+        with self._cond:
+            return self._owner == threading.get_ident()
 
     @contextmanager
     def shared(self) -> Iterator[None]:
+        if self._held_here():
+            yield
+            return
         with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._cond.wait_for(lambda: self._owner is None and not self._waiting)
             self._sharing += 1
         try:
             yield
@@ -43,16 +52,19 @@ class GpuTurns:
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
+        if self._held_here():
+            yield
+            return
         with self._cond:
             self._waiting += 1
-            self._cond.wait_for(lambda: not self._exclusive and not self._sharing)
+            self._cond.wait_for(lambda: self._owner is None and not self._sharing)
             self._waiting -= 1
-            self._exclusive = True
+            self._owner = threading.get_ident()
         try:
             yield
         finally:
             with self._cond:
-                self._exclusive = False
+                self._owner = None
                 self._cond.notify_all()
 
 

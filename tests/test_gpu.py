@@ -147,3 +147,14 @@ def test_the_compile_baseline_is_compiled_once_per_op(ceilings, tmp_path):
     assert "warm" in first.phases and "warm" not in second.phases and "warm" not in unwarmed.phases
     print(f"\ntime phase: warm cache {second.phases['time']:.1f} s, none {unwarmed.phases['time']:.1f} s; "
           f"warm phase {first.phases['warm']:.1f} s")
+
+
+def test_promotion_retiming_warms_the_baseline_inside_its_own_turn(ceilings, tmp_path):
+    # re-timing holds the GPU's exclusive turn; the first worker has warmed nothing yet, so the baseline is
+    # warmed inside that turn (this hung a two-worker run on the H200 until the turn was reentrant)
+    from evaluators import EvaluationPool
+
+    settings = EvaluatorSettings(device="cuda", timing=FAST, ceilings_cache=ceilings, backward=False)
+    with EvaluationPool(settings, workers=2) as pool:
+        again = pool.retime("bias_gelu", render(tmp_path, op="bias_gelu"))
+    assert again.accepted, again.reason()

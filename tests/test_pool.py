@@ -54,6 +54,28 @@ def test_a_timed_turn_waits_for_the_checks_and_holds_back_new_ones():
         t.join(30)
 
 
+def test_the_exclusive_turn_is_reentrant_for_its_holder_only():
+    # promotion's re-timing holds the exclusive turn and may warm the baseline, which asks for it again: on
+    # the H200 that nesting hung a run until this held
+    from evaluators import GpuTurns
+
+    turns = GpuTurns()
+    other_in = threading.Event()
+
+    def other():
+        with turns.shared():
+            other_in.set()
+
+    with turns.exclusive():
+        with turns.exclusive():
+            with turns.shared():
+                thread = threading.Thread(target=other)
+                thread.start()
+                assert not other_in.wait(0.3)  # another thread still waits for the turn
+    assert other_in.wait(30)
+    thread.join(30)
+
+
 def test_a_pool_returns_verdicts_in_the_order_of_its_jobs(tmp_path):
     from evaluators import EvaluationPool, EvaluatorSettings
 
