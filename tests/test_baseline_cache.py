@@ -22,7 +22,8 @@ SHAPE = "one-row"  # one row of 3072: compiles like the timed shapes, in seconds
 def evaluator():
     # forward only on the CPU (one graph to compile); the GPU test warms forward+backward
     settings = EvaluatorSettings(device="cpu", timed_dtypes=("float32",), timed_shapes={OP: (SHAPE,)}, backward=False)
-    with Evaluator(settings) as ev:
+    # no static policy: the poisoner below must meet the sandbox's own layers
+    with Evaluator(settings, skip_static=True) as ev:
         yield ev
 
 
@@ -72,3 +73,37 @@ def test_a_broken_cache_file_is_the_judges_and_compiles_cold(evaluator, tmp_path
     finally:
         sandbox.close()
     assert reply["artifacts"] == 0  # a reply, not a failure the candidate would be blamed for
+
+
+# a candidate that tries to overwrite the cache file beside its sandbox's folder with its own bytes, so
+# that later sandboxes would load a baseline of its making; the static policy is skipped so the sandbox's
+# own layers are what stops it
+POISONER = '''
+import torch
+import triton
+import triton.language as tl
+
+# the candidate's builtins have no open: the real one, through a module's globals
+torch.__builtins__["open"]("../baselines-bias_gelu.bin", "wb").write(b"a slower baseline")
+
+
+@triton.jit
+def _copy(X, Y, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(Y + offs, tl.load(X + offs, mask=offs < n), mask=offs < n)
+
+
+def bias_gelu(x, bias):
+    y = torch.empty_like(x)
+    _copy[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)
+    return y
+'''
+
+
+def test_a_candidate_cannot_rewrite_the_cache_its_successors_load(evaluator):
+    path = evaluator.baseline_cache(OP)
+    before = Path(path).read_bytes()
+    verdict = evaluator.evaluate_source(OP, POISONER, "poisoner")
+    assert Path(path).read_bytes() == before
+    # the audit hook refuses writes outside the sandbox's folder, whoever's open makes them
+    assert verdict.failure_class == "escape", verdict.reason()
