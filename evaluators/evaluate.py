@@ -208,9 +208,12 @@ class Evaluator:
         self._warm[op] = (server, path)
         return path
 
+    def _warms_baselines(self) -> bool:
+        return self.settings.device == "cuda" and self.settings.warm_baselines  # only a GPU times baselines
+
     def _offer_baselines(self, sandbox: Sandbox, op: str) -> None:
         """Before the candidate loads: the baseline's caches, where timing will run and they exist."""
-        if self.settings.device != "cuda" or not self.settings.warm_baselines:
+        if not self._warms_baselines():
             return
         path = self.baseline_cache(op)
         if path is not None:
@@ -260,7 +263,7 @@ class Evaluator:
         sandbox = None
         clock = PhaseClock()
         try:
-            if self.settings.device == "cuda" and self.settings.warm_baselines and op not in self._warm:
+            if self._warms_baselines() and op not in self._warm:  # its own phase, before a sandbox is held
                 clock.enter("warm")
                 if on_message:
                     on_message(("phase", "warm"))

@@ -22,7 +22,8 @@ from kernels import DTYPES, OpSpec, Shape, Tolerance
 
 from .arena import dtype_name, layout, storage_bytes
 from .checker import as_outputs, compare
-from .judge import INTERPRETER_THOROUGH_NUMEL, NAN, Expected, Judge, expected_layout, sandbox_reply, untrusted
+from .judge import (INTERPRETER_THOROUGH_NUMEL, NAN, Expected, Judge, expected_layout, failed_check, sandbox_reply,
+                    timed_check, untrusted)
 from .verdict import CandidateFailure
 
 # |g - ref| <= atol * rms(ref) + rtol * |ref|: the absolute part scales with the gradient's own size, since a
@@ -306,13 +307,11 @@ class GradientJudge:
             try:
                 result = self.check_shape(shape, dtype_key, variant, repeat, refill and not big)
             except CandidateFailure as failure:
-                checks.append({"shape": shape.name, "dims": dict(shape.dims), "dtype": dtype_key, "passed": False,
-                               "variant": variant, "failure": failure.failure_class, "detail": failure.detail,
-                               "seconds": round(time.perf_counter() - started, 3)})
+                checks.append(failed_check(shape, dtype_key, variant, failure, started))
                 raise
             if result is None:
                 return None
-            checks.append({**result, "seconds": round(time.perf_counter() - started, 3)})
+            checks.append(timed_check(result, started))
         return {"checks": checks, "deterministic": self.deterministic, "timing": None}
 
 

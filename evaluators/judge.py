@@ -132,6 +132,17 @@ def read_outputs(sandbox: Sandbox, reply: dict, regions: list[dict], expected: l
     return result
 
 
+def timed_check(result: dict, started: float) -> dict:
+    """A check's record with what it cost, so that the dearest can be found in a run's verdicts."""
+    return {**result, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def failed_check(shape: Shape, dtype_key: str, variant: str | None, failure: CandidateFailure,
+                 started: float) -> dict:
+    return timed_check({"shape": shape.name, "dims": dict(shape.dims), "dtype": dtype_key, "passed": False,
+                        "variant": variant, "failure": failure.failure_class, "detail": failure.detail}, started)
+
+
 class Judge:
     def __init__(self, spec: OpSpec, sandbox: Sandbox, device: str, rng: random.Random, timeouts: Timeouts):
         self.spec = spec
@@ -283,12 +294,9 @@ class Judge:
             try:
                 result = self.check_shape(shape, dtype_key, variant, refill)
             except CandidateFailure as failure:
-                checks.append({"shape": shape.name, "dims": dict(shape.dims), "dtype": dtype_key, "passed": False,
-                               "variant": variant, "failure": failure.failure_class, "detail": failure.detail,
-                               "seconds": round(time.perf_counter() - started, 3)})
+                checks.append(failed_check(shape, dtype_key, variant, failure, started))
                 raise
-            # what each check costs, so that the dearest can be found in a run's verdicts
-            checks.append({**result, "seconds": round(time.perf_counter() - started, 3)})
+            checks.append(timed_check(result, started))
 
     # ------------------------------------------------------------ timing, GPU only
 
