@@ -332,6 +332,38 @@ def test_compare_counts_one_element_off() -> None:
     assert "1/32 elements off" in result.summary()
 
 
+def test_compare_names_the_element_farthest_outside_its_tolerance() -> None:
+    ref = torch.randn(4, 8, dtype=torch.float64)
+    out = ref.clone()
+    out[0, 1] += 1e-3
+    out[2, 5] += 0.5
+    result = compare(out, ref, 1e-4, 1e-4)
+    assert result.mismatches == 2
+    assert result.worst_index == (2, 5)
+    assert result.worst_got == pytest.approx(float(out[2, 5])) and result.worst_expected == float(ref[2, 5])
+    assert "worst at [2, 5]" in result.summary()
+    assert compare(ref.clone(), ref, 1e-4, 1e-4).worst_index is None
+
+
+def test_compare_in_chunks_counts_and_measures_as_in_one_piece(monkeypatch) -> None:
+    from evaluators import checker
+    gen = torch.Generator().manual_seed(3)
+    ref = torch.randn(37, 41, generator=gen, dtype=torch.float64)
+    out = (ref + 1e-4 * torch.randn(37, 41, generator=gen, dtype=torch.float64)).float()
+    out[5, 7] += 2.0
+    with_nan = out.clone()
+    with_nan[36, 40] = float("nan")
+    whole = [compare(o, ref, 1e-4, 1e-4) for o in (out, with_nan)]
+    monkeypatch.setattr(checker, "CHUNK", 100)
+    chunked = [compare(o, ref, 1e-4, 1e-4) for o in (out, with_nan)]
+    for w, c in zip(whole, chunked):
+        assert c.mismatches == w.mismatches > 2
+        assert (c.nonfinite, c.nans, c.worst_index) == (w.nonfinite, w.nans, w.worst_index)
+        assert c.max_abs == w.max_abs
+    assert chunked[0].worst_index == (5, 7) and chunked[1].worst_index == (36, 40)
+    assert chunked[0].rel_l2 == pytest.approx(whole[0].rel_l2, rel=1e-12)
+
+
 def test_compare_nan_where_reference_is_finite() -> None:
     ref = torch.randn(4, 8, dtype=torch.float64)
     out = ref.clone()

@@ -176,3 +176,16 @@ def test_a_population_killed_between_its_verdicts_keeps_the_one_it_reached(tmp_p
     assert sorted(judged) == ["c001", "c002", "c003", "c004"] and judged[0] == before[0]  # each once, kept
     (resume,) = [e for e in events if e["kind"] == "resume" and e.get("op") == "layer_norm"]
     assert resume["evaluated"] == before and len(resume["pending"]) == 1
+
+
+def test_a_resumed_run_hands_over_each_op_once_from_its_first_plan(tmp_path):
+    from agents.app.report import handover_lines
+    from agents.run_folder import RunFolder
+    folder = RunFolder.create(tmp_path, "nanogpt", "", {}, ["attention", "layer_norm"])
+    rule = {"id": "attention.tile-64x64", "confidence": 0.9}
+    folder.log("plan", op="attention", budget=2, rules=[rule])
+    folder.log("plan", op="layer_norm", budget=2, rules=[])
+    # the resumed run plans the op it stopped in again, with the memory as it is by then
+    folder.log("plan", op="attention", budget=2, rules=[{"id": "attention.load-pipelining", "confidence": 0.7}])
+    lines = handover_lines(folder)
+    assert lines == ["Handed over:", "  attention: rules attention.tile-64x64 (0.9)"]

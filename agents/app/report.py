@@ -135,12 +135,14 @@ def model_lines(summary: dict) -> list[str]:
 def handover_lines(folder: RunFolder) -> list[str]:
     """What earlier studies handed this run, per op, from its plan events: the kernel it started from (the
     incumbent, or a transfer from another device) with the run and target that promoted it, and the rules
-    it applied with their confidence on this device."""
+    it applied with their confidence on this device. A resumed run plans an op again; its first plan is
+    what the op started from."""
     runs_dir = folder.path.parent
-    lines = []
+    lines, seen = [], set()
     for event in folder.events():
-        if event.get("kind") != "plan" or "budget" not in event:
+        if event.get("kind") != "plan" or "budget" not in event or event.get("op") in seen:
             continue
+        seen.add(event.get("op"))
         op, parts = event.get("op"), []
         for key, word in (("incumbent", "started from its incumbent"), ("transfer", "started from a transfer")):
             value = event.get(key)
