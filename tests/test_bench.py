@@ -44,3 +44,19 @@ def test_bench_rejects_an_unknown_op(config_file):
     done = bench(config_file, "--ops", "no_such_op", "--device", "cpu")
     assert done.returncode == 2
     assert done.stderr.startswith("error:") and "no_such_op" in done.stderr
+
+
+def test_bench_judges_ops_at_once_on_two_workers_in_the_order_asked(config_file):
+    done = bench(config_file, "--ops", "bias_gelu,layer_norm", "--device", "cpu", "--workers", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["rows"]
+    # the order asked for, whichever verdict came first
+    assert [r["op"] for r in rows] == ["bias_gelu", "layer_norm"]
+    assert all(r["verdict"]["status"] == "accepted" for r in rows)
+    assert done.stderr.count("judged in") == 2
+
+
+def test_bench_rejects_zero_workers(config_file):
+    done = bench(config_file, "--ops", "layer_norm", "--device", "cpu", "--workers", "0")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error:") and "workers" in done.stderr

@@ -89,12 +89,13 @@ class BenchInterrupted(KeyboardInterrupt):
 
 def bench_target(config: Config, target: str, ops: str | None, console: Console,
                  on_row=None) -> tuple[list[BenchRow], dict]:
-    """Evaluate the op kernels in use for `target` on this machine; returns the rows and the device. Each op's
+    """Evaluate the op kernels in use for `target` on this machine; returns the rows (in the order of
+    `ops`) and the device. The ops are judged on the run's pool, as many at once as it has workers; each
     verdict is printed as it comes; interrupted, it raises BenchInterrupted with the rows done so far."""
     op_names = resolve_ops(target, ops)
     device = resolve_device(config.run.device)
-    rows: list[BenchRow] = []
-    # the run's pool ([cluster]): the ops one after another, each verdict shown as it comes
+    done: dict[int, BenchRow] = {}
+    # the run's pool ([cluster], [run].workers): a verdict is the same whichever worker gave it
     with evaluation_pool(config, evaluator_settings(config, device, resolve_target(target))) as evaluator, \
             tempfile.TemporaryDirectory(prefix="evolve-bench-") as tmp:
         info = evaluator.device_info
@@ -102,21 +103,27 @@ def bench_target(config: Config, target: str, ops: str | None, console: Console,
             info = {**info, "ceilings": evaluator.ceilings()}
         gpu = info["name"] if device == "cuda" else INTERPRETER_GPU
         store = KernelStore(Path(config.run.memory_dir))
+        jobs = []
+        for op in op_names:
+            path, kernel = kernel_in_use(op, store.best(op, gpu), Path(tmp), config.run.training)
+            console.print(f"[cyan]bench[/] {op}: {escape(kernel)}")
+            jobs.append((op, path, kernel))
+
+        def arrived(index: int, verdict: Verdict) -> None:
+            op, _, kernel = jobs[index]
+            row = done[index] = BenchRow(op, kernel, verdict)
+            console.print(f"  {op}: {verdict.status} {escape(verdict.reason())} (judged in {verdict.seconds:.0f} s)",
+                          highlight=False)
+            if on_row is not None:
+                on_row(row)
+
         try:
-            for op in op_names:
-                path, kernel = kernel_in_use(op, store.best(op, gpu), Path(tmp), config.run.training)
-                console.print(f"[cyan]bench[/] {op}: {escape(kernel)}")
-                row = BenchRow(op, kernel, evaluator.evaluate_all([(op, path)])[0])
-                rows.append(row)
-                console.print(f"  {row.verdict.status} {escape(row.verdict.reason())} (judged in "
-                              f"{row.verdict.seconds:.0f} s)", highlight=False)
-                if on_row is not None:
-                    on_row(row)
+            evaluator.evaluate_all([(op, path) for op, path, _ in jobs], on_verdict=arrived)
         except KeyboardInterrupt:
-            raise BenchInterrupted(rows, info) from None
+            raise BenchInterrupted([done[i] for i in sorted(done)], info) from None
     if device == "cuda" and "attention" in op_names:
         info = {**info, "sdpa_backend": sdpa_backend()}
-    return rows, info
+    return [done[i] for i in sorted(done)], info
 
 
 def _us(ms: float | None) -> str:

@@ -390,7 +390,9 @@ def bench(ctx: typer.Context,
                                                                  "step's device time goes, kernel by kernel"),
           training: Optional[bool] = typer.Option(None, "--training/--inference",
                                                   help="the ops: also forward+backward with peak memory, or the "
-                                                       "forward only ([run].training)")):
+                                                       "forward only ([run].training)"),
+          workers: Optional[int] = typer.Option(None, "--workers", help="the ops: evaluators judging them at "
+                                                                        "once ([run].workers)")):
     """Per op, the kernel in use (promoted for this GPU, else the seed) against eager and torch.compile;
     with --model, the whole model against PyTorch eager and torch.compile."""
     if model is not None:
@@ -405,7 +407,7 @@ def bench(ctx: typer.Context,
     config = _config(ctx)
     interrupted = False
     try:
-        config = config.with_run(device=device, training=training)
+        config = config.with_run(device=device, training=training, workers=workers)
         quiet = Console(file=sys.stderr) if as_json else console
         rows, info = bench_target(config, target, ops, quiet)
     except (UsageError, ConfigError, KeyError, MemoryStoreError) as exc:
