@@ -122,8 +122,9 @@ class GradientJudge:
         judge, sandbox = self.judge, self.judge.sandbox
         tensors = [a for a in inputs if isinstance(a, torch.Tensor)]
         wanted = floating(inputs)
-        storages = [storage_bytes(t) for t in tensors]
-        dy_storages = [storage_bytes(d) for d in dys if d is not None]
+        # the judge's own host copies, written into the arena and held against it after the call
+        storages = [storage_bytes(t).cpu() for t in tensors]
+        dy_storages = [storage_bytes(d).cpu() for d in dys if d is not None]
         grad_sizes = [inputs[i].numel() * inputs[i].element_size() for i in wanted]
         sizes = ([s.numel() for s in storages] + [s.numel() for s in dy_storages] + grad_sizes
                  + [s.numel() for s in storages] + [s.numel() for s in dy_storages])
@@ -135,7 +136,7 @@ class GradientJudge:
         for a in inputs:
             if isinstance(a, torch.Tensor):
                 offset = next(it)
-                arena.view(offset, storages[t].numel()).copy_(storages[t].cpu())
+                arena.view(offset, storages[t].numel()).copy_(storages[t])
                 args.append({"tensor": _meta(a, storages[t]), "offset": offset})
                 t += 1
             else:
@@ -146,7 +147,7 @@ class GradientJudge:
                 grad_outputs.append(None)
                 continue
             offset = next(it)
-            arena.view(offset, dy_storages[k].numel()).copy_(dy_storages[k].cpu())
+            arena.view(offset, dy_storages[k].numel()).copy_(dy_storages[k])
             grad_outputs.append({"tensor": _meta(d, dy_storages[k]), "offset": offset})
             k += 1
         grads = [{"offset": next(it), "nbytes": n} for n in grad_sizes]
@@ -207,19 +208,19 @@ class GradientJudge:
         for i, a in enumerate(inputs):
             if isinstance(a, torch.Tensor):
                 region = after_regions[i]
-                if not torch.equal(arena.view(region["offset"], region["nbytes"]), storages[t].cpu()):
+                if not torch.equal(arena.view(region["offset"], region["nbytes"]), storages[t]):
                     raise CandidateFailure("input_mutation", f"argument {i} changed during the forward or backward")
                 t += 1
         k = 0
         for j, d in enumerate(dys):
             if d is not None:
                 region = dys_after_regions[j]
-                if not torch.equal(arena.view(region["offset"], region["nbytes"]), dy_storages[k].cpu()):
+                if not torch.equal(arena.view(region["offset"], region["nbytes"]), dy_storages[k]):
                     raise CandidateFailure("input_mutation", f"the gradient of output {j} (dy) changed in the backward")
                 k += 1
         for i, region in zip(wanted, regions):
-            raw = arena.view(region["offset"], region["nbytes"]).clone()
-            out.append(raw.view(inputs[i].dtype).reshape(inputs[i].shape).to(self.judge.device))
+            raw = arena.view(region["offset"], region["nbytes"]).to(self.judge.device, copy=True)
+            out.append(raw.view(inputs[i].dtype).reshape(inputs[i].shape))
         return out
 
     # ------------------------------------------------------------ checks

@@ -127,8 +127,9 @@ def read_outputs(sandbox: Sandbox, reply: dict, regions: list[dict], expected: l
             raise CandidateFailure("layout", f"{what} on {str(meta.get('device'))[:20]}, expected {like.device}")
         if not meta.get("written"):
             raise CandidateFailure("protocol", f"{what} was not written back")
-        raw = sandbox.arena.view(region["offset"], region["nbytes"]).clone()
-        result.append(raw.view(like.dtype).reshape(like.shape).to(device))
+        # a copy on the judge's device straight from the arena, which the sandbox may write again
+        raw = sandbox.arena.view(region["offset"], region["nbytes"]).to(device, copy=True)
+        result.append(raw.view(like.dtype).reshape(like.shape))
     return result
 
 
@@ -164,7 +165,9 @@ class Judge:
     def call(self, inputs: tuple, expected: list[Expected], poison: float | None, prime: bool = False,
              reuse: bool = False) -> list[torch.Tensor]:
         tensors = [a for a in inputs if isinstance(a, torch.Tensor)]
-        storages = [storage_bytes(t) for t in tensors]
+        # the judge's own host copies: written into the arena and kept to hold the inputs against after the call
+        # (one device-to-host copy of each, where a GPT-2 logits tensor is 1.6 GB)
+        storages = [storage_bytes(t).cpu() for t in tensors]
         sizes = [s.numel() for s in storages] + [e.nbytes for e in expected] + [s.numel() for s in storages]
         offsets, total = layout(sizes)
         self.sandbox.grow(total)
@@ -172,7 +175,7 @@ class Judge:
         args, t = [], 0
         for a in inputs:
             if isinstance(a, torch.Tensor):
-                arena.view(offsets[t], storages[t].numel()).copy_(storages[t].cpu())
+                arena.view(offsets[t], storages[t].numel()).copy_(storages[t])
                 args.append({"tensor": {"dtype": dtype_name(a.dtype), "shape": list(a.shape),
                                         "strides": list(a.stride()), "storage_offset": a.storage_offset(),
                                         "storage_nbytes": storages[t].numel()}, "offset": offsets[t]})
@@ -197,7 +200,7 @@ class Judge:
             if isinstance(a, torch.Tensor):
                 region = after_regions[i]
                 now = arena.view(region["offset"], region["nbytes"])
-                if not torch.equal(now, storages[t].cpu()):
+                if not torch.equal(now, storages[t]):
                     raise CandidateFailure("input_mutation", f"argument {i} changed during the call")
                 t += 1
         with untrusted("the call's outputs"):
