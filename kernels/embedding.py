@@ -15,7 +15,8 @@ of a longer sequence. The output is contiguous.
 
 The backward sums each output row's gradient over the batch into wpe's first T rows, and into its token's
 row of dwte in one of three ways (template knobs): scattered with fp32 atomics (then cast to wte's dtype),
-which makes dwte's last bits depend on the order in which rows arrive; summed by the program of the
+into a [V, C] buffer or only into rows for the tokens present (compact), which makes dwte's last bits
+depend on the order in which rows arrive; summed by the program of the
 token's first position in position order, which is deterministic; or by segments, the positions grouped by
 token first so that one pass over the table sums each row and writes it once, zeros included, whose
 grouping order (and so a repeated token's last bits) varies too. The forward is deterministic.
@@ -153,6 +154,8 @@ def _embedding_bwd_wte_kernel(
     C,
     BLOCK_C: tl.constexpr,
     ROWS: tl.constexpr,         # tokens per program
+    FIRST,      # [V] int32 first position of each token (read when COMPACT)
+    COMPACT: tl.constexpr,      # ACC is [B * T, C], a row per token at its first position, not [V, C]
 ):
     # int64 token index: (b * stride_db) and (tok * C) overflow int32 on large tables
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
@@ -160,6 +163,8 @@ def _embedding_bwd_wte_kernel(
     b = r // T
     t = r % T
     tok = tl.load(IDX + b * stride_ib + t * stride_it, mask=live, other=0).to(tl.int64)
+    if COMPACT:
+        tok = tl.load(FIRST + tok, mask=live, other=0).to(tl.int64)
     for start in range(0, C, BLOCK_C):
         c = start + tl.arange(0, BLOCK_C)
         mask = live[:, None] & (c < C)[None, :]
@@ -317,6 +322,43 @@ def _cast_kernel(
 
 
 @triton.jit
+def _embedding_bwd_first_kernel(
+    IDX,        # [B, T] token ids, strides stride_ib, stride_it
+    FIRST,      # [V] int32, filled with B * T: lowered to the first flat position of each token present
+    stride_ib,
+    stride_it,
+    B,
+    T,
+    BLOCK: tl.constexpr,
+):
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = r < B * T
+    r64 = r.to(tl.int64)
+    tok = tl.load(IDX + (r64 // T) * stride_ib + (r64 % T) * stride_it, mask=live, other=0)
+    tl.atomic_min(FIRST + tok, r, mask=live, sem="relaxed")
+
+
+@triton.jit
+def _embedding_bwd_compact_rows_kernel(
+    ACC,        # [B * T, C] float32 sums, a row per token present at its first position
+    FIRST,      # [V] int32 first position of each token, B * T for a token absent
+    DWTE,       # [V, C] the token table's gradient, contiguous (written whole)
+    n,          # B * T
+    V,
+    C,
+    BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr,         # table rows a program writes
+):
+    v = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows, cmask = v < V, c < C
+    first = tl.load(FIRST + v, mask=rows, other=n).to(tl.int64)
+    present = rows & (first < n)
+    g = tl.load(ACC + first[:, None] * C + c[None, :], mask=present[:, None] & cmask[None, :], other=0.0)
+    tl.store(DWTE + v[:, None] * C + c[None, :], g.to(DWTE.dtype.element_ty), mask=rows[:, None] & cmask[None, :])
+
+
+@triton.jit
 def _embedding_bwd_wpe_kernel(
     DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
     DWPE,       # [P, C] gradient of the position table (written whole: rows T.. are zero), contiguous
@@ -349,8 +391,9 @@ def _embedding_bwd_wpe_kernel(
                  mask=(p < P)[:, None] & cmask[None, :])
 
 
-def _embedding_bwd(dy, idx, V, P, dtype, BWD_SEGMENTS, BWD_SEG_ROWS, BWD_SEG_BLOCK, BWD_ATOMIC, BWD_WTE_ROWS,
-                   BWD_SCAN_BLOCK, BWD_WTE_BLOCK_C, BWD_WPE_ROWS, BWD_WPE_BLOCK_C, BWD_WARPS):
+def _embedding_bwd(dy, idx, V, P, dtype, BWD_SEGMENTS, BWD_SEG_ROWS, BWD_SEG_BLOCK, BWD_ATOMIC, BWD_COMPACT,
+                   BWD_COMPACT_ROWS, BWD_WTE_ROWS, BWD_SCAN_BLOCK, BWD_WTE_BLOCK_C, BWD_WPE_ROWS, BWD_WPE_BLOCK_C,
+                   BWD_WARPS):
     """(d wte [V, C], d wpe [P, C]) in the tables' dtype from the output's gradient [B, T, C]. Parameters in
     capitals are the backward's template knobs:
     BWD_SEGMENTS    d wte by segments (then BWD_ATOMIC is unused): the positions are counted and grouped by
@@ -364,6 +407,11 @@ def _embedding_bwd(dy, idx, V, P, dtype, BWD_SEGMENTS, BWD_SEG_ROWS, BWD_SEG_BLO
                     dtype), or by owners: the program of each token's first position sums that token's rows
                     in position order, deterministic, but every position scans the ids before it until it
                     meets its own, and every owner all the ids after it
+    BWD_COMPACT     the atomic scatter's float32 rows only for the tokens present: each token's first position
+                    (integer atomics, B * T of them) owns a row of a [B * T, C] buffer, and one pass over the
+                    table writes every row in its dtype, zeros for the tokens absent. At GPT-2's shape that
+                    buffer is 25 MB where the [V, C] one is 154 MB, zeroed, read again and cast
+    BWD_COMPACT_ROWS table rows a program of that pass writes
     BWD_WTE_ROWS    token positions a program of the atomic scatter handles (unused by the owners)
     BWD_SCAN_BLOCK  token ids the owners compare a step (unused by the atomic scatter)
     BWD_WTE_BLOCK_C columns of a step of either d wte kernel (at most next_pow2(C)): the atomic scatter loops
@@ -378,12 +426,27 @@ def _embedding_bwd(dy, idx, V, P, dtype, BWD_SEGMENTS, BWD_SEG_ROWS, BWD_SEG_BLO
     wte_block_c = min(BWD_WTE_BLOCK_C, triton.next_power_of_2(C))
     if BWD_SEGMENTS:
         dwte = _segment_sums(dy, idx, V, dtype, wte_block_c, BWD_SEG_ROWS, BWD_SEG_BLOCK, BWD_WARPS)
+    elif BWD_ATOMIC and BWD_COMPACT:
+        n = B * T
+        if n >= 2**31:
+            raise ValueError(f"{n} token positions do not fit the compact scatter's int32 positions")
+        first = torch.full((V,), n, dtype=torch.int32, device=dy.device)
+        acc = torch.zeros((max(n, 1), C), dtype=torch.float32, device=dy.device)
+        if n > 0:
+            _embedding_bwd_first_kernel[(triton.cdiv(n, 512),)](idx, first, idx.stride(0), idx.stride(1), B, T,
+                                                                 BLOCK=512)
+            _embedding_bwd_wte_kernel[(triton.cdiv(n, BWD_WTE_ROWS),)](
+                idx, dy, acc, idx.stride(0), idx.stride(1), dy.stride(0), dy.stride(1), B, T, C,
+                BLOCK_C=wte_block_c, ROWS=BWD_WTE_ROWS, FIRST=first, COMPACT=True, num_warps=BWD_WARPS)
+        dwte = torch.empty((V, C), dtype=dtype, device=dy.device)
+        _embedding_bwd_compact_rows_kernel[(triton.cdiv(V, BWD_COMPACT_ROWS), triton.cdiv(C, wte_block_c))](
+            acc, first, dwte, n, V, C, BLOCK_C=wte_block_c, ROWS=BWD_COMPACT_ROWS, num_warps=BWD_WARPS)
     elif BWD_ATOMIC:
         # fp32 tables take the atomics directly; others accumulate in fp32 and are cast once at the end
         acc = torch.zeros((V, C), dtype=torch.float32, device=dy.device)
         _embedding_bwd_wte_kernel[(triton.cdiv(B * T, BWD_WTE_ROWS),)](
             idx, dy, acc, idx.stride(0), idx.stride(1), dy.stride(0), dy.stride(1), B, T, C,
-            BLOCK_C=wte_block_c, ROWS=BWD_WTE_ROWS, num_warps=BWD_WARPS)
+            BLOCK_C=wte_block_c, ROWS=BWD_WTE_ROWS, FIRST=idx, COMPACT=False, num_warps=BWD_WARPS)
         if dtype == torch.float32:
             dwte = acc
         else:
@@ -436,6 +499,8 @@ BWD_SEED_PARAMS = {
     "BWD_SEG_ROWS": 16,
     "BWD_SEG_BLOCK": 32,
     "BWD_ATOMIC": True,
+    "BWD_COMPACT": False,
+    "BWD_COMPACT_ROWS": 4,
     "BWD_WTE_ROWS": 4,
     "BWD_SCAN_BLOCK": 128,
     "BWD_WTE_BLOCK_C": 512,
@@ -448,6 +513,8 @@ BWD_KNOBS = {
     "BWD_SEG_ROWS": (1, 4, 16, 64),
     "BWD_SEG_BLOCK": (8, 16, 32, 64, 128),
     "BWD_ATOMIC": (True, False),
+    "BWD_COMPACT": (False, True),
+    "BWD_COMPACT_ROWS": (1, 4, 16, 64),
     "BWD_WTE_ROWS": (1, 2, 4, 8, 16),
     "BWD_SCAN_BLOCK": (64, 128, 256, 512),
     "BWD_WTE_BLOCK_C": (128, 256, 512, 1024),
@@ -601,11 +668,15 @@ def _canonical(point: dict) -> dict:
     point = _row_tile_canonical(point)
     # tokens a program belong to the atomic scatter, the scan's width to the owners, rows and steps of the
     # table pass to the segments, which use neither of the other two
+    # the compact rows to the atomic scatter alone
     if "BWD_ATOMIC" in point:
         if point.get("BWD_SEGMENTS"):
-            unused = ("BWD_ATOMIC", "BWD_WTE_ROWS", "BWD_SCAN_BLOCK")
+            unused = ("BWD_ATOMIC", "BWD_COMPACT", "BWD_COMPACT_ROWS", "BWD_WTE_ROWS", "BWD_SCAN_BLOCK")
+        elif point["BWD_ATOMIC"]:
+            unused = ("BWD_SEG_ROWS", "BWD_SEG_BLOCK", "BWD_SCAN_BLOCK",
+                      *(() if point.get("BWD_COMPACT") else ("BWD_COMPACT_ROWS",)))
         else:
-            unused = ("BWD_SEG_ROWS", "BWD_SEG_BLOCK", "BWD_SCAN_BLOCK" if point["BWD_ATOMIC"] else "BWD_WTE_ROWS")
+            unused = ("BWD_SEG_ROWS", "BWD_SEG_BLOCK", "BWD_WTE_ROWS", "BWD_COMPACT", "BWD_COMPACT_ROWS")
         for knob in unused:
             point[knob] = BWD_SEED_PARAMS[knob]
     return point
@@ -638,6 +709,7 @@ TEMPLATE = TemplateSpace(
         title="Token + position embedding candidate, forward and backward",
         backward=Backward(EmbeddingFunction, _embedding_bwd,
                           (_embedding_bwd_wte_kernel, _embedding_bwd_wte_owner_kernel, _cast_kernel,
+                           _embedding_bwd_first_kernel, _embedding_bwd_compact_rows_kernel,
                            _embedding_bwd_group_kernel, _embedding_bwd_starts_kernel,
                            _embedding_bwd_segments_kernel, _segment_sums, _embedding_bwd_wpe_kernel),
                           frozenset(BWD_KNOBS)),

@@ -380,6 +380,13 @@ def test_normalize_merges_switched_off_knobs():
     others = {SPACE.normalize(SPACE.validate({"BWD_ATOMIC": a, "BWD_SEG_ROWS": rows, "BWD_SEG_BLOCK": b}))["BWD_SEG_ROWS"]
               for a in (True, False) for rows in (1, 64) for b in (8, 128)}
     assert others == {BWD_SEED_PARAMS["BWD_SEG_ROWS"]}
+    # the compact pass's rows count only when the atomic scatter is compact
+    compact = {SPACE.normalize(SPACE.validate({"BWD_COMPACT": c, "BWD_ATOMIC": a, "BWD_COMPACT_ROWS": rows}))[
+        "BWD_COMPACT_ROWS"] for c in (True, False) for a in (True, False) for rows in (1, 64)
+        if not (c and a)}
+    assert compact == {BWD_SEED_PARAMS["BWD_COMPACT_ROWS"]}
+    assert len({SPACE.normalize(SPACE.validate({"BWD_COMPACT": True, "BWD_COMPACT_ROWS": rows}))["BWD_COMPACT_ROWS"]
+                for rows in (1, 64)}) == 2
     point = SPACE.validate({"SINGLE_TILE": True, "CHUNK_C": 512})
     SPACE.normalize(point)
     assert point["CHUNK_C"] == 512, "normalize must not mutate its argument"
@@ -501,6 +508,7 @@ BACKWARD_POINTS = {
     "atomic-tiles": {"BWD_WTE_ROWS": 16, "BWD_WTE_BLOCK_C": 1024, "BWD_WPE_ROWS": 8, "BWD_WPE_BLOCK_C": 128,
                      "BWD_WARPS": 8},
     "segments": {"BWD_SEGMENTS": True, "BWD_SEG_ROWS": 4, "BWD_SEG_BLOCK": 16, "BWD_WTE_BLOCK_C": 256},
+    "compact": {"BWD_COMPACT": True, "BWD_COMPACT_ROWS": 16, "BWD_WTE_ROWS": 2, "BWD_WTE_BLOCK_C": 256},
 }
 
 
@@ -519,11 +527,14 @@ def test_rendered_backward_matches_autograd(point):
 
 
 # a bug planted in each path: the atomic scatter adds half of each row, the owner skips its own position,
-# the segments' table pass drops the last position of each token's stretch
+# the segments' table pass drops the last position of each token's stretch, the compact rows' pass writes
+# zeros for every token but the first position's
 PLANTED = {
     "atomic": ({"BWD_ATOMIC": True}, ("g.to(tl.float32), mask=mask", "0.5 * g.to(tl.float32), mask=mask")),
     "owners": ({"BWD_ATOMIC": False}, ("for first in range(r, n, BLOCK_T):", "for first in range(r + 1, n, BLOCK_T):")),
     "segments": ({"BWD_SEGMENTS": True}, ("live = q < end\n", "live = q < end - 1\n")),
+    # the compact rows: a token present keeps its row only where its first position is 0
+    "compact": ({"BWD_COMPACT": True}, ("present = rows & (first < n)", "present = rows & (first < 1)")),
 }
 
 
@@ -613,3 +624,33 @@ def test_segments_take_strided_ids_one_token_and_one_position():
     dwte, _ = _embedding_bwd(one, torch.tensor([[3]]), V, P, torch.float32, **knobs)
     # a single position's row is its gradient exactly; every other row is zero
     assert torch.equal(dwte[3], one[0, 0]) and float(dwte[torch.arange(V) != 3].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)], ids=["float32", "float16"])
+@pytest.mark.parametrize("rows", [1, 64])
+def test_compact_rows_match_the_sum_and_write_unused_rows_as_zeros(dtype, tol, rows):
+    # 90 positions over 7 of 9 ids, and 90 over 500 ids (more tokens than positions, most rows absent)
+    for V, below in ((9, 7), (500, None)):
+        (dwte, dwpe), (ref_wte, ref_wpe) = _tables_grads(3, 30, V, 130, 33, dtype, 2, ids_below=below,
+                                                         BWD_COMPACT=True, BWD_COMPACT_ROWS=rows,
+                                                         BWD_WTE_BLOCK_C=128)
+        assert dwte.dtype == dwpe.dtype == dtype and dwte.shape == (V, 130)
+        assert compare(dwte, ref_wte, tol, tol).ok and compare(dwpe, ref_wpe, tol, tol).ok
+        absent = ref_wte.abs().amax(1) == 0
+        assert bool(absent.any()) and float(dwte[absent].abs().max()) == 0.0
+
+
+def test_compact_rows_take_strided_ids_one_token_and_no_position():
+    B, T, V, C, P = 3, 5, 6, 129, 7
+    wide_idx = torch.randint(0, V, (B, 2 * T + 1), generator=torch.Generator().manual_seed(0))
+    idx = wide_idx[:, 1::2]                                          # stride 2 between positions
+    dy = torch.randn(B, C, T, generator=torch.Generator().manual_seed(1)).transpose(1, 2)  # columns strided
+    knobs = {**BWD_SEED_PARAMS, "BWD_COMPACT": True}
+    for ids in (idx, idx.to(torch.int32), torch.full_like(idx, V - 1)):
+        ref = torch.zeros(V, C, dtype=torch.float64).index_add_(0, ids.reshape(-1), dy.double().reshape(-1, C))
+        dwte, dwpe = _embedding_bwd(dy, ids, V, P, torch.float32, **knobs)
+        assert compare(dwte, ref, 1e-5, 1e-5).ok
+        assert compare(dwpe[:T], dy.double().sum(0), 1e-5, 1e-5).ok and float(dwpe[T:].abs().max()) == 0.0
+    empty = torch.empty(2, 0, C)
+    dwte, dwpe = _embedding_bwd(empty, torch.empty(2, 0, dtype=torch.int64), V, P, torch.float32, **knobs)
+    assert float(dwte.abs().max()) == 0.0 and float(dwpe.abs().max()) == 0.0
