@@ -391,9 +391,66 @@ def _embedding_bwd_wpe_kernel(
                  mask=(p < P)[:, None] & cmask[None, :])
 
 
+@triton.jit
+def _embedding_bwd_wpe_part_kernel(
+    DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
+    PART,       # [S, T, C] float32 sums over each chunk of BATCH batch entries (written), contiguous
+    stride_db,
+    stride_dt,
+    B,
+    T,
+    C,
+    BATCH,      # batch entries a chunk sums
+    BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr,         # positions per program
+):
+    p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    chunk = tl.program_id(1)
+    live = p < T
+    p64 = p.to(tl.int64)
+    first = chunk * BATCH
+    n_b = tl.minimum(B - first, BATCH)
+    for start in range(0, C, BLOCK_C):
+        c = start + tl.arange(0, BLOCK_C)
+        mask = live[:, None] & (c < C)[None, :]
+        acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
+        ptrs = DY + first.to(tl.int64) * stride_db + (p64 * stride_dt)[:, None] + c[None, :]
+        for _ in range(0, n_b):
+            acc += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+            ptrs += stride_db
+        tl.store(PART + (chunk.to(tl.int64) * T + p64)[:, None] * C + c[None, :], acc, mask=mask)
+
+
+@triton.jit
+def _embedding_bwd_wpe_sum_kernel(
+    PART,       # [S, T, C] float32 partial sums
+    DWPE,       # [P, C] gradient of the position table (written whole: rows T.. are zero), contiguous
+    S,
+    T,
+    P,
+    C,
+    BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr,         # positions per program
+):
+    p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    p64 = p.to(tl.int64)
+    live = p < T
+    n_s = (tl.program_id(0) * ROWS < T).to(tl.int32) * S
+    for start in range(0, C, BLOCK_C):
+        c = start + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
+        # the chunks in their order: the same sum on every call
+        for s in range(0, n_s):
+            acc += tl.load(PART + (s * T + p64)[:, None] * C + c[None, :], mask=live[:, None] & cmask[None, :],
+                           other=0.0)
+        tl.store(DWPE + p64[:, None] * C + c[None, :], acc.to(DWPE.dtype.element_ty),
+                 mask=(p < P)[:, None] & cmask[None, :])
+
+
 def _embedding_bwd(dy, idx, V, P, dtype, BWD_SEGMENTS, BWD_SEG_ROWS, BWD_SEG_BLOCK, BWD_ATOMIC, BWD_COMPACT,
                    BWD_COMPACT_ROWS, BWD_WTE_ROWS, BWD_SCAN_BLOCK, BWD_WTE_BLOCK_C, BWD_WPE_ROWS, BWD_WPE_BLOCK_C,
-                   BWD_WARPS):
+                   BWD_WPE_BATCH, BWD_WARPS):
     """(d wte [V, C], d wpe [P, C]) in the tables' dtype from the output's gradient [B, T, C]. Parameters in
     capitals are the backward's template knobs:
     BWD_SEGMENTS    d wte by segments (then BWD_ATOMIC is unused): the positions are counted and grouped by
@@ -418,6 +475,10 @@ def _embedding_bwd(dy, idx, V, P, dtype, BWD_SEGMENTS, BWD_SEG_ROWS, BWD_SEG_BLO
                     over the row in such chunks, the owners take one chunk a program
     BWD_WPE_ROWS    positions a program of the d wpe sum over the batch handles
     BWD_WPE_BLOCK_C columns a step of the d wpe sum (at most next_pow2(C))
+    BWD_WPE_BATCH   batch entries a program of the d wpe sum adds, 0 for the whole batch: with a smaller
+                    chunk, B / BWD_WPE_BATCH programs share each position and a second pass adds their
+                    float32 partials in order (shakespeare's B = 64 otherwise leaves 64 programs each
+                    walking 64 entries in turn)
     BWD_WARPS       warps of the d wte and d wpe kernels
     """
     B, T, C = dy.shape
@@ -460,9 +521,19 @@ def _embedding_bwd(dy, idx, V, P, dtype, BWD_SEGMENTS, BWD_SEG_ROWS, BWD_SEG_BLO
                 idx, dy, dwte, idx.stride(0), idx.stride(1), dy.stride(0), dy.stride(1), B, T, C,
                 BLOCK_C=wte_block_c, BLOCK_T=BWD_SCAN_BLOCK, num_warps=BWD_WARPS)
     dwpe = torch.empty((P, C), dtype=dtype, device=dy.device)
-    _embedding_bwd_wpe_kernel[(triton.cdiv(P, BWD_WPE_ROWS),)](
-        dy, dwpe, dy.stride(0), dy.stride(1), B, T, P, C, BLOCK_C=min(BWD_WPE_BLOCK_C, triton.next_power_of_2(C)),
-        ROWS=BWD_WPE_ROWS, num_warps=BWD_WARPS)
+    wpe_block_c = min(BWD_WPE_BLOCK_C, triton.next_power_of_2(C))
+    if 0 < BWD_WPE_BATCH < B and T > 0:
+        chunks = triton.cdiv(B, BWD_WPE_BATCH)
+        part = torch.empty((chunks, T, C), dtype=torch.float32, device=dy.device)
+        _embedding_bwd_wpe_part_kernel[(triton.cdiv(T, BWD_WPE_ROWS), chunks)](
+            dy, part, dy.stride(0), dy.stride(1), B, T, C, BWD_WPE_BATCH, BLOCK_C=wpe_block_c, ROWS=BWD_WPE_ROWS,
+            num_warps=BWD_WARPS)
+        _embedding_bwd_wpe_sum_kernel[(triton.cdiv(P, BWD_WPE_ROWS),)](
+            part, dwpe, chunks, T, P, C, BLOCK_C=wpe_block_c, ROWS=BWD_WPE_ROWS, num_warps=BWD_WARPS)
+    else:
+        _embedding_bwd_wpe_kernel[(triton.cdiv(P, BWD_WPE_ROWS),)](
+            dy, dwpe, dy.stride(0), dy.stride(1), B, T, P, C, BLOCK_C=wpe_block_c, ROWS=BWD_WPE_ROWS,
+            num_warps=BWD_WARPS)
     return dwte, dwpe
 
 
@@ -506,6 +577,7 @@ BWD_SEED_PARAMS = {
     "BWD_WTE_BLOCK_C": 512,
     "BWD_WPE_ROWS": 4,
     "BWD_WPE_BLOCK_C": 512,
+    "BWD_WPE_BATCH": 0,
     "BWD_WARPS": 4,
 }
 BWD_KNOBS = {
@@ -520,6 +592,7 @@ BWD_KNOBS = {
     "BWD_WTE_BLOCK_C": (128, 256, 512, 1024),
     "BWD_WPE_ROWS": (1, 2, 4, 8),
     "BWD_WPE_BLOCK_C": (128, 256, 512, 1024),
+    "BWD_WPE_BATCH": (0, 4, 8, 16),
     "BWD_WARPS": (1, 2, 4, 8),
 }
 
@@ -711,7 +784,8 @@ TEMPLATE = TemplateSpace(
                           (_embedding_bwd_wte_kernel, _embedding_bwd_wte_owner_kernel, _cast_kernel,
                            _embedding_bwd_first_kernel, _embedding_bwd_compact_rows_kernel,
                            _embedding_bwd_group_kernel, _embedding_bwd_starts_kernel,
-                           _embedding_bwd_segments_kernel, _segment_sums, _embedding_bwd_wpe_kernel),
+                           _embedding_bwd_segments_kernel, _segment_sums, _embedding_bwd_wpe_kernel,
+                           _embedding_bwd_wpe_part_kernel, _embedding_bwd_wpe_sum_kernel),
                           frozenset(BWD_KNOBS)),
     ),
     canonical=_canonical,
@@ -747,6 +821,8 @@ SPEC = OpSpec(
         _shape("width-1023", 1, 5, 17, 1023, 8, "edge"),
         _shape("width-1025", 2, 3, 9, 1025, 4, "edge"),
         _shape("vocab-1", 2, 3, 1, 128, 4, "edge"),
+        # more batch entries than a chunk of the split position sum takes (BWD_WPE_BATCH), the last one short
+        _shape("batch-9", 9, 3, 40, 96, 8, "edge"),
         # many tokens, T a multiple of no tile height; ~1.7 s a call for the seed under the interpreter
         # (2048 tokens would be ~3.5 s)
         _shape("tokens-1020", 4, 255, 65, 96, 256, "edge"),
