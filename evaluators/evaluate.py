@@ -277,22 +277,23 @@ class Evaluator:
             self._offer_baselines(sandbox, op)
             sandbox_reply(sandbox.request({"kind": "load", "op": op, "source": source},
                                           self.settings.timeouts.load), "loaded")
-            judge = Judge(spec, sandbox, self.settings.device, random.Random(_fresh_seed()), self.settings.timeouts)
+            judge = Judge(spec, sandbox, self.settings.device, random.Random(_fresh_seed()), self.settings.timeouts,
+                          turn=lambda: self._turn(exclusive=False))
             clock.enter("check")
             if on_message:
                 on_message(("phase", "check"))
             checked_dtypes = tuple(dtypes or spec.dtypes_for(self.settings.device))
             gradients = None
-            with self._turn(exclusive=False):
-                judge.run_checks(checked_dtypes, checks)
-                if self.settings.backward and spec.has_backward:
-                    clock.enter("backward")
-                    if on_message:
-                        on_message(("phase", "backward"))
-                    gradients = GradientJudge(judge)
-                    backward = gradients.run(checked_dtypes, backward_checks)
-                    if backward is None:
-                        gradients = None
+            # each check takes the GPU's shared turn for itself (Judge.turn)
+            judge.run_checks(checked_dtypes, checks)
+            if self.settings.backward and spec.has_backward:
+                clock.enter("backward")
+                if on_message:
+                    on_message(("phase", "backward"))
+                gradients = GradientJudge(judge)
+                backward = gradients.run(checked_dtypes, backward_checks)
+                if backward is None:
+                    gradients = None
             timing = None
             if self.settings.device == "cuda":
                 clock.enter("time")

@@ -304,12 +304,13 @@ class GradientJudge:
         if small and not any(repeats):
             repeats[self.judge.rng.choice(small)] = True
         for (dtype_key, shape, variant, refill), repeat, big in zip(plan, repeats, large):
-            started = time.perf_counter()
-            try:
-                result = self.check_shape(shape, dtype_key, variant, repeat, refill and not big)
-            except CandidateFailure as failure:
-                checks.append(failed_check(shape, dtype_key, variant, failure, started))
-                raise
+            with self.judge.turn():
+                started = time.perf_counter()
+                try:
+                    result = self.check_shape(shape, dtype_key, variant, repeat, refill and not big)
+                except CandidateFailure as failure:
+                    checks.append(failed_check(shape, dtype_key, variant, failure, started))
+                    raise
             if result is None:
                 return None
             checks.append(timed_check(result, started))

@@ -15,7 +15,9 @@ import contextlib
 import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 import torch
 
@@ -145,7 +147,8 @@ def failed_check(shape: Shape, dtype_key: str, variant: str | None, failure: Can
 
 
 class Judge:
-    def __init__(self, spec: OpSpec, sandbox: Sandbox, device: str, rng: random.Random, timeouts: Timeouts):
+    def __init__(self, spec: OpSpec, sandbox: Sandbox, device: str, rng: random.Random, timeouts: Timeouts,
+                 turn: Callable[[], ContextManager] = nullcontext):
         self.spec = spec
         self.sandbox = sandbox
         self.device = device
@@ -153,6 +156,9 @@ class Judge:
         self.timeouts = timeouts
         self.phase = "compile"  # the first call compiles: it runs under the compile timeout
         self.calls = 0
+        # the GPU's shared turn, taken for one check at a time: a worker waiting to time gets the card
+        # between two checks, not after a candidate's whole minutes of them
+        self.turn = turn
 
     # ------------------------------------------------------------ one call
 
@@ -293,12 +299,13 @@ class Judge:
 
     def run_checks(self, dtypes: tuple[str, ...], checks: list[dict]) -> None:
         for dtype_key, shape, variant, refill in self.plan(dtypes):
-            started = time.perf_counter()
-            try:
-                result = self.check_shape(shape, dtype_key, variant, refill)
-            except CandidateFailure as failure:
-                checks.append(failed_check(shape, dtype_key, variant, failure, started))
-                raise
+            with self.turn():
+                started = time.perf_counter()
+                try:
+                    result = self.check_shape(shape, dtype_key, variant, refill)
+                except CandidateFailure as failure:
+                    checks.append(failed_check(shape, dtype_key, variant, failure, started))
+                    raise
             checks.append(timed_check(result, started))
 
     # ------------------------------------------------------------ timing, GPU only

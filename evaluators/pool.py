@@ -3,7 +3,8 @@
 Each worker is an Evaluator of its own (its own fork server, fresh sandboxes per candidate); the judge side of
 each runs in a thread of this process, the candidates in their sandboxes. On a GPU the workers share the card
 in turns: any number may check at once, but a timed phase runs alone, so that no measurement is disturbed by
-another candidate's work (`GpuTurns`). On a host with several GPUs the workers are spread over the cards,
+another candidate's work (`GpuTurns`). A shared turn covers one check, so a worker waiting to time gets the
+card at the next check's end. On a host with several GPUs the workers are spread over the cards,
 each pinned to its own (its sandboxes see that card alone), and turns are taken per card. Verdicts come back
 in the order the jobs were given, whichever worker finished first, so what a search does with them does not
 depend on the schedule.

@@ -226,3 +226,40 @@ def test_workers_are_spread_over_the_gpus_and_take_turns_per_gpu(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert visible_gpu(3) == "3"
     assert scrubbed_env("cuda", "6")["CUDA_VISIBLE_DEVICES"] == "6"
+
+
+def test_checks_take_the_shared_turn_one_at_a_time_so_timing_gets_in_between(tmp_path):
+    # a candidate's checks last minutes on a GPU: held as one turn, another worker's timing waited for
+    # all of them. Each check takes its own turn, so an exclusive turn asked for mid-way is granted at the
+    # next check's boundary while the checking worker waits
+    import random
+
+    from evaluators.judge import Judge
+    from evaluators.pool import GpuTurns
+    from evaluators.sandboxes import Timeouts
+    from kernels import get_spec
+
+    turns, events = GpuTurns(), []
+    timed = threading.Event()
+
+    def time_alone():
+        with turns.exclusive():
+            events.append("timed")
+        timed.set()
+
+    judge = Judge(get_spec("layer_norm"), None, "cpu", random.Random(0), Timeouts(), turn=turns.shared)
+    plan = judge.plan(("float32", "float16"))
+    assert len(plan) >= 4
+
+    def check(shape, dtype_key, variant, refill):
+        events.append("check")
+        if events.count("check") == 2:
+            # mid-way through the candidate's checks another worker asks to time
+            threading.Thread(target=time_alone).start()
+            time.sleep(0.2)
+        return {"shape": shape.name, "passed": True}
+
+    judge.check_shape = check
+    judge.run_checks(("float32", "float16"), [])
+    assert timed.wait(5)
+    assert events.index("timed") == 2, events  # right after the check it arrived in, not after them all
