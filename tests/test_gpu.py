@@ -158,3 +158,19 @@ def test_promotion_retiming_warms_the_baseline_inside_its_own_turn(ceilings, tmp
     with EvaluationPool(settings, workers=2) as pool:
         again = pool.retime("bias_gelu", render(tmp_path, op="bias_gelu"))
     assert again.accepted, again.reason()
+
+
+def test_a_comparison_on_the_gpu_agrees_with_one_on_the_cpu():
+    # the judge compares where its reference lives; on a GPU that must count, measure and locate as the CPU
+    import torch
+
+    from evaluators.checker import compare
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ref = torch.randn(4099, 517, generator=gen, device="cuda", dtype=torch.float64)
+    out = (ref + 1e-5 * torch.randn(ref.shape, generator=gen, device="cuda", dtype=torch.float64)).float()
+    out[4098, 516] = float("nan")
+    out[17, 3] += 1.0
+    on_gpu, on_cpu = compare(out, ref, 1e-5, 1e-5), compare(out.cpu(), ref.cpu(), 1e-5, 1e-5)
+    assert (on_gpu.mismatches, on_gpu.nonfinite, on_gpu.nans, on_gpu.worst_index) == \
+        (on_cpu.mismatches, on_cpu.nonfinite, on_cpu.nans, on_cpu.worst_index)
+    assert on_gpu.worst_index == (4098, 516) and on_gpu.mismatches >= 2
