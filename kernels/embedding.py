@@ -361,64 +361,37 @@ def _embedding_bwd_compact_rows_kernel(
 @triton.jit
 def _embedding_bwd_wpe_kernel(
     DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
-    DWPE,       # [P, C] gradient of the position table (written whole: rows T.. are zero), contiguous
+    OUT,        # [S, R, C] sums over each chunk of BATCH batch entries (written whole: rows T.. are zero)
     stride_db,
     stride_dt,
     B,
     T,
-    P,
+    R,          # rows of a chunk's sums: P for the table's gradient itself (S = 1), T for partials
     C,
+    BATCH,      # batch entries a chunk sums
     BLOCK_C: tl.constexpr,
     ROWS: tl.constexpr,         # positions per program
 ):
-    first = tl.program_id(0) * ROWS
-    p = first + tl.arange(0, ROWS)
+    first_row = tl.program_id(0) * ROWS
+    p = first_row + tl.arange(0, ROWS)
+    chunk = tl.program_id(1)
     live = p < T
     p64 = p.to(tl.int64)
+    first = chunk * BATCH
     # programs past the sequence only write zeros: no batch loop for them
-    n_b = (first < T).to(tl.int32) * B
+    n_b = (first_row < T).to(tl.int32) * tl.minimum(B - first, BATCH)
     for start in range(0, C, BLOCK_C):
         c = start + tl.arange(0, BLOCK_C)
         cmask = c < C
         mask = live[:, None] & cmask[None, :]
         acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
         # the pointer advances by a batch entry each step; pointer arithmetic is 64-bit
-        ptrs = DY + (p64 * stride_dt)[:, None] + c[None, :]
-        for _ in range(0, n_b):
-            acc += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-            ptrs += stride_db
-        tl.store(DWPE + p64[:, None] * C + c[None, :], acc.to(DWPE.dtype.element_ty),
-                 mask=(p < P)[:, None] & cmask[None, :])
-
-
-@triton.jit
-def _embedding_bwd_wpe_part_kernel(
-    DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
-    PART,       # [S, T, C] float32 sums over each chunk of BATCH batch entries (written), contiguous
-    stride_db,
-    stride_dt,
-    B,
-    T,
-    C,
-    BATCH,      # batch entries a chunk sums
-    BLOCK_C: tl.constexpr,
-    ROWS: tl.constexpr,         # positions per program
-):
-    p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    chunk = tl.program_id(1)
-    live = p < T
-    p64 = p.to(tl.int64)
-    first = chunk * BATCH
-    n_b = tl.minimum(B - first, BATCH)
-    for start in range(0, C, BLOCK_C):
-        c = start + tl.arange(0, BLOCK_C)
-        mask = live[:, None] & (c < C)[None, :]
-        acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
         ptrs = DY + first.to(tl.int64) * stride_db + (p64 * stride_dt)[:, None] + c[None, :]
         for _ in range(0, n_b):
             acc += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
             ptrs += stride_db
-        tl.store(PART + (chunk.to(tl.int64) * T + p64)[:, None] * C + c[None, :], acc, mask=mask)
+        tl.store(OUT + (chunk.to(tl.int64) * R + p64)[:, None] * C + c[None, :], acc.to(OUT.dtype.element_ty),
+                 mask=(p < R)[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -525,14 +498,14 @@ def _embedding_bwd(dy, idx, V, P, dtype, BWD_SEGMENTS, BWD_SEG_ROWS, BWD_SEG_BLO
     if 0 < BWD_WPE_BATCH < B and T > 0:
         chunks = triton.cdiv(B, BWD_WPE_BATCH)
         part = torch.empty((chunks, T, C), dtype=torch.float32, device=dy.device)
-        _embedding_bwd_wpe_part_kernel[(triton.cdiv(T, BWD_WPE_ROWS), chunks)](
-            dy, part, dy.stride(0), dy.stride(1), B, T, C, BWD_WPE_BATCH, BLOCK_C=wpe_block_c, ROWS=BWD_WPE_ROWS,
+        _embedding_bwd_wpe_kernel[(triton.cdiv(T, BWD_WPE_ROWS), chunks)](
+            dy, part, dy.stride(0), dy.stride(1), B, T, T, C, BWD_WPE_BATCH, BLOCK_C=wpe_block_c, ROWS=BWD_WPE_ROWS,
             num_warps=BWD_WARPS)
         _embedding_bwd_wpe_sum_kernel[(triton.cdiv(P, BWD_WPE_ROWS),)](
             part, dwpe, chunks, T, P, C, BLOCK_C=wpe_block_c, ROWS=BWD_WPE_ROWS, num_warps=BWD_WARPS)
     else:
-        _embedding_bwd_wpe_kernel[(triton.cdiv(P, BWD_WPE_ROWS),)](
-            dy, dwpe, dy.stride(0), dy.stride(1), B, T, P, C, BLOCK_C=wpe_block_c, ROWS=BWD_WPE_ROWS,
+        _embedding_bwd_wpe_kernel[(triton.cdiv(P, BWD_WPE_ROWS), 1)](
+            dy, dwpe, dy.stride(0), dy.stride(1), B, T, P, C, max(B, 1), BLOCK_C=wpe_block_c, ROWS=BWD_WPE_ROWS,
             num_warps=BWD_WARPS)
     return dwte, dwpe
 
@@ -785,7 +758,7 @@ TEMPLATE = TemplateSpace(
                            _embedding_bwd_first_kernel, _embedding_bwd_compact_rows_kernel,
                            _embedding_bwd_group_kernel, _embedding_bwd_starts_kernel,
                            _embedding_bwd_segments_kernel, _segment_sums, _embedding_bwd_wpe_kernel,
-                           _embedding_bwd_wpe_part_kernel, _embedding_bwd_wpe_sum_kernel),
+                           _embedding_bwd_wpe_sum_kernel),
                           frozenset(BWD_KNOBS)),
     ),
     canonical=_canonical,
