@@ -15,7 +15,6 @@ import contextlib
 import math
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
@@ -148,7 +147,7 @@ def failed_check(shape: Shape, dtype_key: str, variant: str | None, failure: Can
 
 class Judge:
     def __init__(self, spec: OpSpec, sandbox: Sandbox, device: str, rng: random.Random, timeouts: Timeouts,
-                 turn: Callable[[], ContextManager] = nullcontext):
+                 turn: Callable[[], ContextManager] = contextlib.nullcontext):
         self.spec = spec
         self.sandbox = sandbox
         self.device = device
