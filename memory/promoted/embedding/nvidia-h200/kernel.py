@@ -1,6 +1,6 @@
 """Token + position embedding candidate, forward and backward
 
-Generated from the embedding template. Parameters: ROWS_PER_PROGRAM=4, BATCH_PER_PROGRAM=1, NUM_WARPS=4, SINGLE_TILE=True, CHUNK_C=256, PERSISTENT=False, PROGRAMS_PER_SM=4, NUM_STAGES=1, EVICTION='', CONST_WIDTH=True, BWD_ATOMIC=True, BWD_WTE_ROWS=4, BWD_SCAN_BLOCK=128, BWD_WTE_BLOCK_C=512, BWD_WPE_ROWS=4, BWD_WPE_BLOCK_C=512, BWD_WARPS=4
+Generated from the embedding template. Parameters: ROWS_PER_PROGRAM=4, BATCH_PER_PROGRAM=1, NUM_WARPS=4, SINGLE_TILE=True, CHUNK_C=256, PERSISTENT=False, PROGRAMS_PER_SM=4, NUM_STAGES=1, EVICTION='', CONST_WIDTH=True, BWD_SEGMENTS=False, BWD_SEG_ROWS=16, BWD_SEG_BLOCK=32, BWD_ATOMIC=True, BWD_COMPACT=True, BWD_COMPACT_ROWS=4, BWD_WTE_ROWS=4, BWD_SCAN_BLOCK=128, BWD_WTE_BLOCK_C=512, BWD_WPE_ROWS=4, BWD_WPE_BLOCK_C=512, BWD_WPE_BATCH=8, BWD_WARPS=4
 """
 import math
 import typing
@@ -130,6 +130,8 @@ def _embedding_bwd_wte_kernel(
     C,
     BLOCK_C: tl.constexpr,
     ROWS: tl.constexpr,         # tokens per program
+    FIRST,      # [V] int32 first position of each token (read when COMPACT)
+    COMPACT: tl.constexpr,      # ACC is [B * T, C], a row per token at its first position, not [V, C]
 ):
     # int64 token index: (b * stride_db) and (tok * C) overflow int32 on large tables
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
@@ -137,6 +139,8 @@ def _embedding_bwd_wte_kernel(
     b = r // T
     t = r % T
     tok = tl.load(IDX + b * stride_ib + t * stride_it, mask=live, other=0).to(tl.int64)
+    if COMPACT:
+        tok = tl.load(FIRST + tok, mask=live, other=0).to(tl.int64)
     for start in range(0, C, BLOCK_C):
         c = start + tl.arange(0, BLOCK_C)
         mask = live[:, None] & (c < C)[None, :]
@@ -210,64 +214,275 @@ def _cast_kernel(
 
 
 @triton.jit
+def _embedding_bwd_first_kernel(
+    IDX,        # [B, T] token ids, strides stride_ib, stride_it
+    FIRST,      # [V] int32, filled with B * T: lowered to the first flat position of each token present
+    stride_ib,
+    stride_it,
+    B,
+    T,
+    BLOCK: tl.constexpr,
+):
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = r < B * T
+    r64 = r.to(tl.int64)
+    tok = tl.load(IDX + (r64 // T) * stride_ib + (r64 % T) * stride_it, mask=live, other=0)
+    tl.atomic_min(FIRST + tok, r, mask=live, sem="relaxed")
+
+
+@triton.jit
+def _embedding_bwd_compact_rows_kernel(
+    ACC,        # [B * T, C] float32 sums, a row per token present at its first position
+    FIRST,      # [V] int32 first position of each token, B * T for a token absent
+    DWTE,       # [V, C] the token table's gradient, contiguous (written whole)
+    n,          # B * T
+    V,
+    C,
+    BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr,         # table rows a program writes
+):
+    v = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows, cmask = v < V, c < C
+    first = tl.load(FIRST + v, mask=rows, other=n).to(tl.int64)
+    present = rows & (first < n)
+    g = tl.load(ACC + first[:, None] * C + c[None, :], mask=present[:, None] & cmask[None, :], other=0.0)
+    tl.store(DWTE + v[:, None] * C + c[None, :], g.to(DWTE.dtype.element_ty), mask=rows[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _embedding_bwd_group_kernel(
+    IDX,        # [B, T] token ids, strides stride_ib, stride_it
+    PER_TOKEN,  # [V] int32: the counts (zeroed) when counting; else each token's next free place in ORDER
+                # (its start, advanced here to its end)
+    ORDER,      # [B * T] int32, written when placing: positions grouped by token
+    stride_ib,
+    stride_it,
+    B,
+    T,
+    BLOCK: tl.constexpr,        # positions per program
+    PLACE: tl.constexpr,        # count the positions of each token, or place each in its token's stretch
+):
+    r = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = r < B * T
+    tok = tl.load(IDX + (r // T) * stride_ib + (r % T) * stride_it, mask=live, other=0)
+    place = tl.atomic_add(PER_TOKEN + tok, 1, mask=live, sem="relaxed")
+    if PLACE:
+        tl.store(ORDER + place, r.to(tl.int32), mask=live)
+
+
+@triton.jit
+def _embedding_bwd_starts_kernel(
+    COUNT,      # [V] int32: positions per token
+    START,      # [V] int32, written: where each token's positions begin in ORDER
+    TOTAL,      # [1] int32, zeroed: positions placed so far
+    V,
+    BLOCK: tl.constexpr,        # tokens per program
+):
+    # each block of tokens takes one contiguous stretch of ORDER with a single atomic; which stretch a
+    # block gets depends on the order the programs run, but only the grouping matters to the sums
+    v = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = v < V
+    n = tl.load(COUNT + v, mask=live, other=0)
+    base = tl.atomic_add(TOTAL, tl.sum(n, axis=0))
+    tl.store(START + v, base + tl.cumsum(n, axis=0) - n, mask=live)
+
+
+@triton.jit
+def _embedding_bwd_segments_kernel(
+    DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
+    COUNT,      # [V] int32: positions per token
+    END,        # [V] int32: where each token's positions end in ORDER
+    ORDER,      # [B * T] int32: positions grouped by token
+    DWTE,       # [V, C] gradient of the token table, contiguous, in the table's dtype; every row written
+    stride_db,
+    stride_dt,
+    T,
+    V,
+    C,
+    BLOCK_C: tl.constexpr,      # columns per program (the grid's second axis)
+    BLOCK_R: tl.constexpr,      # positions of one token gathered a step
+    ROWS: tl.constexpr,         # table rows per program
+):
+    # one pass over the table: a row no id points to is stored as zeros here, so dwte needs no zero-fill,
+    # no float32 copy and no cast; a row of n positions is their sum in float32, ceil(n / BLOCK_R) steps.
+    # Most rows of a large vocabulary are such zeros: one tile store for all of a program's, and the
+    # per-row loop only for the others
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    first_row = tl.program_id(0).to(tl.int64) * ROWS
+    rows = first_row + tl.arange(0, ROWS)
+    counts = tl.load(COUNT + rows, mask=rows < V, other=0)
+    unused = (rows < V) & (counts == 0)
+    tl.store(DWTE + rows[:, None] * C + c[None, :], tl.zeros([ROWS, BLOCK_C], dtype=DWTE.dtype.element_ty),
+             mask=unused[:, None] & cmask[None, :])
+    lanes = tl.arange(0, BLOCK_R)
+    for i in range(ROWS):
+        v = first_row + i
+        if v < V:
+            n = tl.load(COUNT + v)
+            if n > 0:
+                end = tl.load(END + v)
+                acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+                for first in range(end - n, end, BLOCK_R):
+                    q = first + lanes
+                    live = q < end
+                    r = tl.load(ORDER + q, mask=live, other=0).to(tl.int64)
+                    g = tl.load(DY + ((r // T) * stride_db + (r % T) * stride_dt)[:, None] + c[None, :],
+                                mask=live[:, None] & cmask[None, :], other=0.0)
+                    acc += tl.sum(g.to(tl.float32), axis=0)
+                tl.store(DWTE + v * C + c, acc.to(DWTE.dtype.element_ty), mask=cmask)
+
+
+def _segment_sums(dy, idx, V, dtype, block_c, rows, block_r, warps, group_block=512):
+    """d wte by segments (see BWD_SEGMENTS): count the ids, give each token a stretch of ORDER, place each
+    position in its token's stretch, then sum every table row over its stretch. `group_block` positions (or
+    tokens) a program of the counting and grouping kernels takes: integer work, one id each."""
+    B, T, C = dy.shape
+    n = B * T
+    if n >= 2**31:
+        raise ValueError(f"{n} token positions do not fit the segments' int32 places")
+    counts = torch.zeros(V + 1, dtype=torch.int32, device=dy.device)  # V counts and the running total
+    count, total = counts[:V], counts[V:]
+    cursor = torch.empty(V, dtype=torch.int32, device=dy.device)
+    order = torch.empty(max(n, 1), dtype=torch.int32, device=dy.device)
+    if n > 0:
+        _embedding_bwd_group_kernel[(triton.cdiv(n, group_block),)](
+            idx, count, order, idx.stride(0), idx.stride(1), B, T, BLOCK=group_block, PLACE=False)
+    _embedding_bwd_starts_kernel[(triton.cdiv(V, group_block),)](count, cursor, total, V, BLOCK=group_block)
+    if n > 0:
+        _embedding_bwd_group_kernel[(triton.cdiv(n, group_block),)](
+            idx, cursor, order, idx.stride(0), idx.stride(1), B, T, BLOCK=group_block, PLACE=True)
+    dwte = torch.empty((V, C), dtype=dtype, device=dy.device)
+    _embedding_bwd_segments_kernel[(triton.cdiv(V, rows), triton.cdiv(C, block_c))](
+        dy, count, cursor, order, dwte, dy.stride(0), dy.stride(1), T, V, C,
+        BLOCK_C=block_c, BLOCK_R=block_r, ROWS=rows, num_warps=warps)
+    return dwte
+
+
+@triton.jit
 def _embedding_bwd_wpe_kernel(
     DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
-    DWPE,       # [P, C] gradient of the position table (written whole: rows T.. are zero), contiguous
+    OUT,        # [S, R, C] sums over each chunk of BATCH batch entries (written whole: rows T.. are zero)
     stride_db,
     stride_dt,
     B,
     T,
-    P,
+    R,          # rows of a chunk's sums: P for the table's gradient itself (S = 1), T for partials
     C,
+    BATCH,      # batch entries a chunk sums
     BLOCK_C: tl.constexpr,
     ROWS: tl.constexpr,         # positions per program
 ):
-    first = tl.program_id(0) * ROWS
-    p = first + tl.arange(0, ROWS)
+    first_row = tl.program_id(0) * ROWS
+    p = first_row + tl.arange(0, ROWS)
+    chunk = tl.program_id(1)
     live = p < T
     p64 = p.to(tl.int64)
+    first = chunk * BATCH
     # programs past the sequence only write zeros: no batch loop for them
-    n_b = (first < T).to(tl.int32) * B
+    n_b = (first_row < T).to(tl.int32) * tl.minimum(B - first, BATCH)
     for start in range(0, C, BLOCK_C):
         c = start + tl.arange(0, BLOCK_C)
         cmask = c < C
         mask = live[:, None] & cmask[None, :]
         acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
         # the pointer advances by a batch entry each step; pointer arithmetic is 64-bit
-        ptrs = DY + (p64 * stride_dt)[:, None] + c[None, :]
+        ptrs = DY + first.to(tl.int64) * stride_db + (p64 * stride_dt)[:, None] + c[None, :]
         for _ in range(0, n_b):
             acc += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
             ptrs += stride_db
+        tl.store(OUT + (chunk.to(tl.int64) * R + p64)[:, None] * C + c[None, :], acc.to(OUT.dtype.element_ty),
+                 mask=(p < R)[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _embedding_bwd_wpe_sum_kernel(
+    PART,       # [S, T, C] float32 partial sums
+    DWPE,       # [P, C] gradient of the position table (written whole: rows T.. are zero), contiguous
+    S,
+    T,
+    P,
+    C,
+    BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr,         # positions per program
+):
+    p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    p64 = p.to(tl.int64)
+    live = p < T
+    n_s = (tl.program_id(0) * ROWS < T).to(tl.int32) * S
+    for start in range(0, C, BLOCK_C):
+        c = start + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
+        # the chunks in their order: the same sum on every call
+        for s in range(0, n_s):
+            acc += tl.load(PART + (s * T + p64)[:, None] * C + c[None, :], mask=live[:, None] & cmask[None, :],
+                           other=0.0)
         tl.store(DWPE + p64[:, None] * C + c[None, :], acc.to(DWPE.dtype.element_ty),
                  mask=(p < P)[:, None] & cmask[None, :])
 
 
-def _embedding_bwd(dy, idx, V, P, dtype, BWD_ATOMIC, BWD_WTE_ROWS, BWD_SCAN_BLOCK, BWD_WTE_BLOCK_C, BWD_WPE_ROWS,
-                   BWD_WPE_BLOCK_C, BWD_WARPS):
+def _embedding_bwd(dy, idx, V, P, dtype, BWD_SEGMENTS, BWD_SEG_ROWS, BWD_SEG_BLOCK, BWD_ATOMIC, BWD_COMPACT,
+                   BWD_COMPACT_ROWS, BWD_WTE_ROWS, BWD_SCAN_BLOCK, BWD_WTE_BLOCK_C, BWD_WPE_ROWS, BWD_WPE_BLOCK_C,
+                   BWD_WPE_BATCH, BWD_WARPS):
     """(d wte [V, C], d wpe [P, C]) in the tables' dtype from the output's gradient [B, T, C]. Parameters in
     capitals are the backward's template knobs:
+    BWD_SEGMENTS    d wte by segments (then BWD_ATOMIC is unused): the positions are counted and grouped by
+                    token with integer atomics (B * T of them, not B * T * C), then one pass over the table
+                    sums each row's positions in float32 and writes every row once, zeros included: no
+                    zero-fill, no [V, C] float32 buffer, no cast. The grouping's order varies from call to
+                    call, so the last bits of a repeated token's row do too
+    BWD_SEG_ROWS    table rows a program of that pass writes
+    BWD_SEG_BLOCK   positions of one token it gathers a step
     BWD_ATOMIC      d wte by float32 atomics, token rows scattered as they come (then cast to the table's
                     dtype), or by owners: the program of each token's first position sums that token's rows
                     in position order, deterministic, but every position scans the ids before it until it
                     meets its own, and every owner all the ids after it
+    BWD_COMPACT     the atomic scatter's float32 rows only for the tokens present: each token's first position
+                    (integer atomics, B * T of them) owns a row of a [B * T, C] buffer, and one pass over the
+                    table writes every row in its dtype, zeros for the tokens absent. At GPT-2's shape that
+                    buffer is 25 MB where the [V, C] one is 154 MB, zeroed, read again and cast
+    BWD_COMPACT_ROWS table rows a program of that pass writes
     BWD_WTE_ROWS    token positions a program of the atomic scatter handles (unused by the owners)
     BWD_SCAN_BLOCK  token ids the owners compare a step (unused by the atomic scatter)
     BWD_WTE_BLOCK_C columns of a step of either d wte kernel (at most next_pow2(C)): the atomic scatter loops
                     over the row in such chunks, the owners take one chunk a program
     BWD_WPE_ROWS    positions a program of the d wpe sum over the batch handles
     BWD_WPE_BLOCK_C columns a step of the d wpe sum (at most next_pow2(C))
+    BWD_WPE_BATCH   batch entries a program of the d wpe sum adds, 0 for the whole batch: with a smaller
+                    chunk, B / BWD_WPE_BATCH programs share each position and a second pass adds their
+                    float32 partials in order (shakespeare's B = 64 otherwise leaves 64 programs each
+                    walking 64 entries in turn)
     BWD_WARPS       warps of the d wte and d wpe kernels
     """
     B, T, C = dy.shape
     if dy.stride(2) != 1:
         dy = dy.contiguous()
     wte_block_c = min(BWD_WTE_BLOCK_C, triton.next_power_of_2(C))
-    if BWD_ATOMIC:
+    if BWD_SEGMENTS:
+        dwte = _segment_sums(dy, idx, V, dtype, wte_block_c, BWD_SEG_ROWS, BWD_SEG_BLOCK, BWD_WARPS)
+    elif BWD_ATOMIC and BWD_COMPACT:
+        n = B * T
+        if n >= 2**31:
+            raise ValueError(f"{n} token positions do not fit the compact scatter's int32 positions")
+        first = torch.full((V,), n, dtype=torch.int32, device=dy.device)
+        acc = torch.zeros((max(n, 1), C), dtype=torch.float32, device=dy.device)
+        if n > 0:
+            _embedding_bwd_first_kernel[(triton.cdiv(n, 512),)](idx, first, idx.stride(0), idx.stride(1), B, T,
+                                                                 BLOCK=512)
+            _embedding_bwd_wte_kernel[(triton.cdiv(n, BWD_WTE_ROWS),)](
+                idx, dy, acc, idx.stride(0), idx.stride(1), dy.stride(0), dy.stride(1), B, T, C,
+                BLOCK_C=wte_block_c, ROWS=BWD_WTE_ROWS, FIRST=first, COMPACT=True, num_warps=BWD_WARPS)
+        dwte = torch.empty((V, C), dtype=dtype, device=dy.device)
+        _embedding_bwd_compact_rows_kernel[(triton.cdiv(V, BWD_COMPACT_ROWS), triton.cdiv(C, wte_block_c))](
+            acc, first, dwte, n, V, C, BLOCK_C=wte_block_c, ROWS=BWD_COMPACT_ROWS, num_warps=BWD_WARPS)
+    elif BWD_ATOMIC:
         # fp32 tables take the atomics directly; others accumulate in fp32 and are cast once at the end
         acc = torch.zeros((V, C), dtype=torch.float32, device=dy.device)
         _embedding_bwd_wte_kernel[(triton.cdiv(B * T, BWD_WTE_ROWS),)](
             idx, dy, acc, idx.stride(0), idx.stride(1), dy.stride(0), dy.stride(1), B, T, C,
-            BLOCK_C=wte_block_c, ROWS=BWD_WTE_ROWS, num_warps=BWD_WARPS)
+            BLOCK_C=wte_block_c, ROWS=BWD_WTE_ROWS, FIRST=idx, COMPACT=False, num_warps=BWD_WARPS)
         if dtype == torch.float32:
             dwte = acc
         else:
@@ -281,9 +496,19 @@ def _embedding_bwd(dy, idx, V, P, dtype, BWD_ATOMIC, BWD_WTE_ROWS, BWD_SCAN_BLOC
                 idx, dy, dwte, idx.stride(0), idx.stride(1), dy.stride(0), dy.stride(1), B, T, C,
                 BLOCK_C=wte_block_c, BLOCK_T=BWD_SCAN_BLOCK, num_warps=BWD_WARPS)
     dwpe = torch.empty((P, C), dtype=dtype, device=dy.device)
-    _embedding_bwd_wpe_kernel[(triton.cdiv(P, BWD_WPE_ROWS),)](
-        dy, dwpe, dy.stride(0), dy.stride(1), B, T, P, C, BLOCK_C=min(BWD_WPE_BLOCK_C, triton.next_power_of_2(C)),
-        ROWS=BWD_WPE_ROWS, num_warps=BWD_WARPS)
+    wpe_block_c = min(BWD_WPE_BLOCK_C, triton.next_power_of_2(C))
+    if 0 < BWD_WPE_BATCH < B and T > 0:
+        chunks = triton.cdiv(B, BWD_WPE_BATCH)
+        part = torch.empty((chunks, T, C), dtype=torch.float32, device=dy.device)
+        _embedding_bwd_wpe_kernel[(triton.cdiv(T, BWD_WPE_ROWS), chunks)](
+            dy, part, dy.stride(0), dy.stride(1), B, T, T, C, BWD_WPE_BATCH, BLOCK_C=wpe_block_c, ROWS=BWD_WPE_ROWS,
+            num_warps=BWD_WARPS)
+        _embedding_bwd_wpe_sum_kernel[(triton.cdiv(P, BWD_WPE_ROWS),)](
+            part, dwpe, chunks, T, P, C, BLOCK_C=wpe_block_c, ROWS=BWD_WPE_ROWS, num_warps=BWD_WARPS)
+    else:
+        _embedding_bwd_wpe_kernel[(triton.cdiv(P, BWD_WPE_ROWS), 1)](
+            dy, dwpe, dy.stride(0), dy.stride(1), B, T, P, C, max(B, 1), BLOCK_C=wpe_block_c, ROWS=BWD_WPE_ROWS,
+            num_warps=BWD_WARPS)
     return dwte, dwpe
 
 
@@ -302,12 +527,18 @@ PARAMS = {
 
 
 BWD_PARAMS = {
+    'BWD_SEGMENTS': False,
+    'BWD_SEG_ROWS': 16,
+    'BWD_SEG_BLOCK': 32,
     'BWD_ATOMIC': True,
+    'BWD_COMPACT': True,
+    'BWD_COMPACT_ROWS': 4,
     'BWD_WTE_ROWS': 4,
     'BWD_SCAN_BLOCK': 128,
     'BWD_WTE_BLOCK_C': 512,
     'BWD_WPE_ROWS': 4,
     'BWD_WPE_BLOCK_C': 512,
+    'BWD_WPE_BATCH': 8,
     'BWD_WARPS': 4,
 }
 

@@ -1,0 +1,332 @@
+"""Token + position embedding candidate, forward and backward
+
+Generated from the embedding template. Parameters: ROWS_PER_PROGRAM=4, BATCH_PER_PROGRAM=1, NUM_WARPS=4, SINGLE_TILE=True, CHUNK_C=256, PERSISTENT=False, PROGRAMS_PER_SM=4, NUM_STAGES=1, EVICTION='', CONST_WIDTH=True, BWD_ATOMIC=True, BWD_WTE_ROWS=4, BWD_SCAN_BLOCK=128, BWD_WTE_BLOCK_C=512, BWD_WPE_ROWS=4, BWD_WPE_BLOCK_C=512, BWD_WARPS=4
+"""
+import math
+import typing
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _embedding_columns(WTE, WPE, OUT, tok_row, out_row, tok_mask, t, stride_wpe, T, c, c_mask,
+                       EVICTION: tl.constexpr):
+    """One column block of a [BATCH, ROWS] tile of tokens: gather, add the positions, store."""
+    pos_mask = (t < T)[:, None] & c_mask[None, :]
+    # the position rows are reused by every batch entry (here and in other programs): keep them cached
+    pos = tl.load(WPE + t[:, None] * stride_wpe + c[None, :], mask=pos_mask, other=0.0,
+                  eviction_policy="evict_last").to(tl.float32)
+    mask = tok_mask[:, :, None] & c_mask[None, None, :]
+    emb = tl.load(WTE + tok_row[:, :, None] + c[None, None, :], mask=mask, other=0.0,
+                  eviction_policy=EVICTION).to(tl.float32)
+    out = emb + pos[None, :, :]
+    tl.store(OUT + out_row[:, :, None] + c[None, None, :], out.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _embedding_fwd_kernel(
+    IDX,        # [B, T] token ids (int64 or int32), strides stride_ib, stride_it
+    WTE,        # [V, C] token table, rows stride_wte apart, columns contiguous
+    WPE,        # [P, C] position table, rows stride_wpe apart, columns contiguous; rows 0..T-1 are read
+    OUT,        # [B, T, C] output, contiguous
+    stride_ib,  # elements between batch entries of IDX
+    stride_it,  # elements between positions of IDX
+    stride_wte, # elements between rows of WTE
+    stride_wpe, # elements between rows of WPE
+    B,          # batch
+    T,          # sequence length
+    C,          # width
+    BLOCK_C: tl.constexpr,      # columns per tile: next_pow2(C) for one tile, else the chunk width
+    ROWS: tl.constexpr,         # positions per tile
+    BATCH: tl.constexpr,        # batch entries per tile, sharing the tile's rows of WPE
+    SINGLE_TILE: tl.constexpr,  # the whole row in one masked tile or a loop over column chunks
+    EVICTION: tl.constexpr,     # cache hint for the gathered rows of WTE: "" or "evict_first"
+    WIDTH: tl.constexpr,        # C baked in as a compile-time constant, or 0 to read it at run time
+    INDEX_64: tl.constexpr,     # offsets in int64, needed only past 2**31 elements (int32 saves registers)
+):
+    if WIDTH > 0:
+        C = WIDTH  # a constant width folds the column mask and unrolls the chunk loop
+    pid = tl.program_id(0)
+    n_t = tl.cdiv(T, ROWS)
+    n_tiles = n_t * tl.cdiv(B, BATCH)
+    cols = tl.arange(0, BLOCK_C)
+    # one iteration per program unless the grid is persistent (fewer programs than tiles)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        # neighbouring tiles take neighbouring positions of one batch group: their writes are contiguous
+        t = (tile % n_t) * ROWS + tl.arange(0, ROWS)
+        b = (tile // n_t) * BATCH + tl.arange(0, BATCH)
+        tok_mask = (b < B)[:, None] & (t < T)[None, :]              # [BATCH, ROWS]
+        if INDEX_64:
+            t = t.to(tl.int64)
+            b = b.to(tl.int64)
+        tok = tl.load(IDX + b[:, None] * stride_ib + t[None, :] * stride_it, mask=tok_mask, other=0)
+        if INDEX_64:
+            tok = tok.to(tl.int64)
+        else:
+            tok = tok.to(tl.int32)  # the launcher checked that V * stride_wte fits
+        tok_row = tok * stride_wte
+        out_row = (b[:, None] * T + t[None, :]) * C
+        if SINGLE_TILE:
+            _embedding_columns(WTE, WPE, OUT, tok_row, out_row, tok_mask, t, stride_wpe, T, cols, cols < C,
+                               EVICTION)
+        else:
+            for start in range(0, C, BLOCK_C):
+                c = start + cols
+                _embedding_columns(WTE, WPE, OUT, tok_row, out_row, tok_mask, t, stride_wpe, T, c, c < C,
+                                   EVICTION)
+
+
+def _embedding_fwd(idx, wte, wpe, ROWS_PER_PROGRAM, BATCH_PER_PROGRAM, NUM_WARPS, SINGLE_TILE, CHUNK_C,
+                   PERSISTENT, PROGRAMS_PER_SM, NUM_STAGES, EVICTION, CONST_WIDTH):
+    """Validate, allocate, launch. Parameters in capitals are the template's knobs."""
+    if idx.dim() != 2 or wte.dim() != 2 or wpe.dim() != 2 or wpe.shape[1] != wte.shape[1]:
+        raise ValueError(f"embedding wants idx [B, T], wte [V, C], wpe [P, C]; got {tuple(idx.shape)}, "
+                         f"{tuple(wte.shape)}, {tuple(wpe.shape)}")
+    if idx.dtype != torch.int64 and idx.dtype != torch.int32:
+        raise ValueError(f"idx must hold int64 or int32 token ids, not {idx.dtype}")
+    if wpe.dtype != wte.dtype:
+        raise ValueError(f"wpe is {wpe.dtype}, wte is {wte.dtype}; both tables must have one dtype")
+    B, T = idx.shape
+    V, C = wte.shape
+    if wpe.shape[0] < T:
+        raise ValueError(f"{T} positions but the position table has only {wpe.shape[0]} rows")
+    if wte.stride(1) != 1:
+        wte = wte.contiguous()
+    if wpe.stride(1) != 1:
+        wpe = wpe.contiguous()
+    out = torch.empty((B, T, C), dtype=wte.dtype, device=wte.device)
+    if B * T == 0 or C == 0:
+        return out
+    block_c = triton.next_power_of_2(C) if SINGLE_TILE else min(CHUNK_C, triton.next_power_of_2(C))
+    n_tiles = triton.cdiv(T, ROWS_PER_PROGRAM) * triton.cdiv(B, BATCH_PER_PROGRAM)
+    grid = n_tiles
+    if PERSISTENT:
+        sms = torch.cuda.get_device_properties(wte.device).multi_processor_count if wte.is_cuda else 4
+        grid = min(n_tiles, sms * PROGRAMS_PER_SM)
+    largest = max(V * wte.stride(0), wpe.shape[0] * wpe.stride(0), B * T * C,
+                  B * abs(idx.stride(0)) + T * abs(idx.stride(1)))
+    _embedding_fwd_kernel[(grid,)](
+        idx, wte, wpe, out, idx.stride(0), idx.stride(1), wte.stride(0), wpe.stride(0), B, T, C,
+        BLOCK_C=block_c, ROWS=ROWS_PER_PROGRAM, BATCH=BATCH_PER_PROGRAM, SINGLE_TILE=SINGLE_TILE,
+        EVICTION=EVICTION, WIDTH=C if CONST_WIDTH else 0, INDEX_64=largest >= 2**31,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+    )
+    return out
+
+
+@triton.jit
+def _embedding_bwd_wte_kernel(
+    IDX,        # [B, T] token ids, strides stride_ib, stride_it
+    DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
+    ACC,        # [V, C] float32 accumulator, zeroed, contiguous
+    stride_ib,
+    stride_it,
+    stride_db,
+    stride_dt,
+    B,
+    T,
+    C,
+    BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr,         # tokens per program
+):
+    # int64 token index: (b * stride_db) and (tok * C) overflow int32 on large tables
+    r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    live = r < B * T
+    b = r // T
+    t = r % T
+    tok = tl.load(IDX + b * stride_ib + t * stride_it, mask=live, other=0).to(tl.int64)
+    for start in range(0, C, BLOCK_C):
+        c = start + tl.arange(0, BLOCK_C)
+        mask = live[:, None] & (c < C)[None, :]
+        g = tl.load(DY + (b * stride_db + t * stride_dt)[:, None] + c[None, :], mask=mask, other=0.0)
+        # a token that occurs several times adds into its row from several programs; only the sums
+        # matter (the cast reads them in a later launch), so no ordering fence around the atomics
+        tl.atomic_add(ACC + tok[:, None] * C + c[None, :], g.to(tl.float32), mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _embedding_bwd_wte_owner_kernel(
+    IDX,        # [B, T] token ids, strides stride_ib, stride_it
+    DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
+    DWTE,       # [V, C] gradient of the token table, zeroed, contiguous, in the table's dtype
+    stride_ib,
+    stride_it,
+    stride_db,
+    stride_dt,
+    B,
+    T,
+    C,
+    BLOCK_C: tl.constexpr,      # columns per program (the grid's second axis)
+    BLOCK_T: tl.constexpr,      # token ids compared per step of the scans
+):
+    # program r (a flat position b * T + t) owns its token's row of DWTE when r is that token's first
+    # position; the owner adds the row's gradients position by position in a fixed order and stores the
+    # sum once, so dwte is the same on every call, with no atomics and no float32 buffer
+    # int64 positions and rows: (b * stride_db) and (tok * C) overflow int32 on large tables
+    r = tl.program_id(0).to(tl.int64)
+    n = B * T
+    tok = tl.load(IDX + (r // T) * stride_ib + (r % T) * stride_it)
+    lanes = tl.arange(0, BLOCK_T)
+    # an earlier position with the same id owns the row: scan from the start, stop at the first found
+    start = r * 0
+    earlier = 0
+    while (start < r) & (earlier == 0):
+        q = start + lanes
+        before = q < r
+        ids = tl.load(IDX + (q // T) * stride_ib + (q % T) * stride_it, mask=before, other=0)
+        earlier = tl.sum((before & (ids == tok)).to(tl.int32), axis=0)
+        start += BLOCK_T
+    if earlier == 0:
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for first in range(r, n, BLOCK_T):
+            q = first + lanes
+            b = q // T
+            t = q % T
+            live = q < n
+            ids = tl.load(IDX + b * stride_ib + t * stride_it, mask=live, other=0)
+            hit = live & (ids == tok)
+            # most steps of a large vocabulary hold no other occurrence: they skip the loads of dy
+            if tl.sum(hit.to(tl.int32), axis=0) > 0:
+                g = tl.load(DY + (b * stride_db + t * stride_dt)[:, None] + c[None, :],
+                            mask=hit[:, None] & cmask[None, :], other=0.0)
+                acc += tl.sum(g.to(tl.float32), axis=0)
+        tl.store(DWTE + tok.to(tl.int64) * C + c, acc.to(DWTE.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _cast_kernel(
+    SRC,        # [n] float32
+    DST,        # [n] in the destination dtype
+    n,
+    BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(DST + offs, tl.load(SRC + offs, mask=mask).to(DST.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _embedding_bwd_wpe_kernel(
+    DY,         # [B, T, C] gradient of the output, strides stride_db, stride_dt, columns contiguous
+    DWPE,       # [P, C] gradient of the position table (written whole: rows T.. are zero), contiguous
+    stride_db,
+    stride_dt,
+    B,
+    T,
+    P,
+    C,
+    BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr,         # positions per program
+):
+    first = tl.program_id(0) * ROWS
+    p = first + tl.arange(0, ROWS)
+    live = p < T
+    p64 = p.to(tl.int64)
+    # programs past the sequence only write zeros: no batch loop for them
+    n_b = (first < T).to(tl.int32) * B
+    for start in range(0, C, BLOCK_C):
+        c = start + tl.arange(0, BLOCK_C)
+        cmask = c < C
+        mask = live[:, None] & cmask[None, :]
+        acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
+        # the pointer advances by a batch entry each step; pointer arithmetic is 64-bit
+        ptrs = DY + (p64 * stride_dt)[:, None] + c[None, :]
+        for _ in range(0, n_b):
+            acc += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+            ptrs += stride_db
+        tl.store(DWPE + p64[:, None] * C + c[None, :], acc.to(DWPE.dtype.element_ty),
+                 mask=(p < P)[:, None] & cmask[None, :])
+
+
+def _embedding_bwd(dy, idx, V, P, dtype, BWD_ATOMIC, BWD_WTE_ROWS, BWD_SCAN_BLOCK, BWD_WTE_BLOCK_C, BWD_WPE_ROWS,
+                   BWD_WPE_BLOCK_C, BWD_WARPS):
+    """(d wte [V, C], d wpe [P, C]) in the tables' dtype from the output's gradient [B, T, C]. Parameters in
+    capitals are the backward's template knobs:
+    BWD_ATOMIC      d wte by float32 atomics, token rows scattered as they come (then cast to the table's
+                    dtype), or by owners: the program of each token's first position sums that token's rows
+                    in position order, deterministic, but every position scans the ids before it until it
+                    meets its own, and every owner all the ids after it
+    BWD_WTE_ROWS    token positions a program of the atomic scatter handles (unused by the owners)
+    BWD_SCAN_BLOCK  token ids the owners compare a step (unused by the atomic scatter)
+    BWD_WTE_BLOCK_C columns of a step of either d wte kernel (at most next_pow2(C)): the atomic scatter loops
+                    over the row in such chunks, the owners take one chunk a program
+    BWD_WPE_ROWS    positions a program of the d wpe sum over the batch handles
+    BWD_WPE_BLOCK_C columns a step of the d wpe sum (at most next_pow2(C))
+    BWD_WARPS       warps of the d wte and d wpe kernels
+    """
+    B, T, C = dy.shape
+    if dy.stride(2) != 1:
+        dy = dy.contiguous()
+    wte_block_c = min(BWD_WTE_BLOCK_C, triton.next_power_of_2(C))
+    if BWD_ATOMIC:
+        # fp32 tables take the atomics directly; others accumulate in fp32 and are cast once at the end
+        acc = torch.zeros((V, C), dtype=torch.float32, device=dy.device)
+        _embedding_bwd_wte_kernel[(triton.cdiv(B * T, BWD_WTE_ROWS),)](
+            idx, dy, acc, idx.stride(0), idx.stride(1), dy.stride(0), dy.stride(1), B, T, C,
+            BLOCK_C=wte_block_c, ROWS=BWD_WTE_ROWS, num_warps=BWD_WARPS)
+        if dtype == torch.float32:
+            dwte = acc
+        else:
+            dwte = torch.empty((V, C), dtype=dtype, device=dy.device)
+            _cast_kernel[(triton.cdiv(V * C, 1024),)](acc, dwte, V * C, BLOCK=1024)
+    else:
+        # rows of tokens that never occur stay zero; each of the others is written once, by its owner
+        dwte = torch.zeros((V, C), dtype=dtype, device=dy.device)
+        if B * T > 0:
+            _embedding_bwd_wte_owner_kernel[(B * T, triton.cdiv(C, wte_block_c))](
+                idx, dy, dwte, idx.stride(0), idx.stride(1), dy.stride(0), dy.stride(1), B, T, C,
+                BLOCK_C=wte_block_c, BLOCK_T=BWD_SCAN_BLOCK, num_warps=BWD_WARPS)
+    dwpe = torch.empty((P, C), dtype=dtype, device=dy.device)
+    _embedding_bwd_wpe_kernel[(triton.cdiv(P, BWD_WPE_ROWS),)](
+        dy, dwpe, dy.stride(0), dy.stride(1), B, T, P, C, BLOCK_C=min(BWD_WPE_BLOCK_C, triton.next_power_of_2(C)),
+        ROWS=BWD_WPE_ROWS, num_warps=BWD_WARPS)
+    return dwte, dwpe
+
+
+PARAMS = {
+    'ROWS_PER_PROGRAM': 4,
+    'BATCH_PER_PROGRAM': 1,
+    'NUM_WARPS': 4,
+    'SINGLE_TILE': True,
+    'CHUNK_C': 256,
+    'PERSISTENT': False,
+    'PROGRAMS_PER_SM': 4,
+    'NUM_STAGES': 1,
+    'EVICTION': '',
+    'CONST_WIDTH': True,
+}
+
+
+BWD_PARAMS = {
+    'BWD_ATOMIC': True,
+    'BWD_WTE_ROWS': 4,
+    'BWD_SCAN_BLOCK': 128,
+    'BWD_WTE_BLOCK_C': 512,
+    'BWD_WPE_ROWS': 4,
+    'BWD_WPE_BLOCK_C': 512,
+    'BWD_WARPS': 4,
+}
+
+
+class EmbeddingFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, idx, wte, wpe, params, bwd_params):
+        ctx.save_for_backward(idx)
+        ctx.tables = (wte.shape[0], wpe.shape[0], wte.dtype)
+        ctx.bwd_params = bwd_params
+        return _embedding_fwd(idx, wte, wpe, **params)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (idx,) = ctx.saved_tensors
+        V, P, dtype = ctx.tables
+        dwte, dwpe = _embedding_bwd(dy, idx, V, P, dtype, **ctx.bwd_params)
+        return None, dwte, dwpe, None, None
+
+
+def embedding(idx, wte, wpe):
+    return EmbeddingFunction.apply(idx, wte, wpe, {**PARAMS}, {**BWD_PARAMS})
