@@ -114,3 +114,18 @@ def test_eval_command_reports_the_backward(config_file, tmp_path):
     dearest = max(data["checks"] + data["backward"]["checks"], key=lambda c: c["seconds"])
     assert f"dearest checks: {'gradient ' if dearest in data['backward']['checks'] else ''}{dearest['shape']}" \
         in out.getvalue()
+
+
+def test_a_gpu_repeats_every_backward_call_for_the_determinism_verdict():
+    """An atomic scatter reorders its adds only where they contend, so on a GPU a sampled repeat could miss
+    the one shape that shows it: every call is repeated there. The interpreter runs programs in order and
+    repeats a sample, at least one call and never a large one."""
+    import random
+
+    from evaluators.gradients import repeat_plan
+
+    large = [False, True, False, True, False, False]
+    for seed in range(20):
+        assert repeat_plan(large, "cuda", random.Random(seed)) == [True] * len(large)
+        cpu = repeat_plan(large, "cpu", random.Random(seed))
+        assert any(cpu) and not any(r and big for r, big in zip(cpu, large))
