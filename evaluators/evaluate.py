@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 from kernels import OpSpec, get_spec
 
 from . import wire
+from .baselines import SharedBaselines
 from .gradients import GradientJudge
 from .judge import Judge, JudgeError, sandbox_reply, untrusted
 from .promotion import ABDecision, decide
@@ -91,7 +92,8 @@ def visible_gpu(index: int) -> str:
 
 
 class Evaluator:
-    def __init__(self, settings: EvaluatorSettings, skip_static: bool = False, turns=None, gpu: int | None = None):
+    def __init__(self, settings: EvaluatorSettings, skip_static: bool = False, turns=None, gpu: int | None = None,
+                 baselines: SharedBaselines | None = None):
         # skip_static exists for the tests of the layers behind the static policy; no setting reaches it
         self.settings = settings
         # pool.GpuTurns when other evaluators share this GPU: checks may overlap, timing runs alone
@@ -104,6 +106,8 @@ class Evaluator:
         self._ceilings: dict | None = None
         self._device: dict | None = None
         self._warm: dict[str, tuple[ForkServer, str | None]] = {}  # op -> (its fork server, cache file or None)
+        # a pool's workers on one GPU share one warm per op (each warm is an exclusive turn on the card)
+        self.baselines = baselines
         self.sandboxes_started = 0
 
     # ------------------------------------------------------------ infrastructure
@@ -182,31 +186,44 @@ class Evaluator:
 
     def baseline_cache(self, op: str) -> str | None:
         """The file of torch.compile's caches for the op's baseline at this evaluator's timed shapes and
-        dtypes, compiled once (per fork server) in a fresh sandbox that loads no candidate; None where that
-        sandbox failed, and each timing then compiles the baseline itself, as it would without the cache."""
+        dtypes, compiled once in a fresh sandbox that loads no candidate (once per fork server, or once for
+        the pool's workers on this GPU where they share `baselines`, each copying the file into its fork
+        server's folder); None where that sandbox failed, and each timing then compiles the baseline itself,
+        as it would without the cache."""
         server = self._fork_server()
         known = self._warm.get(op)
         if known is not None and known[0] is server:
             return known[1]
+        own = str(Path(server.base) / f"baselines-{op}.bin")
+        if self.baselines is None:
+            path = self._warm_baseline(op, own)
+        else:
+            shared = self.baselines.get(op, lambda destination: self._warm_baseline(op, destination))
+            try:
+                path = shutil.copyfile(shared, own) if shared is not None else None
+            except OSError:
+                path = None
+        self._warm[op] = (server, path)
+        return path
+
+    def _warm_baseline(self, op: str, destination: str) -> str | None:
+        """Compile the op's baseline in a fresh sandbox and copy its caches to `destination`; None on failure."""
         spec = self.spec(op)
         shapes = [[shape.name, dtype] for shape in spec.timed_shapes() for dtype in self.settings.timed_dtypes]
         request = {"kind": "warm", "op": op, "shapes": shapes, "seed": _fresh_seed(),
                    "backward": self.settings.backward and spec.has_backward}
-        path = None
         sandbox = self._sandbox()
         try:
             # alone on the GPU: the baseline's autotuning picks its kernels by timing them
             with self._turn(exclusive=True):
                 reply = sandbox_reply(sandbox.request(request, self.settings.timeouts.time), "warmed")
             source = Path(sandbox.folder) / Path(str(reply["file"])).name
-            path = str(Path(server.base) / f"baselines-{op}.bin")
-            shutil.copyfile(source, path)
+            shutil.copyfile(source, destination)
+            return destination
         except (CandidateFailure, SandboxLost, OSError, KeyError):
-            path = None
+            return None
         finally:
             sandbox.close()
-        self._warm[op] = (server, path)
-        return path
 
     def _warms_baselines(self) -> bool:
         return self.settings.device == "cuda" and self.settings.warm_baselines  # only a GPU times baselines

@@ -4,7 +4,8 @@ Each worker is an Evaluator of its own (its own fork server, fresh sandboxes per
 each runs in a thread of this process, the candidates in their sandboxes. On a GPU the workers share the card
 in turns: any number may check at once, but a timed phase runs alone, so that no measurement is disturbed by
 another candidate's work (`GpuTurns`). A shared turn covers one check, so a worker waiting to time gets the
-card at the next check's end. On a host with several GPUs the workers are spread over the cards,
+card at the next check's end. The workers of a card compile each op's torch.compile baseline once between
+them (`SharedBaselines`), since each compile is an exclusive turn. On a host with several GPUs the workers are spread over the cards,
 each pinned to its own (its sandboxes see that card alone), and turns are taken per card. Verdicts come back
 in the order the jobs were given, whichever worker finished first, so what a search does with them does not
 depend on the schedule.
@@ -17,6 +18,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .baselines import SharedBaselines
 from .evaluate import Evaluator, EvaluatorSettings
 from .verdict import Verdict
 
@@ -89,8 +91,11 @@ class EvaluationPool:
         per_gpu = [sum(1 for i in range(workers) if i % gpus == g) for g in range(gpus)]
         turns = [GpuTurns() if settings.device == "cuda" and n > 1 else None for n in per_gpu]
         self.turns = turns[0]  # the first GPU's, where promotion's re-timing and A/B rounds run
+        # the workers of one GPU compile each op's torch.compile baseline once between them
+        self.baselines = [SharedBaselines() for _ in range(gpus)]
         self.workers = [Evaluator(settings, skip_static=skip_static, turns=turns[i % gpus],
-                                  gpu=i % gpus if gpus > 1 else None) for i in range(workers)]
+                                  gpu=i % gpus if gpus > 1 else None, baselines=self.baselines[i % gpus])
+                        for i in range(workers)]
         self._messages = threading.Lock()
         self.lost = 0  # workers lost mid-evaluation: a local worker is a thread of this process, never lost alone
         self._closing = False  # set before the workers' sandboxes are stopped: verdicts after it are not real
@@ -171,6 +176,8 @@ class EvaluationPool:
             worker.close()
         if self._threads is not None:
             self._threads.shutdown(wait=True)
+        for shared in self.baselines:
+            shared.close()
 
     def __enter__(self) -> "EvaluationPool":
         return self

@@ -107,3 +107,36 @@ def test_a_candidate_cannot_rewrite_the_cache_its_successors_load(evaluator):
     assert Path(path).read_bytes() == before
     # the audit hook refuses writes outside the sandbox's folder, whoever's open makes them
     assert verdict.failure_class == "escape", verdict.reason()
+
+
+def test_the_workers_of_a_pool_share_one_warm_and_no_candidate_rewrites_it():
+    """Two workers asking at once: one warm sandbox, each worker's copy in its own fork server's folder, and
+    a candidate told where the pool keeps the shared file cannot write it (the sandbox's audit hook)."""
+    from evaluators import EvaluationPool
+
+    settings = EvaluatorSettings(device="cpu", timed_dtypes=("float32",), timed_shapes={OP: (SHAPE,)}, backward=False)
+    with EvaluationPool(settings, workers=2, skip_static=True) as pool:
+        # on the pool's own threads, whose fork servers live as long as the pool
+        paths = list(pool._threads.map(lambda worker: worker.baseline_cache(OP), pool.workers))
+        assert pool.baselines[0].warmed == 1 and pool.sandboxes_started == 1
+        assert all(paths) and paths[0] != paths[1]
+        for worker, path in zip(pool.workers, paths):
+            assert Path(path).parent == Path(worker._fork_server().base)
+        assert Path(paths[0]).read_bytes() == Path(paths[1]).read_bytes()
+
+        shared = Path(pool.baselines[0].folder) / f"baselines-{OP}.bin"
+        before = shared.read_bytes()
+        attack = POISONER.replace('"../baselines-bias_gelu.bin"', repr(str(shared)))
+        verdict = pool.workers[1].evaluate_source(OP, attack, "poisoner")
+        assert verdict.failure_class == "escape", verdict.reason()
+        assert shared.read_bytes() == before
+
+        sandbox = pool.workers[1]._sandbox()
+        try:
+            sandbox_reply(sandbox.request({"kind": "baselines", "path": paths[1]}, 120), "baselines")
+            again = _warm(sandbox)
+        finally:
+            sandbox.close()
+        assert again["cache_hits"] >= 1 and again["cache_misses"] == 0
+        folder = pool.baselines[0].folder
+    assert not os.path.exists(folder), "the pool's folder goes with the pool"
