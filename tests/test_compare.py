@@ -10,7 +10,8 @@ from conftest import EVOLVE, PROJECT_ROOT
 from agents.run_folder import RunFolder
 
 
-def _run(runs, name: str, training: bool, verdicts: list[tuple[str, float | None, float]]) -> RunFolder:
+def _run(runs, name: str, training: bool, verdicts: list[tuple[str, float | None, float]],
+         status: str = "complete") -> RunFolder:
     folder = RunFolder.create(runs, name, f"[run]\ntraining = {str(training).lower()}\n", {"name": "NVIDIA H200"},
                               ["layer_norm", "attention"])
     for i, (op, speed, seconds) in enumerate(verdicts, start=1):
@@ -18,7 +19,7 @@ def _run(runs, name: str, training: bool, verdicts: list[tuple[str, float | None
         backward = {"timing": {"speedup_eager": speed}} if speed is not None else None
         folder.log("verdict", id=f"c{i:03d}", op=op, status="accepted" if speed else "rejected", timing=timing,
                    backward=backward, seconds=seconds)
-    folder.finish("complete")
+    folder.finish(status)
     return folder
 
 
@@ -49,3 +50,20 @@ def test_compare_refuses_runs_without_speed(tmp_path, config_file):
     done = subprocess.run([*EVOLVE, "--config", str(config_file), "compare", a.run_id, b.run_id],
                           capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
     assert done.returncode == 2 and "measured no speed" in done.stderr
+
+
+def test_an_interrupted_run_is_named_and_its_nevers_cover_what_it_judged(tmp_path, config_file):
+    runs = tmp_path / "runs"
+    cold = _run(runs, "cold", True, [("layer_norm", 1.3, 100), ("layer_norm", 0.9, 120)])
+    warm = _run(runs, "warm", True, [("layer_norm", 0.85, 110)], status="interrupted")
+    done = subprocess.run([*EVOLVE, "--config", str(config_file), "compare", cold.run_id, warm.run_id, "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == {"cold": "complete", "warm": "interrupted"}
+    assert result["ops"]["layer_norm"]["warm"]["candidates"] is None
+    table = subprocess.run([*EVOLVE, "--config", str(config_file), "compare", cold.run_id, warm.run_id],
+                           capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    text = " ".join(table.stdout.split())
+    assert "not in 1" in text and "never" not in text
+    assert f"The warm run {warm.run_id} is interrupted" in text and f"--resume {warm.run_id}" in text

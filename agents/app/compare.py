@@ -82,12 +82,16 @@ def compare_runs(cold: RunFolder, warm: RunFolder) -> dict:
     timed = [o for o in ops.values() if o["best"] is not None]
     if not timed:
         raise CompareError(f"runs {cold.run_id} and {warm.run_id} measured no speed (a CPU run checks correctness only)")
-    return {"cold": cold.run_id, "warm": warm.run_id, "within": WITHIN, "ops": ops}
+    # a run stopped early (Ctrl-C, a time limit, a lost process) has "never" only over what it judged
+    return {"cold": cold.run_id, "warm": warm.run_id, "within": WITHIN, "ops": ops,
+            "status": {"cold": cold.status(), "warm": warm.status()}}
 
 
-def _cell(r: dict | None, key: str, fmt: str) -> str:
-    if r is None or r[key] is None:
-        return "never" if r is not None else "—"
+def _cell(r: dict | None, key: str, fmt: str, complete: bool = True) -> str:
+    if r is None:
+        return "—"
+    if r[key] is None:
+        return "never" if complete else f"not in {r['judged']}"
     return format(r[key], fmt)
 
 
@@ -96,14 +100,22 @@ def compare_table(result: dict) -> Table:
     for column in ("op", "best ×eager", "cold: candidates", "cold: seconds", "warm: candidates", "warm: seconds",
                    "warm / cold candidates"):
         table.add_column(column, justify="left" if column == "op" else "right", no_wrap=True)
+    status = result.get("status", {})
+    done = {side: status.get(side, "complete") == "complete" for side in ("cold", "warm")}
     for op, o in result["ops"].items():
         cold, warm = o["cold"], o["warm"]
         ratio = "—"
         if cold and warm and cold["candidates"] and warm["candidates"]:
             ratio = f"{warm['candidates'] / cold['candidates']:.2f}"
-        table.add_row(escape(op), "—" if o["best"] is None else f"{o['best']:.2f}x", _cell(cold, "candidates", "d"),
-                      _cell(cold, "seconds", ",.0f"), _cell(warm, "candidates", "d"), _cell(warm, "seconds", ",.0f"),
+        table.add_row(escape(op), "—" if o["best"] is None else f"{o['best']:.2f}x",
+                      _cell(cold, "candidates", "d", done["cold"]), _cell(cold, "seconds", ",.0f", done["cold"]),
+                      _cell(warm, "candidates", "d", done["warm"]), _cell(warm, "seconds", ",.0f", done["warm"]),
                       ratio)
     table.caption = (f"Candidates and evaluation seconds each run needed to come within {result['within']:.0%} of the "
                      "better run's best (its score: forward+backward speed over eager in a training run).")
+    for side in ("cold", "warm"):
+        if not done[side]:
+            run = result[side]
+            table.caption += (f" The {side} run {run} is {status[side]}: its counts cover the candidates it judged "
+                              f"(evolve run --resume {run} finishes it).")
     return table
