@@ -67,3 +67,18 @@ def test_an_interrupted_run_is_named_and_its_nevers_cover_what_it_judged(tmp_pat
     text = " ".join(table.stdout.split())
     assert "not in 1" in text and "never" not in text
     assert f"The warm run {warm.run_id} is interrupted" in text and f"--resume {warm.run_id}" in text
+
+
+def test_candidates_count_in_the_order_proposed_not_the_order_they_finished(tmp_path, config_file):
+    runs = tmp_path / "runs"
+    cold = _run(runs, "cold", True, [("layer_norm", 1.0, 10), ("layer_norm", 1.2, 10)])
+    warm = RunFolder.create(runs, "warm", "[run]\ntraining = true\n", {"name": "NVIDIA H200"}, ["layer_norm"])
+    # three workers: c003 and c002 finished before c001, the incumbent's point and the best
+    for ident, speed in (("c003", 0.8), ("c002", 0.9), ("c001", 1.2)):
+        warm.log("verdict", id=ident, op="layer_norm", status="accepted", timing={"speedup_eager": speed},
+                 backward={"timing": {"speedup_eager": speed}}, seconds=100)
+    warm.finish("complete")
+    done = subprocess.run([*EVOLVE, "--config", str(config_file), "compare", cold.run_id, warm.run_id, "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ops"]["layer_norm"]["warm"]["candidates"] == 1

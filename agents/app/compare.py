@@ -38,11 +38,20 @@ def _training(folder: RunFolder) -> bool:
         return True
 
 
+def _proposed(event: dict) -> tuple[int, str]:
+    """A verdict's place in the order its candidate was proposed: c001 before c002, whichever finished first."""
+    ident = str(event.get("id", ""))
+    digits = "".join(ch for ch in ident if ch.isdigit())
+    return (int(digits) if digits else 0, ident)
+
+
 def scores(folder: RunFolder) -> dict[str, list[tuple[float | None, float]]]:
-    """Per op, (score, seconds) of every judged candidate in the order judged."""
+    """Per op, (score, seconds) of every judged candidate in the order proposed: with several workers the
+    order verdicts arrive in is the schedule's, and the count would depend on which worker was faster."""
     training = _training(folder)
     out: dict[str, list[tuple[float | None, float]]] = {}
-    for event in folder.events():
+    verdicts = sorted((e for e in folder.events() if e.get("kind") == "verdict"), key=_proposed)
+    for event in verdicts:
         if event.get("kind") != "verdict":
             continue
         timing = event.get("timing") or {}
