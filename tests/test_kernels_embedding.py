@@ -586,7 +586,7 @@ def test_owners_are_deterministic():
 
 
 def test_owners_take_strided_ids_and_gradients():
-    B, T, V, C, P = 3, 5, 6, 129, 7
+    B, T, V, C, P = 3, 5, 40, 129, 7  # 15 positions under 40 tokens: the compact rows
     wide_idx = torch.randint(0, V, (B, 2 * T + 1), generator=torch.Generator().manual_seed(0))
     idx = wide_idx[:, 1::2]                                          # stride 2 between positions
     dy = torch.randn(B, C, T, generator=torch.Generator().manual_seed(1)).transpose(1, 2)  # columns strided
@@ -610,7 +610,7 @@ def test_segments_match_the_sum_and_write_unused_rows_as_zeros(dtype, tol, rows,
 
 
 def test_segments_take_strided_ids_one_token_and_one_position():
-    B, T, V, C, P = 3, 5, 6, 129, 7
+    B, T, V, C, P = 3, 5, 40, 129, 7  # 15 positions under 40 tokens: the compact rows
     wide_idx = torch.randint(0, V, (B, 2 * T + 1), generator=torch.Generator().manual_seed(0))
     idx = wide_idx[:, 1::2]                                          # stride 2 between positions
     dy = torch.randn(B, C, T, generator=torch.Generator().manual_seed(1)).transpose(1, 2)  # columns strided
@@ -629,7 +629,8 @@ def test_segments_take_strided_ids_one_token_and_one_position():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)], ids=["float32", "float16"])
 @pytest.mark.parametrize("rows", [1, 64])
 def test_compact_rows_match_the_sum_and_write_unused_rows_as_zeros(dtype, tol, rows):
-    # 90 positions over 7 of 9 ids, and 90 over 500 ids (more tokens than positions, most rows absent)
+    # 90 positions over 7 of 9 ids (more positions than tokens: the [V, C] buffer is the smaller, and the knob
+    # falls back to it), and 90 over 500 ids (the compact rows, most of the table absent)
     for V, below in ((9, 7), (500, None)):
         (dwte, dwpe), (ref_wte, ref_wpe) = _tables_grads(3, 30, V, 130, 33, dtype, 2, ids_below=below,
                                                          BWD_COMPACT=True, BWD_COMPACT_ROWS=rows,
@@ -641,7 +642,7 @@ def test_compact_rows_match_the_sum_and_write_unused_rows_as_zeros(dtype, tol, r
 
 
 def test_compact_rows_take_strided_ids_one_token_and_no_position():
-    B, T, V, C, P = 3, 5, 6, 129, 7
+    B, T, V, C, P = 3, 5, 40, 129, 7  # 15 positions under 40 tokens: the compact rows
     wide_idx = torch.randint(0, V, (B, 2 * T + 1), generator=torch.Generator().manual_seed(0))
     idx = wide_idx[:, 1::2]                                          # stride 2 between positions
     dy = torch.randn(B, C, T, generator=torch.Generator().manual_seed(1)).transpose(1, 2)  # columns strided
