@@ -45,6 +45,7 @@ def _cross_entropy_fwd_kernel(
     M,          # rows
     V,          # classes
     chunks_per_split,           # chunks of BLOCK_V columns each split covers
+    n_work,                     # (row block, split) pairs; the programs take them in a grid-stride loop
     BLOCK_V: tl.constexpr,      # columns per chunk
     ROWS: tl.constexpr,         # rows per program
     SPLITS: tl.constexpr,       # programs per row, each over its own range of columns
@@ -57,61 +58,64 @@ def _cross_entropy_fwd_kernel(
     # a finite floor for the running max (the lowest float32): masked columns load -inf, and
     # exp(-inf - floor) = 0 where exp(-inf - (-inf)) would be NaN
     floor = -3.4028234663852886e38
-    pid = tl.program_id(0)
-    split = pid % SPLITS
-    rows = (pid // SPLITS) * ROWS + tl.arange(0, ROWS)
-    row_mask = rows < M
-    if INDEX_64:
-        rows = rows.to(tl.int64)  # rows * stride overflows int32 past 2**31 elements
-    cols = tl.arange(0, BLOCK_V)
-    row_ptr = LOGITS + rows[:, None] * stride_l
-    v_start = split * chunks_per_split * BLOCK_V
-    v_end = tl.minimum(V, v_start + chunks_per_split * BLOCK_V)
-    if LSE == "lane":
-        m_lane = tl.full([ROWS, BLOCK_V], floor, dtype=tl.float32)
-        s_lane = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
-    else:
-        m = tl.full([ROWS], floor, dtype=tl.float32)
-        s = tl.zeros([ROWS], dtype=tl.float32)
-    for start in range(v_start, v_end, BLOCK_V):
-        c = start + cols
-        mask = row_mask[:, None] & (c < v_end)[None, :]
-        x = tl.load(row_ptr + c[None, :], mask=mask, other=float("-inf"),
-                    eviction_policy=EVICTION).to(tl.float32)
+    # one work item a program, or with fewer programs than items (a grid of a few per SM) each takes every
+    # num_programs-th: the rows in flight at once are then few enough that the gradient sweep finds its row
+    # still in L2
+    for pid in range(tl.program_id(0), n_work, tl.num_programs(0)):
+        split = pid % SPLITS
+        rows = (pid // SPLITS) * ROWS + tl.arange(0, ROWS)
+        row_mask = rows < M
+        if INDEX_64:
+            rows = rows.to(tl.int64)  # rows * stride overflows int32 past 2**31 elements
+        cols = tl.arange(0, BLOCK_V)
+        row_ptr = LOGITS + rows[:, None] * stride_l
+        v_start = split * chunks_per_split * BLOCK_V
+        v_end = tl.minimum(V, v_start + chunks_per_split * BLOCK_V)
         if LSE == "lane":
-            # no reduction in the loop, at the price of a second exp per element
-            m_new = tl.maximum(m_lane, x)
-            s_lane = s_lane * tl.exp(m_lane - m_new) + tl.exp(x - m_new)
-            m_lane = m_new
+            m_lane = tl.full([ROWS, BLOCK_V], floor, dtype=tl.float32)
+            s_lane = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
         else:
-            m_new = tl.maximum(m, tl.max(x, axis=1))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
-            m = m_new
-    if LSE == "lane":
-        m = tl.max(m_lane, axis=1)
-        s = tl.sum(s_lane * tl.exp(m_lane - m[:, None]), axis=1)
-    log_s = tl.log(s)
-    if SPLITS > 1:
-        tl.store(PART + rows * SPLITS + split, m + log_s, mask=row_mask)
-    else:
-        t = tl.load(TARGETS + rows, mask=row_mask, other=-1)
-        valid = row_mask & (t != -1)
-        # a target outside [0, V) is the caller's error; the mask keeps it from reading out of bounds
-        x_t = tl.load(LOGITS + rows * stride_l + t, mask=valid & (t >= 0) & (t < V), other=0.0).to(tl.float32)
-        # m and log(s) are kept apart: m + log(s) rounds at the row's magnitude (3e-5 at logits near 1000),
-        # and x - m, m - x_t are exact for logits near the max
-        tl.store(LOSS + rows, tl.where(valid, (m - x_t) + log_s, 0.0), mask=row_mask)
-        if GRAD:
-            scale = tl.where(valid, 1.0 / tl.load(N_VALID).to(tl.float32), 0.0)
-            d_ptr = DLOGITS + rows[:, None] * stride_d
-            # second sweep: the row was just read, so it comes back from L2
-            for start in range(0, V, BLOCK_V):
-                c = start + cols
-                mask = row_mask[:, None] & (c < V)[None, :]
-                x = tl.load(row_ptr + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                p = tl.exp((x - m[:, None]) - log_s[:, None])
-                g = tl.where(c[None, :] == t[:, None], p - 1.0, p) * scale[:, None]
-                tl.store(d_ptr + c[None, :], g.to(DLOGITS.dtype.element_ty), mask=mask)
+            m = tl.full([ROWS], floor, dtype=tl.float32)
+            s = tl.zeros([ROWS], dtype=tl.float32)
+        for start in range(v_start, v_end, BLOCK_V):
+            c = start + cols
+            mask = row_mask[:, None] & (c < v_end)[None, :]
+            x = tl.load(row_ptr + c[None, :], mask=mask, other=float("-inf"),
+                        eviction_policy=EVICTION).to(tl.float32)
+            if LSE == "lane":
+                # no reduction in the loop, at the price of a second exp per element
+                m_new = tl.maximum(m_lane, x)
+                s_lane = s_lane * tl.exp(m_lane - m_new) + tl.exp(x - m_new)
+                m_lane = m_new
+            else:
+                m_new = tl.maximum(m, tl.max(x, axis=1))
+                s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+                m = m_new
+        if LSE == "lane":
+            m = tl.max(m_lane, axis=1)
+            s = tl.sum(s_lane * tl.exp(m_lane - m[:, None]), axis=1)
+        log_s = tl.log(s)
+        if SPLITS > 1:
+            tl.store(PART + rows * SPLITS + split, m + log_s, mask=row_mask)
+        else:
+            t = tl.load(TARGETS + rows, mask=row_mask, other=-1)
+            valid = row_mask & (t != -1)
+            # a target outside [0, V) is the caller's error; the mask keeps it from reading out of bounds
+            x_t = tl.load(LOGITS + rows * stride_l + t, mask=valid & (t >= 0) & (t < V), other=0.0).to(tl.float32)
+            # m and log(s) are kept apart: m + log(s) rounds at the row's magnitude (3e-5 at logits near 1000),
+            # and x - m, m - x_t are exact for logits near the max
+            tl.store(LOSS + rows, tl.where(valid, (m - x_t) + log_s, 0.0), mask=row_mask)
+            if GRAD:
+                scale = tl.where(valid, 1.0 / tl.load(N_VALID).to(tl.float32), 0.0)
+                d_ptr = DLOGITS + rows[:, None] * stride_d
+                # second sweep: the row was just read, so it comes back from L2
+                for start in range(0, V, BLOCK_V):
+                    c = start + cols
+                    mask = row_mask[:, None] & (c < V)[None, :]
+                    x = tl.load(row_ptr + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                    p = tl.exp((x - m[:, None]) - log_s[:, None])
+                    g = tl.where(c[None, :] == t[:, None], p - 1.0, p) * scale[:, None]
+                    tl.store(d_ptr + c[None, :], g.to(DLOGITS.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -157,9 +161,10 @@ def _cross_entropy_mean_kernel(
 
 
 def _cross_entropy_fwd(logits, targets, BLOCK_V, ROWS, NUM_WARPS, NUM_STAGES, SPLIT_V, LSE, EVICTION,
-                       dlogits=None, n_valid=None):
-    """Validate, allocate, launch. Parameters in capitals are the template's knobs; `dlogits` and
-    `n_valid` are given by the fused path only, which then gets the gradient written too."""
+                       dlogits=None, n_valid=None, programs_per_sm=0):
+    """Validate, allocate, launch. Parameters in capitals are the template's knobs; `dlogits`, `n_valid`
+    and `programs_per_sm` are given by the fused path only, which then gets the gradient written too (with
+    programs_per_sm > 0, on a grid of that many programs per SM, each taking row blocks in turn)."""
     if logits.dim() != 2 or logits.shape[1] == 0 or targets.shape != (logits.shape[0],):
         raise ValueError(f"cross_entropy wants logits [M, V > 0] and targets [M]; got {tuple(logits.shape)}, "
                          f"{tuple(targets.shape)}")
@@ -183,9 +188,14 @@ def _cross_entropy_fwd(logits, targets, BLOCK_V, ROWS, NUM_WARPS, NUM_STAGES, SP
     part = torch.empty((M, splits), dtype=torch.float32, device=logits.device)
     index_64 = M * max(logits.stride(0), dlogits.stride(0) if grad else 0) >= 2**31
     if M > 0:
-        _cross_entropy_fwd_kernel[(triton.cdiv(M, rows) * splits,)](
+        n_work = triton.cdiv(M, rows) * splits
+        grid = n_work
+        if programs_per_sm > 0:
+            sms = torch.cuda.get_device_properties(logits.device).multi_processor_count if logits.is_cuda else 4
+            grid = min(n_work, programs_per_sm * sms)
+        _cross_entropy_fwd_kernel[(grid,)](
             logits, targets, loss, part, dlogits if grad else loss, n_valid if grad else targets,
-            logits.stride(0), dlogits.stride(0) if grad else 0, M, V, chunks_per_split,
+            logits.stride(0), dlogits.stride(0) if grad else 0, M, V, chunks_per_split, n_work,
             BLOCK_V=block_v, ROWS=rows, SPLITS=splits, LSE=LSE, EVICTION=EVICTION, GRAD=grad,
             INDEX_64=index_64, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
@@ -232,14 +242,19 @@ def _scale_in_place_kernel(
 
 
 def _fused_fwd(logits, targets, *, FUSED_BLOCK_V, FUSED_ROWS, FUSED_WARPS, FUSED_STAGES, FUSED_LSE,
-               FUSED_EVICTION, SCALE_BLOCK):
+               FUSED_EVICTION, FUSED_PROGRAMS_PER_SM, SCALE_BLOCK):
     """(mean loss, its gradient for an incoming gradient of 1), both from one pass over the logits.
     Parameters in capitals are the backward's template knobs (the fused kernel makes the gradient, so its
     tuning is the backward's): FUSED_BLOCK_V columns a chunk, FUSED_ROWS rows a program (at least; narrow
     rows are packed further), FUSED_WARPS and FUSED_STAGES its num_warps and num_stages, FUSED_LSE the form
     of the online log-sum-exp ("chunk" or "lane"), FUSED_EVICTION the cache hint of the first read of the
-    logits ("" or "evict_first"). A row is never split over programs: the gradient sweep needs the whole
-    row's lse. SCALE_BLOCK belongs to _scale_grad_ and is unused here: both take the same backward point."""
+    logits ("" or "evict_first"), FUSED_PROGRAMS_PER_SM the grid: 0 for a program per row block, else that
+    many programs per SM taking the row blocks in turn. The gradient sweep re-reads each row; with a program
+    per block, as many rows are in flight as the SMs hold programs (GPT-2's rows are 100 KB: four 8-warp
+    programs on each of 132 SMs keep some 50 MB in flight, an H200's whole L2), so the re-read may go back
+    to HBM; fewer programs keep it in L2 at the price of fewer loads in flight. A row is never split over
+    programs: the gradient sweep needs the whole row's lse. SCALE_BLOCK belongs to _scale_grad_ and is
+    unused here: both take the same backward point."""
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     targets = targets.contiguous()
@@ -249,12 +264,12 @@ def _fused_fwd(logits, targets, *, FUSED_BLOCK_V, FUSED_ROWS, FUSED_WARPS, FUSED
     _count_valid_kernel[(1,)](targets, n_valid, targets.numel(), BLOCK_R=1024)
     loss = _cross_entropy_fwd(logits, targets, BLOCK_V=FUSED_BLOCK_V, ROWS=FUSED_ROWS, NUM_WARPS=FUSED_WARPS,
                               NUM_STAGES=FUSED_STAGES, SPLIT_V=1, LSE=FUSED_LSE, EVICTION=FUSED_EVICTION,
-                              dlogits=dlogits, n_valid=n_valid)
+                              dlogits=dlogits, n_valid=n_valid, programs_per_sm=FUSED_PROGRAMS_PER_SM)
     return loss, dlogits
 
 
 def _scale_grad_(dlogits, grad_loss, *, FUSED_BLOCK_V, FUSED_ROWS, FUSED_WARPS, FUSED_STAGES, FUSED_LSE,
-                 FUSED_EVICTION, SCALE_BLOCK):
+                 FUSED_EVICTION, FUSED_PROGRAMS_PER_SM, SCALE_BLOCK):
     """dlogits *= grad_loss in place (the kernel returns at once when it is 1, as loss.backward() passes).
     grad_loss is a one-element tensor on dlogits' device, of any float dtype (the kernel reads it in fp32).
     SCALE_BLOCK, the elements a program scales per step, is the one knob of the backward's this launcher
@@ -275,6 +290,7 @@ BWD_SEED_PARAMS = {
     "FUSED_STAGES": 2,
     "FUSED_LSE": "chunk",
     "FUSED_EVICTION": "",
+    "FUSED_PROGRAMS_PER_SM": 0,
     "SCALE_BLOCK": 4096,
 }
 BWD_KNOBS = {
@@ -284,6 +300,7 @@ BWD_KNOBS = {
     "FUSED_STAGES": (1, 2, 3, 4),
     "FUSED_LSE": ("chunk", "lane"),
     "FUSED_EVICTION": ("", "evict_first"),
+    "FUSED_PROGRAMS_PER_SM": (0, 1, 2, 3, 4),
     "SCALE_BLOCK": (1024, 2048, 4096, 8192),
 }
 

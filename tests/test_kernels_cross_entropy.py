@@ -199,7 +199,7 @@ def test_64_bit_offsets_give_the_same_rows():
     out = {}
     for index_64 in (False, True):
         loss = torch.empty(6)
-        _cross_entropy_fwd_kernel[(6,)](logits, targets, loss, loss, loss, targets, logits.stride(0), 0, 6, 385, 1,
+        _cross_entropy_fwd_kernel[(6,)](logits, targets, loss, loss, loss, targets, logits.stride(0), 0, 6, 385, 1, 6,
                                         BLOCK_V=512, ROWS=1, SPLITS=1, LSE="chunk", EVICTION="", GRAD=False,
                                         INDEX_64=index_64)
         out[index_64] = loss
@@ -363,6 +363,8 @@ BWD_POINTS = {
                           "SCALE_BLOCK": 1024},
     "rows-4-evict": {"FUSED_BLOCK_V": 512, "FUSED_ROWS": 4, "FUSED_EVICTION": "evict_first", "FUSED_STAGES": 4,
                      "SCALE_BLOCK": 8192, "SPLIT_V": 4, "BLOCK_V": 256},
+    # a grid of two programs an SM (8 on the interpreter's 4), each taking row blocks in turn
+    "grid-stride": {"FUSED_PROGRAMS_PER_SM": 2, "FUSED_BLOCK_V": 512},
 }
 # narrow rows packed many to a program, and rows over several chunks with a partial last one
 BWD_SHAPES = tuple(s for s in SMALL_SHAPES if s.name in ("shakespeare-vocab", "width-1025"))
@@ -432,3 +434,14 @@ def test_scale_grad_scales_every_element_in_place(block):
     before = g.clone()
     _scale_grad_(g, torch.tensor(1.0), **{**BWD_SEED_PARAMS, "SCALE_BLOCK": block})
     assert torch.equal(g, before)
+
+
+@pytest.mark.parametrize("m,v", [(130, 383), (2051, 65), (37, 1025)])
+def test_a_grid_stride_fused_kernel_gives_the_same_bits(m, v):
+    """Fewer programs than row blocks (the interpreter counts 4 SMs): every row is still computed once, by the
+    same arithmetic, so the loss and the gradient are bitwise those of one program per block."""
+    logits, targets = SPEC.make_inputs(shape(m, v), torch.float32, m + v, "cpu")
+    one_each = _fused_fwd(logits, targets, **BWD_SEED_PARAMS)
+    for per_sm in (1, 3):
+        loss, grad = _fused_fwd(logits, targets, **{**BWD_SEED_PARAMS, "FUSED_PROGRAMS_PER_SM": per_sm})
+        assert torch.equal(loss, one_each[0]) and torch.equal(grad, one_each[1])
