@@ -109,21 +109,42 @@ def test_a_candidate_cannot_rewrite_the_cache_its_successors_load(evaluator):
     assert verdict.failure_class == "escape", verdict.reason()
 
 
-def test_the_workers_of_a_pool_share_one_warm_and_no_candidate_rewrites_it():
-    """Two workers asking at once: one warm sandbox, each worker's copy (the bytes a later sandbox loads, as
-    the test above shows) in its own fork server's folder, and a candidate told where the pool keeps the
-    shared file cannot write it (the sandbox's audit hook)."""
+def test_the_workers_of_a_pool_share_one_warm_and_no_candidate_rewrites_it(tmp_path):
+    """Two workers asking at once: one warm between them (the real one is the test above's; here a stand-in
+    that takes its time, so the second worker asks while the first is warming), each worker's copy in its
+    own fork server's folder, and a candidate told where the pool keeps the shared file cannot write it
+    (the sandbox's audit hook)."""
+    import threading
+    import time
+
     from evaluators import EvaluationPool
 
     settings = EvaluatorSettings(device="cpu", timed_dtypes=("float32",), timed_shapes={OP: (SHAPE,)}, backward=False)
+    warms = []
+    both_asked = threading.Barrier(2)
+
+    def warm_stand_in(op: str, destination: str) -> str:
+        warms.append(op)
+        time.sleep(0.5)
+        Path(destination).write_bytes(b"caches of " + op.encode())
+        return destination
+
     with EvaluationPool(settings, workers=2, skip_static=True) as pool:
+        for worker in pool.workers:
+            worker._warm_baseline = warm_stand_in
+
+        def ask(worker):
+            both_asked.wait(timeout=60)
+            return worker.baseline_cache(OP)
+
         # on the pool's own threads, whose fork servers live as long as the pool
-        paths = list(pool._threads.map(lambda worker: worker.baseline_cache(OP), pool.workers))
-        assert pool.baselines[0].warmed == 1 and pool.sandboxes_started == 1
+        paths = list(pool._threads.map(ask, pool.workers))
+        assert warms == [OP] and pool.baselines[0].warmed == 1
         assert all(paths) and paths[0] != paths[1]
         for worker, path in zip(pool.workers, paths):
             assert Path(path).parent == Path(worker._fork_server().base)
-        assert Path(paths[0]).read_bytes() == Path(paths[1]).read_bytes()
+            assert Path(path).read_bytes() == b"caches of " + OP.encode()
+        assert pool.workers[0].baseline_cache(OP) == paths[0] and warms == [OP], "asked again: no second warm"
 
         shared = Path(pool.baselines[0].folder) / f"baselines-{OP}.bin"
         before = shared.read_bytes()
