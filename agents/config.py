@@ -52,6 +52,7 @@ class EvaluatorConfig:
     timing_timeout_s: float = 900.0
     timed_dtypes: tuple[str, ...] = ("bfloat16",)
     ceilings_cache: Path = Path("runs/ceilings.json")
+    baselines_cache: Path = Path("runs/baselines")
 
 
 @dataclass(frozen=True)
@@ -351,7 +352,8 @@ def workspace_config(check_llm: bool = True) -> Config:
     folder = workspace_folder()
     defaults = Config()
     run = dataclasses.replace(defaults.run, runs_dir=folder / "runs", memory_dir=folder / "memory")
-    evaluator = dataclasses.replace(defaults.evaluator, ceilings_cache=folder / "runs" / "ceilings.json")
+    evaluator = dataclasses.replace(defaults.evaluator, ceilings_cache=folder / "runs" / "ceilings.json",
+                                    baselines_cache=folder / "runs" / "baselines")
     config = dataclasses.replace(defaults, run=run, evaluator=evaluator, source=None)
     _validate(config, f"the workspace {folder}", check_llm)
     mark_shipped_beneath(folder / "memory")

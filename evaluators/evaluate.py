@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,7 @@ from typing import Callable, Mapping
 from kernels import OpSpec, get_spec
 
 from . import wire
-from .baselines import SharedBaselines
+from .baselines import BaselineCaches, SharedBaselines
 from .gradients import GradientJudge
 from .judge import Judge, JudgeError, sandbox_reply, untrusted
 from .promotion import ABDecision, decide
@@ -66,6 +65,9 @@ class EvaluatorSettings:
     # on a GPU, compile torch.compile's baseline once per op, in a sandbox that loads no candidate, and load
     # its caches into every candidate's sandbox: each timing then skips most of the baseline's compile
     warm_baselines: bool = True
+    # a folder that keeps those caches across runs, per device, software, op, timed shapes and dtypes: a
+    # later run, bench or eval loads them and runs no warm sandbox for the op (None: made per run)
+    baselines_cache: Path | None = None
 
 
 def _fresh_seed() -> int:
@@ -91,7 +93,7 @@ def visible_gpu(index: int) -> str:
     return listed[index] if index < len(listed) else str(index)
 
 
-class Evaluator:
+class Evaluator(BaselineCaches):
     def __init__(self, settings: EvaluatorSettings, skip_static: bool = False, turns=None, gpu: int | None = None,
                  baselines: SharedBaselines | None = None):
         # skip_static exists for the tests of the layers behind the static policy; no setting reaches it
@@ -183,59 +185,6 @@ class Evaluator:
                     cache.write_text(json.dumps(stored, indent=2))
             self._ceilings = stored[key]
         return self._ceilings
-
-    def baseline_cache(self, op: str) -> str | None:
-        """The file of torch.compile's caches for the op's baseline at this evaluator's timed shapes and
-        dtypes, compiled once in a fresh sandbox that loads no candidate (once per fork server, or once for
-        the pool's workers on this GPU where they share `baselines`, each copying the file into its fork
-        server's folder); None where that sandbox failed, and each timing then compiles the baseline itself,
-        as it would without the cache."""
-        server = self._fork_server()
-        known = self._warm.get(op)
-        if known is not None and known[0] is server:
-            return known[1]
-        own = str(Path(server.base) / f"baselines-{op}.bin")
-        if self.baselines is None:
-            path = self._warm_baseline(op, own)
-        else:
-            shared = self.baselines.get(op, lambda destination: self._warm_baseline(op, destination))
-            try:
-                path = shutil.copyfile(shared, own) if shared is not None else None
-            except OSError:
-                path = None
-        self._warm[op] = (server, path)
-        return path
-
-    def _warm_baseline(self, op: str, destination: str) -> str | None:
-        """Compile the op's baseline in a fresh sandbox and copy its caches to `destination`; None on failure."""
-        spec = self.spec(op)
-        shapes = [[shape.name, dtype] for shape in spec.timed_shapes() for dtype in self.settings.timed_dtypes]
-        request = {"kind": "warm", "op": op, "shapes": shapes, "seed": _fresh_seed(),
-                   "backward": self.settings.backward and spec.has_backward}
-        sandbox = self._sandbox()
-        try:
-            # alone on the GPU: the baseline's autotuning picks its kernels by timing them
-            with self._turn(exclusive=True):
-                reply = sandbox_reply(sandbox.request(request, self.settings.timeouts.time), "warmed")
-            source = Path(sandbox.folder) / Path(str(reply["file"])).name
-            shutil.copyfile(source, destination)
-            return destination
-        except (CandidateFailure, SandboxLost, OSError, KeyError):
-            return None
-        finally:
-            sandbox.close()
-
-    def _warms_baselines(self) -> bool:
-        return self.settings.device == "cuda" and self.settings.warm_baselines  # only a GPU times baselines
-
-    def _offer_baselines(self, sandbox: Sandbox, op: str) -> None:
-        """Before the candidate loads: the baseline's caches, where timing will run and they exist."""
-        if not self._warms_baselines():
-            return
-        path = self.baseline_cache(op)
-        if path is not None:
-            sandbox_reply(sandbox.request({"kind": "baselines", "path": path}, self.settings.timeouts.load),
-                          "baselines")
 
     # ------------------------------------------------------------ one candidate
 

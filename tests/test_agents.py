@@ -74,6 +74,7 @@ def test_conftest_config_loads(config_file, tmp_path, memory_root):
     assert config.run.runs_dir == tmp_path / "runs"
     assert config.run.memory_dir == memory_root
     assert config.evaluator.ceilings_cache == tmp_path / "runs" / "ceilings.json"
+    assert config.evaluator.baselines_cache == tmp_path / "runs" / "baselines"  # the default, beside the runs
 
 
 @pytest.mark.parametrize("text,needle", [

@@ -154,3 +154,51 @@ def test_the_workers_of_a_pool_share_one_warm_and_no_candidate_rewrites_it(tmp_p
         assert shared.read_bytes() == before
         folder = pool.baselines[0].folder
     assert not os.path.exists(folder), "the pool's folder goes with the pool"
+
+
+def test_a_later_run_loads_the_stored_caches_and_runs_no_warm(tmp_path):
+    """Kept across runs: the first evaluator warms (a stand-in for the compile) and stores the file whole; a
+    second evaluator, as a later run has, copies it and starts no sandbox; a candidate told where the store
+    is cannot rewrite it; other timed dtypes are another key, and an empty stored file is warmed again."""
+    import dataclasses
+
+    store = tmp_path / "baselines"
+    settings = EvaluatorSettings(device="cpu", timed_dtypes=("float32",), timed_shapes={OP: (SHAPE,)},
+                                 backward=False, baselines_cache=store)
+    warms = []
+
+    def stand_in(op: str, destination: str) -> str:
+        warms.append(op)
+        Path(destination).write_bytes(f"caches of {op} #{len(warms)}".encode())
+        return destination
+
+    with Evaluator(settings, skip_static=True) as first:
+        first._warm_baseline = stand_in
+        made = first.baseline_cache(OP)
+        stored = first.stored_baseline(OP)
+    assert warms == [OP] and stored.parent == store and stored.read_bytes() == f"caches of {OP} #1".encode()
+    assert [p.name for p in store.iterdir()] == [stored.name], "no partial file left beside it"
+
+    with Evaluator(settings, skip_static=True) as later:
+        later._warm_baseline = stand_in
+        path = later.baseline_cache(OP)
+        assert Path(path).read_bytes() == Path(stored).read_bytes() and path != made
+        assert later.sandboxes_started == 0 and warms == [OP]
+        before = stored.read_bytes()
+        verdict = later.evaluate_source(OP, POISONER.replace('"../baselines-bias_gelu.bin"', repr(str(stored))),
+                                        "poisoner")
+        assert verdict.failure_class == "escape", verdict.reason()
+        assert stored.read_bytes() == before
+
+    other = dataclasses.replace(settings, timed_dtypes=("float16",))
+    with Evaluator(other, skip_static=True) as fp16:
+        fp16._warm_baseline = stand_in
+        assert fp16.stored_baseline(OP) != stored
+        fp16.baseline_cache(OP)
+    assert warms == [OP, OP]
+
+    stored.write_bytes(b"")  # an empty file is no cache: warmed again, and stored again
+    with Evaluator(settings, skip_static=True) as again:
+        again._warm_baseline = stand_in
+        again.baseline_cache(OP)
+    assert warms == [OP, OP, OP] and stored.read_bytes() == f"caches of {OP} #3".encode()

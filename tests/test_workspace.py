@@ -35,7 +35,7 @@ def test_workspace_memory_reads_the_shipped_one_beneath_and_writes_on_top(tmp_pa
     assert KernelStore(DEFAULT_MEMORY_ROOT).best("layer_norm", "NVIDIA H100 80GB HBM3").sha256 == shipped_kernel.sha256
 
 
-def test_a_run_from_any_folder_writes_into_the_workspace_only(tmp_path):
+def test_a_run_from_any_folder_writes_into_the_workspace_only(tmp_path, monkeypatch):
     env = {k: v for k, v in os.environ.items() if k != "EVOLVE_CONFIG"}
     env["EVOLVE_WORKSPACE"] = str(tmp_path / "ws")
     anywhere = tmp_path / "anywhere"
@@ -49,5 +49,11 @@ def test_a_run_from_any_folder_writes_into_the_workspace_only(tmp_path):
     assert not any(anywhere.iterdir())  # nothing written where it ran
     after = sorted(p.name for p in (PROJECT_ROOT / "runs").iterdir()) if (PROJECT_ROOT / "runs").is_dir() else []
     assert after == shipped_before  # nor into the project's own runs
+    from agents.config import workspace_config
+
+    monkeypatch.setenv("EVOLVE_WORKSPACE", str(tmp_path / "ws"))
+    # every file the evaluator keeps across runs is the workspace's too
+    evaluator = workspace_config(check_llm=False).evaluator
+    assert evaluator.ceilings_cache.parent == evaluator.baselines_cache.parent == tmp_path / "ws" / "runs"
     listed = subprocess.run([*EVOLVE, "runs"], cwd=anywhere, env=env, capture_output=True, text=True, timeout=120)
     assert runs[0].name in listed.stdout

@@ -90,6 +90,7 @@ def evaluator_settings(config: Config, device: str, target: Target | None = None
                               rotate_bytes=t.rotate_mib << 20, floor_slack=t.floor_slack),
         timed_dtypes=e.timed_dtypes,
         ceilings_cache=e.ceilings_cache,
+        baselines_cache=e.baselines_cache,
         promotion_margin=config.promotion.margin,
         ab_rounds=config.promotion.ab_rounds,
         backward=config.run.training,
