@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
 
-from .judge import sandbox_reply
+from .judge import fresh_seed, sandbox_reply
 from .sandboxes import Sandbox, SandboxLost
 from .verdict import CandidateFailure
 
@@ -119,8 +118,7 @@ class BaselineCaches:
         """Compile the op's baseline in a fresh sandbox and copy its caches to `destination`; None on failure."""
         spec = self.spec(op)
         shapes = [[shape.name, dtype] for shape in spec.timed_shapes() for dtype in self.settings.timed_dtypes]
-        # never a fixed seed: the baseline's inputs are drawn afresh as a candidate's are
-        request = {"kind": "warm", "op": op, "shapes": shapes, "seed": random.SystemRandom().randrange(2**31),
+        request = {"kind": "warm", "op": op, "shapes": shapes, "seed": fresh_seed(),
                    "backward": self.settings.backward and spec.has_backward}
         sandbox = self._sandbox()
         try:

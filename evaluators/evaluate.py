@@ -20,7 +20,7 @@ from kernels import OpSpec, get_spec
 from . import wire
 from .baselines import BaselineCaches, SharedBaselines
 from .gradients import GradientJudge
-from .judge import Judge, JudgeError, sandbox_reply, untrusted
+from .judge import Judge, JudgeError, fresh_seed, sandbox_reply, untrusted
 from .promotion import ABDecision, decide
 from .sandboxes import ForkServer, Sandbox, SandboxLost, Timeouts
 from .static import check_candidate
@@ -68,11 +68,6 @@ class EvaluatorSettings:
     # a folder that keeps those caches across runs, per device, software, op, timed shapes and dtypes: a
     # later run, bench or eval loads them and runs no warm sandbox for the op (None: made per run)
     baselines_cache: Path | None = None
-
-
-def _fresh_seed() -> int:
-    # never a fixed seed: each evaluation draws inputs no candidate could have seen
-    return random.SystemRandom().randrange(2**31)
 
 
 def _partial(backward: dict | None, checks: list[dict]) -> dict | None:
@@ -243,7 +238,7 @@ class Evaluator(BaselineCaches):
             self._offer_baselines(sandbox, op)
             sandbox_reply(sandbox.request({"kind": "load", "op": op, "source": source},
                                           self.settings.timeouts.load), "loaded")
-            judge = Judge(spec, sandbox, self.settings.device, random.Random(_fresh_seed()), self.settings.timeouts,
+            judge = Judge(spec, sandbox, self.settings.device, random.Random(fresh_seed()), self.settings.timeouts,
                           turn=lambda: self._turn(exclusive=False))
             clock.enter("check")
             if on_message:
@@ -323,7 +318,7 @@ class Evaluator(BaselineCaches):
         sandbox = None
         try:
             sandbox = self._loaded(op, path, baselines=True)
-            judge = Judge(spec, sandbox, "cuda", random.Random(_fresh_seed()), self.settings.timeouts)
+            judge = Judge(spec, sandbox, "cuda", random.Random(fresh_seed()), self.settings.timeouts)
             backward = None
             if self.settings.backward and spec.has_backward:
                 # one backward check says whether it is differentiable, and that its backward is still right
@@ -359,7 +354,7 @@ class Evaluator(BaselineCaches):
         try:
             for role, path in (("challenger", challenger), ("incumbent", incumbent)):
                 sandboxes[role] = self._loaded(op, path, baselines=False)  # a bench times no baseline
-            seed = _fresh_seed()
+            seed = fresh_seed()
             # forward+backward in a training search: both carry a checked backward (graph._promotion races
             # only such pairs there)
             request = {"kind": "bench", "shape": spec.headline_shape().name, "dtype": self.settings.timed_dtypes[0],

@@ -40,6 +40,11 @@ class JudgeError(RuntimeError):
     """The evaluator's own code failed (a baseline, a policy refusing our own work): never the candidate's."""
 
 
+def fresh_seed() -> int:
+    # never a fixed seed: each evaluation draws inputs no candidate could have seen
+    return random.SystemRandom().randrange(2**31)
+
+
 @contextlib.contextmanager
 def untrusted(what: str):
     """Reading a sandbox's reply: a field of the wrong type or shape is a broken protocol, never a crash."""
