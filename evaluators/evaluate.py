@@ -257,18 +257,7 @@ class Evaluator(BaselineCaches):
                     gradients = None
             timing = None
             if self.settings.device == "cuda":
-                clock.enter("time")
-                if on_message:
-                    on_message(("phase", "time"))
-                with self._turn(exclusive=True):
-                    timing = judge.time(self.settings.timed_dtypes, ceilings, self.settings.timing,
-                                        backward=gradients is not None)
-                    if gradients is not None:
-                        backward["timing"] = judge.backward_timing
-                        clock.enter("recheck")
-                        # after thousands of timed backwards: one honest only for its first calls fails here
-                        gradients.check_shape(spec.headline_shape(), self.settings.timed_dtypes[0], None,
-                                              repeat=True, refill=False)
+                timing = self._time(judge, gradients, backward, ceilings, clock, on_message)
             verdict = Verdict(op=op, status="accepted", failure=None, checks=checks, timing=timing, device=device,
                               candidate=name, backward=backward)
         except CandidateFailure as failure:
@@ -287,6 +276,30 @@ class Evaluator(BaselineCaches):
         verdict.seconds = time.perf_counter() - started
         verdict.phases = clock.stop()
         return verdict
+
+    def _time(self, judge: Judge, gradients: GradientJudge | None, backward: dict | None, ceilings: dict,
+              clock: PhaseClock, on_message: Callable[[tuple], None] | None) -> dict:
+        """The timing of a checked candidate, holding the GPU alone only while it measures: the work before
+        (torch.compile's tracing) and the re-checks after share the card with other workers' checks."""
+        settings, headline = self.settings, judge.spec.headline_shape()
+        clock.enter("prepare")
+        with self._turn(exclusive=False):
+            judge.prepare_timing(settings.timed_dtypes, backward=gradients is not None)
+        clock.enter("time")
+        if on_message:
+            on_message(("phase", "time"))
+        with self._turn(exclusive=True):
+            timing = judge.time(settings.timed_dtypes, ceilings, settings.timing, final_check=False,
+                                backward=gradients is not None)
+        clock.enter("recheck")
+        with self._turn(exclusive=False):
+            # after thousands of timed calls: a kernel honest only for its first calls fails here
+            judge.phase = "check"
+            judge.check_shape(headline, settings.timed_dtypes[0], None, refill=False)
+            if gradients is not None:
+                backward["timing"] = judge.backward_timing
+                gradients.check_shape(headline, settings.timed_dtypes[0], None, repeat=True, refill=False)
+        return timing
 
     # ------------------------------------------------------------ promotion, GPU only
 

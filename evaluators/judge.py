@@ -314,6 +314,15 @@ class Judge:
 
     # ------------------------------------------------------------ timing, GPU only
 
+    def prepare_timing(self, dtypes: tuple[str, ...], backward: bool = False) -> None:
+        """What the timing would do first without measuring anything (torch.compile's tracing of its baseline,
+        the copy kernel's compilation), done in the GPU's shared turn: the exclusive turn that follows only
+        measures, and other workers' checks overlap this work instead of waiting behind it."""
+        pairs = [[shape.name, d] for shape in self.spec.timed_shapes() for d in dtypes]
+        sandbox_reply(self.sandbox.request({"kind": "prepare", "phase": "prepare", "shapes": pairs,
+                                            "seed": self.rng.randrange(2**31), "backward": backward},
+                                           self.timeouts.time), "prepared")
+
     def time(self, dtypes: tuple[str, ...], ceilings: dict, settings, final_check: bool = True,
              backward: bool = False) -> dict:
         """The forward's timing block; with `backward`, forward+backward is timed in the same request and its

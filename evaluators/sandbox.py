@@ -345,6 +345,16 @@ def _bench(request: dict) -> dict:
     return {"kind": "benched", "ms": ms}
 
 
+def _prepare(request: dict) -> dict:
+    from .timing import prepare_timing
+
+    if "entry" not in STATE:
+        return {"kind": "failure", "class": "protocol", "detail": "a prepare request before the candidate was loaded"}
+    for shape_name, dtype_key in request["shapes"]:
+        prepare_timing(STATE["spec"], _shape(shape_name), dtype_key, bool(request["backward"]), int(request["seed"]))
+    return {"kind": "prepared"}
+
+
 BASELINES_FILE = "baselines.bin"  # where a warm sandbox leaves torch.compile's caches, in its own folder
 
 
@@ -416,7 +426,7 @@ def _handle(request: dict) -> dict:
         STATE["entry"] = entry
         return {"kind": "loaded"}
     handlers = {"call": _call, "grad": _grad, "time": _time, "batch": _batch, "bench": _bench, "ceilings": _ceilings,
-                "warm": _warm, "baselines": _baselines}
+                "warm": _warm, "baselines": _baselines, "prepare": _prepare}
     if kind not in handlers:
         return {"kind": "failure", "class": "protocol", "detail": f"unknown request {kind!r}"}
     return handlers[kind](request)

@@ -263,3 +263,44 @@ def test_checks_take_the_shared_turn_one_at_a_time_so_timing_gets_in_between(tmp
     judge.run_checks(("float32", "float16"), [])
     assert timed.wait(5)
     assert events.index("timed") == 2, events  # right after the check it arrived in, not after them all
+
+
+def test_only_the_measurements_hold_the_gpu_alone():
+    # torch.compile's tracing of the baseline took part of every candidate's exclusive turn on an H200,
+    # where other workers could only wait: it is prepared, and the timed kernel re-checked, in shared turns
+    from evaluators.evaluate import Evaluator, EvaluatorSettings, PhaseClock
+    from evaluators.pool import GpuTurns
+    from kernels import get_spec
+
+    turns, calls = GpuTurns(), []
+
+    def held():
+        return "alone" if turns._held_here() else f"shared by {turns._sharing}"
+
+    class RecordingJudge:
+        spec = get_spec("layer_norm")
+        backward_timing = {"candidate_ms": 1.0}
+        phase = "check"
+
+        def prepare_timing(self, dtypes, backward):
+            calls.append(("prepare", held(), backward))
+
+        def time(self, dtypes, ceilings, settings, final_check, backward):
+            calls.append(("time", held(), final_check))
+            return {"candidate_ms": 1.0}
+
+        def check_shape(self, shape, dtype_key, variant, refill):
+            calls.append(("recheck", held(), shape.name))
+
+    class RecordingGradients:
+        def check_shape(self, shape, dtype_key, variant, repeat, refill):
+            calls.append(("backward recheck", held(), repeat))
+
+    evaluator = Evaluator(EvaluatorSettings(device="cuda"), turns=turns)
+    backward = {"checks": []}
+    clock = PhaseClock()
+    timing = evaluator._time(RecordingJudge(), RecordingGradients(), backward, {}, clock, None)
+    assert timing == {"candidate_ms": 1.0} and backward["timing"] == {"candidate_ms": 1.0}
+    assert calls == [("prepare", "shared by 1", True), ("time", "alone", False),
+                     ("recheck", "shared by 1", "gpt2-B8-T1024"), ("backward recheck", "shared by 1", True)]
+    assert list(clock.stop()) == ["prepare", "time", "recheck"]
