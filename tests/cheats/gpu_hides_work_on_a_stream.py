@@ -37,7 +37,7 @@ def _decoy(X, S, stride, stride_s, N, BLOCK: tl.constexpr):
 
 def layer_norm(x, weight, bias, eps):
     M, N = x.shape
-    y = torch.empty_like(x)
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)  # contiguous whatever x's row stride
     scratch = torch.empty((M, N), dtype=torch.float32, device=x.device)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
