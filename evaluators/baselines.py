@@ -136,12 +136,17 @@ class BaselineCaches:
     def _warms_baselines(self) -> bool:
         return self.settings.device == "cuda" and self.settings.warm_baselines  # only a GPU times baselines
 
-    def _offer_baselines(self, sandbox: Sandbox, op: str) -> None:
-        """Before the candidate loads: the baseline's caches, where timing will run and they exist."""
+    def _offer_baselines(self, sandbox: Sandbox, op: str) -> bool:
+        """Before the candidate loads: the baseline's caches, where timing will run and they exist. True when
+        the sandbox loaded some (its reply comes before any candidate code runs in it): its baseline will then
+        find its autotuning choices made, and compiling it needs the GPU no more than a check does."""
         if not self._warms_baselines():
-            return
+            return False
         path = self.baseline_cache(op)
-        if path is not None:
-            sandbox_reply(sandbox.request({"kind": "baselines", "path": path}, self.settings.timeouts.load),
-                          "baselines")
+        if path is None:
+            return False
+        reply = sandbox_reply(sandbox.request({"kind": "baselines", "path": path}, self.settings.timeouts.load),
+                              "baselines")
+        artifacts = reply.get("artifacts")
+        return isinstance(artifacts, int) and artifacts > 0 and not reply.get("error")
 

@@ -235,7 +235,7 @@ class Evaluator(BaselineCaches):
             clock.enter("load")
             if on_message:
                 on_message(("phase", "load"))
-            self._offer_baselines(sandbox, op)
+            baselines_loaded = self._offer_baselines(sandbox, op)
             sandbox_reply(sandbox.request({"kind": "load", "op": op, "source": source},
                                           self.settings.timeouts.load), "loaded")
             judge = Judge(spec, sandbox, self.settings.device, random.Random(fresh_seed()), self.settings.timeouts,
@@ -257,7 +257,8 @@ class Evaluator(BaselineCaches):
                     gradients = None
             timing = None
             if self.settings.device == "cuda":
-                timing = self._time(judge, gradients, backward, ceilings, clock, on_message)
+                timing = self._time(judge, gradients, backward, ceilings, clock, on_message,
+                                    prepare_alone=not baselines_loaded)
             verdict = Verdict(op=op, status="accepted", failure=None, checks=checks, timing=timing, device=device,
                               candidate=name, backward=backward)
         except CandidateFailure as failure:
@@ -278,12 +279,14 @@ class Evaluator(BaselineCaches):
         return verdict
 
     def _time(self, judge: Judge, gradients: GradientJudge | None, backward: dict | None, ceilings: dict,
-              clock: PhaseClock, on_message: Callable[[tuple], None] | None) -> dict:
+              clock: PhaseClock, on_message: Callable[[tuple], None] | None, prepare_alone: bool = False) -> dict:
         """The timing of a checked candidate, holding the GPU alone only while it measures: the work before
-        (torch.compile's tracing) and the re-checks after share the card with other workers' checks."""
+        (torch.compile's tracing) and the re-checks after share the card with other workers' checks. With
+        `prepare_alone` (no stored baseline was loaded, so torch.compile would autotune its kernels by timing
+        them) the preparation holds the card alone too."""
         settings, headline = self.settings, judge.spec.headline_shape()
         clock.enter("prepare")
-        with self._turn(exclusive=False):
+        with self._turn(exclusive=prepare_alone):
             judge.prepare_timing(settings.timed_dtypes, backward=gradients is not None)
         clock.enter("time")
         if on_message:

@@ -304,3 +304,25 @@ def test_only_the_measurements_hold_the_gpu_alone():
     assert calls == [("prepare", "shared by 1", True), ("time", "alone", False),
                      ("recheck", "shared by 1", "gpt2-B8-T1024"), ("backward recheck", "shared by 1", True)]
     assert list(clock.stop()) == ["prepare", "time", "recheck"]
+    # no stored baseline in the sandbox: torch.compile would autotune by timing, so it prepares alone
+    calls.clear()
+    evaluator._time(RecordingJudge(), None, None, {}, PhaseClock(), None, prepare_alone=True)
+    assert calls == [("prepare", "alone", False), ("time", "alone", False),
+                     ("recheck", "shared by 1", "gpt2-B8-T1024")]
+
+
+@pytest.mark.parametrize("reply, loaded", [({"kind": "baselines", "artifacts": 5}, True),
+                                           ({"kind": "baselines", "artifacts": 0}, False),
+                                           ({"kind": "baselines", "artifacts": 0, "error": "EOFError: torn"}, False),
+                                           ({"kind": "baselines", "artifacts": "5"}, False)])
+def test_a_sandbox_counts_as_holding_the_baseline_only_when_it_loaded_its_caches(tmp_path, reply, loaded):
+    from evaluators.evaluate import Evaluator, EvaluatorSettings
+
+    class Answering:
+        def request(self, message, timeout):
+            assert message["kind"] == "baselines"
+            return reply
+
+    evaluator = Evaluator(EvaluatorSettings(device="cuda"))
+    evaluator.baseline_cache = lambda op: str(tmp_path / "baselines.bin")
+    assert evaluator._offer_baselines(Answering(), "layer_norm") is loaded
