@@ -326,3 +326,12 @@ def test_a_sandbox_counts_as_holding_the_baseline_only_when_it_loaded_its_caches
     evaluator = Evaluator(EvaluatorSettings(device="cuda"))
     evaluator.baseline_cache = lambda op: str(tmp_path / "baselines.bin")
     assert evaluator._offer_baselines(Answering(), "layer_norm") is loaded
+
+
+def test_a_sandbox_prepares_timing_only_for_a_loaded_candidate(monkeypatch):
+    from evaluators import sandbox
+
+    monkeypatch.setattr(sandbox, "STATE", {})
+    reply = sandbox._handle({"kind": "prepare", "shapes": [["gpt2-B8-T1024", "bfloat16"]], "seed": 1,
+                             "backward": False})
+    assert reply["kind"] == "failure" and reply["class"] == "protocol" and "before the candidate" in reply["detail"]
