@@ -316,8 +316,8 @@ class Judge:
 
     def prepare_timing(self, dtypes: tuple[str, ...], backward: bool = False) -> None:
         """What the timing would do first without measuring anything (torch.compile's tracing of its baseline,
-        the copy kernel's compilation), done in the GPU's shared turn: the exclusive turn that follows only
-        measures, and other workers' checks overlap this work instead of waiting behind it."""
+        the copy kernel's compilation), as a request of its own: the evaluator gives it the GPU's shared turn
+        where it can, so that the exclusive turn that follows only measures."""
         pairs = [[shape.name, d] for shape in self.spec.timed_shapes() for d in dtypes]
         sandbox_reply(self.sandbox.request({"kind": "prepare", "phase": "prepare", "shapes": pairs,
                                             "seed": self.rng.randrange(2**31), "backward": backward},
@@ -378,10 +378,7 @@ class Judge:
                                                f"{wall * 1e3:.0f} ms of the judge's clock")
         self.cross_check_clock(per_shape[0], settings)
         if final_check:
-            # after thousands of timed calls: a kernel honest only for its first calls fails here
-            shape = self.spec.headline_shape()
-            self.phase = "check"
-            self.check_shape(shape, dtypes[0], None, refill=False)
+            self.recheck_after_timing(dtypes[0])
         if backward:
             head = per_shape_bwd[0]
             self.backward_timing = {**{k: head[k] for k in ("candidate_ms", "eager_ms", "compile_ms", "speedup_eager",
@@ -389,6 +386,11 @@ class Judge:
                                                             "spread", "peak_mib")},
                                     "headline": f"{head['shape']} {head['dtype']}", "shapes": per_shape_bwd}
         return summarise(per_shape, ceilings)
+
+    def recheck_after_timing(self, dtype_key: str) -> None:
+        # after thousands of timed calls: a kernel honest only for its first calls fails here
+        self.phase = "check"
+        self.check_shape(self.spec.headline_shape(), dtype_key, None, refill=False)
 
     def cross_check_clock(self, headline: dict, settings) -> None:
         """The judge's own clock around k back-to-back calls queued behind a GPU busy-wait: the candidate's

@@ -66,7 +66,8 @@ class Verdict:
     device: dict = field(default_factory=dict)
     candidate: str = ""                      # path of the source file evaluated
     seconds: float = 0.0                     # wall time of the evaluation
-    # where that time went: seconds per phase (warm, start, load, check, backward, prepare, time, recheck), as far as it got
+    # where that time went: seconds per phase (warm, start, load, check, backward, prepare, time, recheck),
+    # as far as it got
     phases: dict = field(default_factory=dict)
     stderr: str = ""                         # what the sandbox printed (capped), for a failure's diagnosis
     # null for a forward-only candidate (or a run that checks no backward); else {"checks": [...],

@@ -289,8 +289,8 @@ def test_only_the_measurements_hold_the_gpu_alone():
             calls.append(("time", held(), final_check))
             return {"candidate_ms": 1.0}
 
-        def check_shape(self, shape, dtype_key, variant, refill):
-            calls.append(("recheck", held(), shape.name))
+        def recheck_after_timing(self, dtype_key):
+            calls.append(("recheck", held(), self.spec.headline_shape().name))
 
     class RecordingGradients:
         def check_shape(self, shape, dtype_key, variant, repeat, refill):
