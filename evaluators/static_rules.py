@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import builtins
 import re
+import threading
 from dataclasses import dataclass
 
 
@@ -57,6 +58,11 @@ def is_main_guard(test: ast.expr) -> bool:
             and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__")
 
 
+# CPython 3.11 keeps the AST validator's recursion depth in interpreter-wide state: pool workers parsing
+# candidates in threads at once failed with "AST constructor recursion depth mismatch" (a SystemError)
+_PARSING = threading.Lock()
+
+
 def parse(source: str | bytes) -> ast.Module | Violation:
     """The tree the importer would build from this text, or the one violation that stops the check."""
     if isinstance(source, bytes):
@@ -74,7 +80,8 @@ def parse(source: str | bytes) -> ast.Module | Violation:
             return Violation(number, "encoding", f"line {number}: the encoding declaration {coding!r} is not "
                                                  "allowed; candidates are UTF-8")
     try:
-        return ast.parse(source)
+        with _PARSING:
+            return ast.parse(source)
     except SyntaxError as e:
         line = e.lineno or 0
         return Violation(line, "syntax", f"line {line}: {e.msg}" if line else e.msg)
