@@ -19,6 +19,7 @@ from kernels import OpSpec, get_spec
 
 from . import wire
 from .baselines import BaselineCaches, SharedBaselines
+from .compile_ahead import CompileAhead, kernel_names
 from .gradients import GradientJudge
 from .judge import Judge, JudgeError, fresh_seed, sandbox_reply, untrusted
 from .promotion import ABDecision, decide
@@ -68,6 +69,12 @@ class EvaluatorSettings:
     # a folder that keeps those caches across runs, per device, software, op, timed shapes and dtypes: a
     # later run, bench or eval loads them and runs no warm sandbox for the op (None: made per run)
     baselines_cache: Path | None = None
+    # on a GPU, sandboxes per candidate that compile its kernels for the checks ahead of the sandbox that
+    # checks it (evaluators/compile_ahead.py); 0: the checking sandbox compiles everything itself
+    compile_ahead: int = 2
+    # promotion's re-timing and A/B rounds, where a search times its candidates with fewer samples (`timing`):
+    # the challenger a ranking picks is then measured in full; None: `timing`
+    promotion_timing: TimingSettings | None = None
 
 
 def _partial(backward: dict | None, checks: list[dict]) -> dict | None:
@@ -222,6 +229,8 @@ class Evaluator(BaselineCaches):
         backward_checks: list[dict] = []
         backward = None
         sandbox = None
+        ahead: CompileAhead | None = None
+        compiled_ahead = None
         clock = PhaseClock()
         try:
             if self._warms_baselines() and op not in self._warm:  # its own phase, before a sandbox is held
@@ -240,25 +249,30 @@ class Evaluator(BaselineCaches):
                                           self.settings.timeouts.load), "loaded")
             judge = Judge(spec, sandbox, self.settings.device, random.Random(fresh_seed()), self.settings.timeouts,
                           turn=lambda: self._turn(exclusive=False))
+            checked_dtypes = tuple(dtypes or spec.dtypes_for(self.settings.device))
+            differentiable = self.settings.backward and spec.has_backward
+            # both plans drawn first, so that the compile-ahead sandboxes know the order of the checks
+            plan = judge.plan(checked_dtypes)
+            backward_plan = judge.plan(checked_dtypes) if differentiable else []
+            ahead = self._compile_ahead(op, source, sandbox, spec, plan, backward_plan, differentiable)
             clock.enter("check")
             if on_message:
                 on_message(("phase", "check"))
-            checked_dtypes = tuple(dtypes or spec.dtypes_for(self.settings.device))
             gradients = None
             # each check takes the GPU's shared turn for itself (Judge.turn)
-            judge.run_checks(checked_dtypes, checks)
-            if self.settings.backward and spec.has_backward:
+            judge.run_checks(checked_dtypes, checks, plan)
+            if differentiable:
                 clock.enter("backward")
                 if on_message:
                     on_message(("phase", "backward"))
                 gradients = GradientJudge(judge)
-                backward = gradients.run(checked_dtypes, backward_checks)
+                backward = gradients.run(checked_dtypes, backward_checks, backward_plan)
                 if backward is None:
                     gradients = None
             timing = None
             if self.settings.device == "cuda":
                 timing = self._time(judge, gradients, backward, ceilings, clock, on_message,
-                                    prepare_alone=not baselines_loaded)
+                                    prepare_alone=not baselines_loaded, ahead=ahead)
             verdict = Verdict(op=op, status="accepted", failure=None, checks=checks, timing=timing, device=device,
                               candidate=name, backward=backward)
         except CandidateFailure as failure:
@@ -270,24 +284,57 @@ class Evaluator(BaselineCaches):
         except JudgeError:
             raise
         finally:
+            if ahead is not None:
+                compiled_ahead = ahead.stop()
             if sandbox is not None:
                 sandbox.close()
+        verdict.compiled_ahead = compiled_ahead
         if sandbox is not None and not verdict.accepted:
             verdict.stderr = sandbox.stderr.text()[-4000:]
         verdict.seconds = time.perf_counter() - started
         verdict.phases = clock.stop()
         return verdict
 
+    def _compile_ahead(self, op: str, source: str, sandbox: Sandbox, spec: OpSpec, plan: list, backward_plan: list,
+                       differentiable: bool) -> CompileAhead | None:
+        """On a GPU, the helpers that compile the candidate's kernels for the checks of `plan`, then
+        `backward_plan`, then the timed shapes, into the checking sandbox's Triton cache; None where there
+        are none (the interpreter compiles nothing)."""
+        count = self.settings.compile_ahead if self.settings.device == "cuda" else 0
+        if count <= 0 or not sandbox.folder:
+            return None
+        cases = ([(shape.name, dtype, variant, False) for dtype, shape, variant, _ in plan]
+                 + [(shape.name, dtype, variant, True) for dtype, shape, variant, _ in backward_plan]
+                 + [(shape.name, dtype, None, differentiable) for shape in spec.timed_shapes()
+                    for dtype in self.settings.timed_dtypes])
+
+        def helper() -> Sandbox:
+            helper_sandbox = self._sandbox()
+            try:
+                sandbox_reply(helper_sandbox.request({"kind": "load", "op": op, "source": source},
+                                                     self.settings.timeouts.load), "loaded")
+            except BaseException:
+                helper_sandbox.close()
+                raise
+            return helper_sandbox
+        return CompileAhead(helper, cases, count, Path(sandbox.folder) / "triton", kernel_names(source),
+                            lambda: self._turn(exclusive=False), self.settings.timeouts.compile,
+                            fresh_seed()).start()
+
     def _time(self, judge: Judge, gradients: GradientJudge | None, backward: dict | None, ceilings: dict,
-              clock: PhaseClock, on_message: Callable[[tuple], None] | None, prepare_alone: bool = False) -> dict:
+              clock: PhaseClock, on_message: Callable[[tuple], None] | None, prepare_alone: bool = False,
+              ahead: CompileAhead | None = None) -> dict:
         """The timing of a checked candidate, holding the GPU alone only while it measures: the work before
-        (torch.compile's tracing) and the re-checks after share the card with other workers' checks. With
-        `prepare_alone` (no stored baseline was loaded, so torch.compile would autotune its kernels by timing
-        them) the preparation holds the card alone too."""
+        (torch.compile's tracing, the candidate's compilation at the timed shapes) and the re-checks after
+        share the card with other workers' checks. With `prepare_alone` (no stored baseline was loaded, so
+        torch.compile would autotune its kernels by timing them) the preparation holds the card alone too.
+        The compile-ahead sandboxes are stopped before anything is measured."""
         settings, headline = self.settings, judge.spec.headline_shape()
         clock.enter("prepare")
         with self._turn(exclusive=prepare_alone):
             judge.prepare_timing(settings.timed_dtypes, backward=gradients is not None)
+        if ahead is not None:
+            ahead.stop()
         clock.enter("time")
         if on_message:
             on_message(("phase", "time"))
@@ -303,6 +350,10 @@ class Evaluator(BaselineCaches):
         return timing
 
     # ------------------------------------------------------------ promotion, GPU only
+
+    @property
+    def _promotion_timing(self) -> TimingSettings:
+        return self.settings.promotion_timing or self.settings.timing
 
     def _loaded(self, op: str, path: Path, baselines: bool) -> Sandbox:
         source = read_source(Path(path))
@@ -341,7 +392,7 @@ class Evaluator(BaselineCaches):
                                                 repeat=True, refill=False)]
                 if checks[0] is not None:
                     backward = {"checks": checks, "deterministic": gradients.deterministic, "timing": None}
-            timing = judge.time(self.settings.timed_dtypes[:1], self.ceilings(), self.settings.timing,
+            timing = judge.time(self.settings.timed_dtypes[:1], self.ceilings(), self._promotion_timing,
                                 backward=backward is not None)
             if backward is not None:
                 backward["timing"] = judge.backward_timing
@@ -372,7 +423,7 @@ class Evaluator(BaselineCaches):
             # forward+backward in a training search: both carry a checked backward (graph._promotion races
             # only such pairs there)
             request = {"kind": "bench", "shape": spec.headline_shape().name, "dtype": self.settings.timed_dtypes[0],
-                       "seed": seed, "timing": asdict(self.settings.timing), "backward": backward}
+                       "seed": seed, "timing": asdict(self._promotion_timing), "backward": backward}
             ratios = []
             for r in range(self.settings.ab_rounds):
                 order = ("challenger", "incumbent") if r % 2 == 0 else ("incumbent", "challenger")

@@ -173,6 +173,14 @@ def main(fd: int, device: str, limits_json: str) -> None:
     from . import arena, guard, sandbox, timing  # noqa: F401
     if device == "cpu":
         import triton.runtime.interpreter  # noqa: F401
+    else:
+        # every GPU sandbox loads torch.compile's caches and compiles its baseline: without these here each
+        # one spent seconds importing them (CUDA stays untouched: torch answers is_available through NVML)
+        import torch._dynamo  # noqa: F401
+        import torch._inductor.codecache  # noqa: F401
+        import torch._inductor.compile_fx  # noqa: F401
+        if torch.cuda.is_initialized():
+            raise SystemExit("importing torch.compile initialised CUDA in the fork server; its sandboxes could not")
     control = socket.socket(fileno=fd)
     Server(control, device, limits).serve()
 

@@ -305,10 +305,10 @@ class GradientJudge:
                 "variant": variant, "max_abs": first["max_abs"], "rel_l2": first["rel_l2"],
                 "eager_rel_l2": first["eager_rel_l2"]}
 
-    def run(self, dtypes: tuple[str, ...], checks: list[dict]) -> dict | None:
-        """Every shape in every dtype (the forward's plan, in a new random order); None for a forward-only
-        candidate, else the backward block of the verdict without its timing."""
-        plan = self.judge.plan(dtypes)
+    def run(self, dtypes: tuple[str, ...], checks: list[dict], plan: list | None = None) -> dict | None:
+        """Every shape in every dtype (the forward's plan, in a new random order, unless `plan` is given);
+        None for a forward-only candidate, else the backward block of the verdict without its timing."""
+        plan = self.judge.plan(dtypes) if plan is None else plan
         # as in the forward's checks: the interpreter checks a shape of thousands of rows in one call
         large = [self.judge.device == "cpu" and math.prod(s.dims.values()) > INTERPRETER_THOROUGH_NUMEL
                  for _, s, _, _ in plan]

@@ -301,8 +301,10 @@ class Judge:
         self.rng.shuffle(pairs)
         return pairs
 
-    def run_checks(self, dtypes: tuple[str, ...], checks: list[dict]) -> None:
-        for dtype_key, shape, variant, refill in self.plan(dtypes):
+    def run_checks(self, dtypes: tuple[str, ...], checks: list[dict], plan: list | None = None) -> None:
+        """Every check of `plan` (a fresh one of dtypes unless given: the evaluator draws it first where
+        sandboxes compile the candidate's kernels ahead in the same order)."""
+        for dtype_key, shape, variant, refill in plan if plan is not None else self.plan(dtypes):
             with self.turn():
                 started = time.perf_counter()
                 try:
@@ -376,7 +378,12 @@ class Judge:
             # medians of event times summed over every sample cannot exceed the judge's clock around them
             raise CandidateFailure("too_fast", f"the sandbox reported {claimed_ms:.0f} ms of GPU time within "
                                                f"{wall * 1e3:.0f} ms of the judge's clock")
+        clock_started = time.monotonic()
         self.cross_check_clock(per_shape[0], settings)
+        # where the timing's seconds went: the sandbox's request (and, as it says, its parts per shape:
+        # inputs and first calls, the forward's samples, forward+backward) and the judge's clock check
+        self.timing_seconds = {"request": round(wall, 3), "clock": round(time.monotonic() - clock_started, 3),
+                               "sandbox": [_parts(r) for r in results]}
         if final_check:
             self.recheck_after_timing(dtypes[0])
         if backward:
@@ -385,7 +392,7 @@ class Judge:
                                                             "speedup_compile", "gbps", "tflops", "roofline_fraction",
                                                             "spread", "peak_mib")},
                                     "headline": f"{head['shape']} {head['dtype']}", "shapes": per_shape_bwd}
-        return summarise(per_shape, ceilings)
+        return {**summarise(per_shape, ceilings), "seconds": self.timing_seconds}
 
     def recheck_after_timing(self, dtype_key: str) -> None:
         # after thousands of timed calls: a kernel honest only for its first calls fails here
@@ -427,6 +434,11 @@ class Judge:
         if per_call_ms > 0 and claimed < 0.5 * per_call_ms:
             raise CandidateFailure("too_fast", f"reported {claimed * 1e3:.1f} us a call at {headline['shape']}, but "
                                                f"the judge's clock saw {per_call_ms * 1e3:.1f} us a call")
+
+
+def _parts(result: dict) -> list[float]:
+    parts = result.get("seconds")
+    return [float(p) for p in parts[:4] if isinstance(p, (int, float))] if isinstance(parts, list) else []
 
 
 def _numel(shape: Shape) -> int:

@@ -3,7 +3,7 @@ and runs it as the judge asks. It decides nothing: it returns raw outputs, launc
 timings, and the judge (another process, which never imports candidate code) draws every conclusion.
 
 Requests (JSON frames, see wire.py): arena, load, call, grad, time, batch, bench, ceilings, warm, baselines,
-stop.
+prepare, compile, stop.
 """
 from __future__ import annotations
 
@@ -351,8 +351,50 @@ def _prepare(request: dict) -> dict:
     if "entry" not in STATE:
         return {"kind": "failure", "class": "protocol", "detail": "a prepare request before the candidate was loaded"}
     for shape_name, dtype_key in request["shapes"]:
-        prepare_timing(STATE["spec"], _shape(shape_name), dtype_key, bool(request["backward"]), int(request["seed"]))
+        prepare_timing(STATE["spec"], _shape(shape_name), dtype_key, bool(request["backward"]), int(request["seed"]),
+                       _guarded(STATE["entry"]), lambda run: _guarded(run)())
     return {"kind": "prepared"}
+
+
+def _compile_only() -> None:
+    """From here on a launch `kernel[grid](...)` compiles the kernel (into this sandbox's Triton cache) and
+    runs nothing: Triton's warm-up path. Autotuned kernels compile every config."""
+    from triton.runtime.jit import KernelInterface
+
+    def compiling(self, grid):
+        return lambda *args, **kwargs: self.run(*args, grid=grid, warmup=True, **kwargs)
+    KernelInterface.__getitem__ = compiling
+    STATE["compile_only"] = True
+
+
+def _compile(request: dict) -> dict:
+    """A compile-ahead sandbox: the candidate called at one shape, dtype and input variant, forward or forward
+    and backward, with its kernels compiled and never run. Its outputs are garbage and nobody reads them; what
+    counts is the Triton cache it leaves, from which the judge copies the candidate's own kernels into the
+    sandbox that checks it."""
+    import torch
+
+    from kernels import DTYPES
+
+    from .timing import ForwardBackward, gradient_sets
+
+    if "entry" not in STATE:
+        return {"kind": "failure", "class": "protocol", "detail": "a compile request before the candidate was loaded"}
+    if not STATE.get("compile_only"):
+        _compile_only()
+    spec = STATE["spec"]
+    seed = int(request["seed"])
+    inputs = spec.make_inputs(_shape(request["shape"]), DTYPES[request["dtype"]], seed, STATE["device"])
+    if request.get("variant"):
+        inputs = spec.variants[request["variant"]](inputs, seed)
+    if request.get("backward"):
+        ForwardBackward(_guarded(STATE["entry"]), lambda run: _guarded(run)())(
+            *gradient_sets(spec, [inputs], seed)[0])
+    else:
+        with torch.no_grad():
+            _guarded(STATE["entry"])(*inputs)
+    _sync()
+    return {"kind": "compiled"}
 
 
 BASELINES_FILE = "baselines.bin"  # where a warm sandbox leaves torch.compile's caches, in its own folder
@@ -426,7 +468,7 @@ def _handle(request: dict) -> dict:
         STATE["entry"] = entry
         return {"kind": "loaded"}
     handlers = {"call": _call, "grad": _grad, "time": _time, "batch": _batch, "bench": _bench, "ceilings": _ceilings,
-                "warm": _warm, "baselines": _baselines, "prepare": _prepare}
+                "warm": _warm, "baselines": _baselines, "prepare": _prepare, "compile": _compile}
     if kind not in handlers:
         return {"kind": "failure", "class": "protocol", "detail": f"unknown request {kind!r}"}
     return handlers[kind](request)

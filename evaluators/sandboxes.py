@@ -71,6 +71,10 @@ def scrubbed_env(device: str, visible_gpu: str | None = None) -> dict:
     env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     if device == "cpu":
         env["TRITON_INTERPRET"] = "1"  # Triton reads it at import, in the fork server
+    else:
+        # torch.cuda.is_available() asked before a fork (torch.compile's imports ask it) must not initialise
+        # the CUDA driver, or no forked sandbox could use the GPU
+        env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     return env
 
 
@@ -194,6 +198,8 @@ class Sandbox:
         self.arena = arena
         self.stderr = _Drain(stderr_fd)
         self.ended: str | None = None
+        # a compile-ahead sandbox is killed from the judge's thread while its own thread waits on a reply
+        self._ending = threading.Lock()
         hello = self.request({"kind": "hello"}, server.timeouts.start, expect_reply=False)
         if hello.get("kind") != "ready":
             self.kill()
@@ -226,12 +232,13 @@ class Sandbox:
             self.request({"kind": "arena"}, 60)
 
     def kill(self) -> str:
-        if self.ended is None:
-            self.ended = self.server.kill(self.pid)
-            self.sock.close()
-            self.stderr.join(5)
-            self.arena.close()
-        return self.ended
+        with self._ending:
+            if self.ended is None:
+                self.ended = self.server.kill(self.pid)
+                self.sock.close()
+                self.stderr.join(5)
+                self.arena.close()
+            return self.ended
 
     def close(self) -> None:
         if self.ended is None:

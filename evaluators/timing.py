@@ -185,11 +185,20 @@ def _copy_words_count(spec: OpSpec, shape: Shape, dtype: torch.dtype) -> int:
     return -(-spec.bytes_moved(shape, dtype) // 8)  # int32 words each way: half read, half written
 
 
-def prepare_timing(spec: OpSpec, shape: Shape, dtype_key: str, backward: bool, seed: int) -> None:
+def prepare_timing(spec: OpSpec, shape: Shape, dtype_key: str, backward: bool, seed: int,
+                   entry: Callable | None = None, guard: Callable | None = None) -> None:
     """Sandbox side, before the timed turn: everything time_shape would otherwise do first that is not a
     measurement (torch.compile tracing its baseline's graphs, the copy kernel's compilation, the L2 flush
-    buffer), so that the GPU is held alone only while something is timed."""
+    buffer, and the candidate's first call at this shape, where Triton compiles it for the timed sizes),
+    so that the GPU is held alone only while something is timed."""
     compile_baselines(spec, shape, dtype_key, "cuda", backward, seed)
+    if entry is not None:
+        inputs = spec.make_inputs(shape, DTYPES[dtype_key], seed, "cuda")
+        with torch.no_grad():
+            entry(*inputs)
+        if backward:
+            ForwardBackward(entry, guard)(*gradient_sets(spec, [inputs], seed)[0])
+        del inputs
     if spec.bound == "memory":
         words = _copy_words_count(spec, shape, DTYPES[dtype_key])
         copy_words(torch.zeros(words, dtype=torch.int32, device="cuda"),
@@ -312,6 +321,7 @@ def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, sett
     """Sandbox side: medians of the candidate, eager, torch.compile and the other baselines, interleaved on
     the same rotated inputs; and the output of the candidate's last timed call, for the judge to re-check.
     The judge, not this function, decides what the numbers mean (the physical floor, its own clock)."""
+    stamps = [time.perf_counter()]
     dtype = DTYPES[dtype_key]
     n_sets = input_set_count(spec.bytes_moved(shape, dtype), settings)
     rng = random.Random(seed)
@@ -341,8 +351,10 @@ def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, sett
                 raise BaselineError(f"the {name} baseline failed at {shape} {dtype_key}: {type(exc).__name__}: {exc}")
         variants["candidate"]()
         torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
         samples = interleaved_samples(variants, settings)
     torch.cuda.synchronize()
+    stamps.append(time.perf_counter())
     last_inputs, last_out = variants["candidate"].last
     last_seed = next((s for s, inputs in zip(seeds, input_sets) if inputs is last_inputs), None)
     result = {"shape": shape.name, "dtype": dtype_key, "samples_ms": samples, "rounds": settings.rounds,
@@ -350,6 +362,10 @@ def time_shape(entry: Callable, spec: OpSpec, shape: Shape, dtype_key: str, sett
     if backward_guard is not None:
         del variants
         result["backward"] = time_backward(entry, backward_guard, spec, input_sets, rng.randrange(2**31), settings)
+        stamps.append(time.perf_counter())
+    # where the sandbox's time went (inputs and first calls, the forward's samples, forward+backward's):
+    # the judge's to report, never to believe
+    result["seconds"] = [round(b - a, 3) for a, b in zip(stamps, stamps[1:])]
     return result, last_out
 
 

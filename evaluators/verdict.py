@@ -73,6 +73,9 @@ class Verdict:
     # null for a forward-only candidate (or a run that checks no backward); else {"checks": [...],
     # "deterministic": bitwise-equal gradients on repeated calls, "timing": forward+backward on a GPU}
     backward: dict | None = None
+    # on a GPU: the sandboxes that compiled the candidate's kernels ahead of its checks, the cases they
+    # finished and the kernels the judge copied from them ({"sandboxes", "cases", "kernels"}); else null
+    compiled_ahead: dict | None = None
 
     @classmethod
     def failed(cls, op: str, failure_class: str, detail: str, **kwargs: Any) -> "Verdict":

@@ -174,3 +174,25 @@ def test_a_comparison_on_the_gpu_agrees_with_one_on_the_cpu():
     assert (on_gpu.mismatches, on_gpu.nonfinite, on_gpu.nans, on_gpu.worst_index) == \
         (on_cpu.mismatches, on_cpu.nonfinite, on_cpu.nans, on_cpu.worst_index)
     assert on_gpu.worst_index == (4098, 516) and on_gpu.mismatches >= 2
+
+
+def test_compiled_ahead_kernels_reach_the_checking_sandbox(ceilings, tmp_path):
+    # two helper sandboxes compile the seed's kernels for the checks (never running them) and the judge copies
+    # them into the checking sandbox's cache: the same verdict as compiling alone, in less check time
+    from backward_attacks import HONEST
+
+    results = {}
+    for count in (0, 2):
+        settings = EvaluatorSettings(device="cuda", timing=FAST, ceilings_cache=ceilings, compile_ahead=count)
+        with Evaluator(settings) as ev:
+            results[count] = ev.evaluate_source("layer_norm", HONEST, "planted")
+    alone, ahead = results[0], results[2]
+    for verdict in (alone, ahead):
+        assert verdict.accepted, verdict.reason() + verdict.stderr
+    assert alone.compiled_ahead is None
+    assert ahead.compiled_ahead["sandboxes"] == 2 and ahead.compiled_ahead["kernels"] > 0, ahead.compiled_ahead
+    assert len(ahead.checks) == len(alone.checks) and len(ahead.backward["checks"]) == len(alone.backward["checks"])
+    print(f"\ncompile ahead {ahead.compiled_ahead}: check {alone.phases['check']:.1f} -> {ahead.phases['check']:.1f} s, "
+          f"backward {alone.phases['backward']:.1f} -> {ahead.phases['backward']:.1f} s, "
+          f"prepare {alone.phases['prepare']:.1f} -> {ahead.phases['prepare']:.1f} s, "
+          f"time {alone.phases['time']:.1f} -> {ahead.phases['time']:.1f} s")
