@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agents.app.throughput import throughput, throughput_lines
 from agents.run_folder import RunFolder
 
 
@@ -176,6 +177,17 @@ def _promoted_by(kernel: Path, runs_dir: Path) -> str:
     return f"of {meta.get('gpu', '?')}, promoted{where}"
 
 
+def _workers(folder: RunFolder) -> int | None:
+    """[run].workers of the run's own config.toml, where it can be read."""
+    import tomllib
+
+    try:
+        workers = tomllib.loads((folder.path / "config.toml").read_text())["run"]["workers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return workers if isinstance(workers, int) else None
+
+
 def print_run(console: Console, folder: RunFolder) -> None:
     console.print(run_table(folder))
     # promotion reasons, rule ids and statements may hold text from candidates or the model: never markup
@@ -188,6 +200,8 @@ def print_run(console: Console, folder: RunFolder) -> None:
             console.print(f"  {op}: learned {learned['rule']} (confidence {learned['confidence']:.2f}) — "
                           f"{learned['statement']}", highlight=False, markup=False)
     for line in handover_lines(folder):
+        console.print(line, highlight=False, markup=False)
+    for line in throughput_lines(throughput(folder.events(), _workers(folder))):
         console.print(line, highlight=False, markup=False)
     for line in llm_lines(folder.summary):
         console.print(line, highlight=False, markup=False)
