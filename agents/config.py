@@ -33,7 +33,7 @@ class RunConfig:
     device: str = "auto"
     coder: str = "template"
     training: bool = True              # evolve each op's forward and backward, timed together (--inference: forward only)
-    workers: int = 1                   # evaluators judging a population of candidates at once (--workers)
+    workers: int = 0                   # evaluators judging a population of candidates at once (--workers; 0: auto)
     population: int = 0                # candidates proposed per step from the same history; 0: one per worker
 
 
@@ -53,6 +53,7 @@ class EvaluatorConfig:
     timed_dtypes: tuple[str, ...] = ("bfloat16",)
     ceilings_cache: Path = Path("runs/ceilings.json")
     baselines_cache: Path = Path("runs/baselines")
+    compile_ahead: int = 2
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class TimingConfig:
     rounds: int = 5
     warmup_ms: int = 25
     rep_ms: int = 100
+    search_rounds: int = 3
+    search_warmup_ms: int = 10
+    search_rep_ms: int = 50
     rotate_mib: int = 256
     floor_slack: float = 0.9
 
@@ -185,8 +189,8 @@ def _validate_run(run: RunConfig, origin: str) -> None:
         raise ConfigError(f"{origin}: coder must be one of {', '.join(CODERS)}, not {run.coder!r}")
     if run.budget < 1:
         raise ConfigError(f"{origin}: budget must be at least 1, not {run.budget}")
-    if run.workers < 1:
-        raise ConfigError(f"{origin}: workers must be at least 1, not {run.workers}")
+    if run.workers < 0:
+        raise ConfigError(f"{origin}: workers must be 0 (as many as the machine suits) or more, not {run.workers}")
     if run.population < 0:
         raise ConfigError(f"{origin}: population must be 0 (one per worker) or more, not {run.population}")
 
@@ -228,9 +232,9 @@ def _validate_llm(llm: LLMConfig, origin: str) -> None:
 # timing round, or a negative margin would make every candidate time out or every promotion meaningless.
 _POSITIVE = {"evaluator": ("start_timeout_s", "load_timeout_s", "compile_timeout_s", "check_timeout_s",
                            "timing_timeout_s"),
-             "timing": ("warmup_ms", "rep_ms", "rotate_mib")}
-_AT_LEAST = {("timing", "rounds"): 1, ("promotion", "ab_rounds"): 2, ("promotion", "margin"): 0,
-             ("model", "convergence_steps"): 0}
+             "timing": ("warmup_ms", "rep_ms", "search_warmup_ms", "search_rep_ms", "rotate_mib")}
+_AT_LEAST = {("timing", "rounds"): 1, ("timing", "search_rounds"): 1, ("promotion", "ab_rounds"): 2, ("promotion", "margin"): 0,
+             ("model", "convergence_steps"): 0, ("evaluator", "compile_ahead"): 0}
 
 
 def _validate_bounds(config: Config, origin: str) -> None:

@@ -67,6 +67,9 @@ def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     ("[timing]\nwarmup_ms = 0\n", "[timing].warmup_ms"),
     ("[timing]\nrep_ms = -100\n", "[timing].rep_ms"),
     ("[timing]\nrotate_mib = 0\n", "[timing].rotate_mib"),
+    ("[timing]\nsearch_rounds = 0\n", "[timing].search_rounds"),
+    ("[timing]\nsearch_rep_ms = 0\n", "[timing].search_rep_ms"),
+    ("[evaluator]\ncompile_ahead = -1\n", "[evaluator].compile_ahead"),
     ("[timing]\nfloor_slack = 0\n", "[timing].floor_slack"),
     ("[promotion]\nmargin = -0.01\n", "[promotion].margin"),
     ("[promotion]\nmargin = nan\n", "[promotion].margin"),
@@ -80,6 +83,22 @@ def test_nonsensical_numbers_are_refused_naming_the_key(tmp_path: Path, text: st
     with pytest.raises(ConfigError) as info:
         load_config(config)
     assert key in str(info.value)
+
+
+def test_a_search_times_its_candidates_briefly_and_its_promotion_in_full(tmp_path: Path) -> None:
+    from agents.app.runner import evaluator_settings
+    from agents.config import load_config
+
+    config = tmp_path / "config.toml"
+    config.write_text("[timing]\nrounds = 6\nrep_ms = 80\nsearch_rounds = 2\nsearch_warmup_ms = 4\nsearch_rep_ms = 30\n")
+    loaded = load_config(config)
+    search = evaluator_settings(loaded, "cuda", search=True)
+    assert (search.timing.rounds, search.timing.warmup_ms, search.timing.rep_ms) == (2, 4, 30)
+    assert (search.promotion_timing.rounds, search.promotion_timing.rep_ms) == (6, 80)
+    # eval and bench: the full timing, and promotion's is the same
+    other = evaluator_settings(loaded, "cuda")
+    assert (other.timing.rounds, other.timing.rep_ms) == (6, 80) and other.promotion_timing is None
+    assert search.compile_ahead == 2
 
 
 def test_a_nonsensical_number_is_a_usage_error(tmp_path: Path) -> None:

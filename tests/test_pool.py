@@ -190,7 +190,7 @@ def test_a_ray_actor_killed_mid_run_gives_its_candidate_back(tmp_path, one_worke
 
 
 @pytest.mark.parametrize("args, config, message", [
-    (["--workers", "0"], "", "workers must be at least 1"),
+    (["--workers=-1"], "", "workers must be 0 (as many as the machine suits) or more"),
     ([], '[cluster]\nbackend = "spark"\n', "[cluster].backend must be one of local, ray"),
 ])
 def test_bad_pool_settings_get_one_line(tmp_path, args, config, message):
@@ -335,3 +335,18 @@ def test_a_sandbox_prepares_timing_only_for_a_loaded_candidate(monkeypatch):
     reply = sandbox._handle({"kind": "prepare", "shapes": [["gpt2-B8-T1024", "bfloat16"]], "seed": 1,
                              "backward": False})
     assert reply["kind"] == "failure" and reply["class"] == "protocol" and "before the candidate" in reply["detail"]
+
+
+def test_workers_zero_is_four_per_gpu_within_a_quarter_of_the_cores(monkeypatch):
+    import torch
+
+    from agents.app.runner import resolve_workers
+
+    assert resolve_workers(0, "cpu") == 1 and resolve_workers(3, "cpu") == 3 and resolve_workers(5, "cuda") == 5
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert resolve_workers(0, "cuda") == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert resolve_workers(0, "cuda") == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert resolve_workers(0, "cuda") == 1

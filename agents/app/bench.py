@@ -21,7 +21,8 @@ from memory import INTERPRETER_GPU, KernelStore
 
 from agents.config import Config
 from agents.app.report import rate_text
-from agents.app.runner import evaluation_pool, evaluator_settings, resolve_device, resolve_ops, resolve_target
+from agents.app.runner import (evaluation_pool, evaluator_settings, resolve_device, resolve_ops, resolve_target,
+                               resolve_workers)
 
 
 @dataclass
@@ -94,6 +95,7 @@ def bench_target(config: Config, target: str, ops: str | None, console: Console,
     verdict is printed as it comes; interrupted, it raises BenchInterrupted with the rows done so far."""
     op_names = resolve_ops(target, ops)
     device = resolve_device(config.run.device)
+    config = config.with_run(check_llm=False, workers=resolve_workers(config.run.workers, device))
     done: dict[int, BenchRow] = {}
     # the run's pool ([cluster], [run].workers): a verdict is the same whichever worker gave it
     with evaluation_pool(config, evaluator_settings(config, device, resolve_target(target))) as evaluator, \

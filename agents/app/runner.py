@@ -6,6 +6,7 @@ the evaluator's sandboxes are stopped.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import signal
 import threading
@@ -79,18 +80,43 @@ def resolve_ops(target: str, ops: str | None) -> list[str]:
     return chosen
 
 
-def evaluator_settings(config: Config, device: str, target: Target | None = None) -> EvaluatorSettings:
-    """The evaluator as the config sets it up; a target's own timed shapes, where it names any."""
+# workers per GPU where [run].workers is 0: on an H200 (16 cores) four workers, each checking in a sandbox
+# with two more compiling ahead, keep the cores busy without queueing for them
+WORKERS_PER_GPU = 4
+
+
+def resolve_workers(requested: int, device: str) -> int:
+    """[run].workers, where 0 (as many as the machine suits) is four per GPU, no more than a quarter of the
+    CPU cores (each worker compiles in up to three processes at once), and one on a CPU."""
+    if requested > 0:
+        return requested
+    if device != "cuda":
+        return 1
+    import torch
+
+    return max(1, min(WORKERS_PER_GPU * max(1, torch.cuda.device_count()), (os.cpu_count() or 4) // 4))
+
+
+def evaluator_settings(config: Config, device: str, target: Target | None = None,
+                       search: bool = False) -> EvaluatorSettings:
+    """The evaluator as the config sets it up; a target's own timed shapes, where it names any. A `search`
+    times its candidates with [timing]'s search_* settings (their ranking only picks the challenger) and
+    promotion's re-timing and A/B rounds with the full ones; every other use times with the full ones."""
     e, t = config.evaluator, config.timing
+    full = TimingSettings(rounds=t.rounds, warmup_ms=t.warmup_ms, rep_ms=t.rep_ms, rotate_bytes=t.rotate_mib << 20,
+                          floor_slack=t.floor_slack)
+    screening = dataclasses.replace(full, rounds=t.search_rounds, warmup_ms=t.search_warmup_ms,
+                                    rep_ms=t.search_rep_ms)
     return EvaluatorSettings(
         device=device,
         timeouts=Timeouts(start=e.start_timeout_s, load=e.load_timeout_s, compile=e.compile_timeout_s,
                           check=e.check_timeout_s, time=e.timing_timeout_s),
-        timing=TimingSettings(rounds=t.rounds, warmup_ms=t.warmup_ms, rep_ms=t.rep_ms,
-                              rotate_bytes=t.rotate_mib << 20, floor_slack=t.floor_slack),
+        timing=screening if search else full,
+        promotion_timing=full if search else None,
         timed_dtypes=e.timed_dtypes,
         ceilings_cache=e.ceilings_cache,
         baselines_cache=e.baselines_cache,
+        compile_ahead=e.compile_ahead,
         promotion_margin=config.promotion.margin,
         ab_rounds=config.promotion.ab_rounds,
         backward=config.run.training,
@@ -255,7 +281,7 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
     for op in op_names:
         get_spec(op)
     device = resolve_device(config.run.device)
-    config = config.with_run(check_llm=False, device=device)
+    config = config.with_run(check_llm=False, device=device, workers=resolve_workers(config.run.workers, device))
     endpoint = None
     if config.run.coder != "template" and replay is None:
         try:
@@ -278,7 +304,7 @@ def run_target(config: Config, target: str, ops: str | None, use_memory: bool, c
         console.print(f"[bold]LLM[/] coder={config.run.coder} ({escape(where)})", highlight=False)
     if device == "cpu":
         console.print("[yellow]No GPU: candidates run in Triton's interpreter. Correctness only; speed not measured.[/]")
-    evaluator = evaluation_pool(config, evaluator_settings(config, device, resolve_target(target)))
+    evaluator = evaluation_pool(config, evaluator_settings(config, device, resolve_target(target), search=True))
     folder = None
     model = None
     previous = None
