@@ -288,11 +288,18 @@ class Judge:
         # dtype the candidate cannot know in advance, and the other dtypes meet every other shape
         large = [s for s in shapes if self.device == "cpu" and _numel(s) > INTERPRETER_THOROUGH_NUMEL]
         large_dtype = {s.name: self.rng.choice(dtypes) for s in large}
+        # on a GPU the timed shapes are the largest and float32 the costliest there (a GPT-2 logits tensor is
+        # 1.6 GB, its float64 reference twice that): float32, which nothing times and the model never runs,
+        # is checked at one of them, drawn so the candidate cannot know which, and at every smaller shape
+        timed = [s for s in shapes if self.device == "cuda" and s.timed and "float32" in dtypes]
+        float32_timed = self.rng.choice(timed) if timed else None
         pairs = []
         for dtype_key in dtypes:
             offset = self.rng.randrange(len(variants))
             for i, shape in enumerate(shapes):
                 if shape in large and large_dtype[shape.name] != dtype_key:
+                    continue
+                if dtype_key == "float32" and shape in timed and shape is not float32_timed:
                     continue
                 pairs.append((dtype_key, shape, variants[(i + offset) % len(variants)], self.rng.random() < 0.4))
             missing = [v for v in variants if v not in {p[2] for p in pairs if p[0] == dtype_key}]

@@ -259,3 +259,27 @@ def test_the_interpreter_runs_no_helper(evaluator):
     verdict = evaluator.evaluate("bias_gelu", path, dtypes=("float32",))
     assert verdict.accepted, verdict.reason()
     assert verdict.compiled_ahead is None and verdict.to_dict()["compiled_ahead"] is None
+
+
+def test_a_gpu_checks_float32_at_one_timed_shape_it_draws_and_every_other_shape():
+    # the plan the helpers follow: every shape in the 16-bit dtypes, float32 at every untimed shape and at one
+    # of the timed ones, which differs between candidates
+    import random
+
+    from evaluators.judge import Judge
+    from evaluators.sandboxes import Timeouts
+
+    spec = get_spec("cross_entropy")
+    timed = {s.name for s in spec.timed_shapes()}
+    drawn = set()
+    for seed in range(40):
+        plan = Judge(spec, None, "cuda", random.Random(seed), Timeouts()).plan(("bfloat16", "float16", "float32"))
+        pairs = {(shape.name, dtype) for dtype, shape, _, _ in plan}
+        assert all((s.name, d) in pairs for s in spec.shapes for d in ("bfloat16", "float16"))
+        assert all((s.name, "float32") in pairs for s in spec.shapes if s.name not in timed)
+        (chosen,) = {name for name, dtype in pairs if dtype == "float32" and name in timed}
+        drawn.add(chosen)
+    assert drawn == timed
+    # the interpreter's plan is not thinned this way: float32 alone meets every shape
+    cpu = Judge(spec, None, "cpu", random.Random(0), Timeouts()).plan(("float32",))
+    assert {s.name for _, s, _, _ in cpu} == {s.name for s in spec.interpreter_shapes}
