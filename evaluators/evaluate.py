@@ -308,16 +308,7 @@ class Evaluator(BaselineCaches):
                  + [(shape.name, dtype, None, differentiable) for shape in spec.timed_shapes()
                     for dtype in self.settings.timed_dtypes])
 
-        def helper() -> Sandbox:
-            helper_sandbox = self._sandbox()
-            try:
-                sandbox_reply(helper_sandbox.request({"kind": "load", "op": op, "source": source},
-                                                     self.settings.timeouts.load), "loaded")
-            except BaseException:
-                helper_sandbox.close()
-                raise
-            return helper_sandbox
-        return CompileAhead(helper, cases, count, Path(sandbox.folder) / "triton", kernel_names(source),
+        return CompileAhead(lambda: self._sandbox_with(op, source, baselines=False), cases, count, Path(sandbox.folder) / "triton", kernel_names(source),
                             lambda: self._turn(exclusive=False), self.settings.timeouts.compile,
                             fresh_seed()).start()
 
@@ -360,6 +351,11 @@ class Evaluator(BaselineCaches):
         found = self._static_failure(op, source)
         if found:
             raise CandidateFailure(*found)
+        return self._sandbox_with(op, source, baselines)
+
+    def _sandbox_with(self, op: str, source: str, baselines: bool) -> Sandbox:
+        """A fresh sandbox with the (already checked) source loaded, offered the baseline's caches first
+        where `baselines`."""
         sandbox = self._sandbox()
         try:
             if baselines:
