@@ -24,7 +24,10 @@ def test_honest_backward_is_checked_on_every_shape(cpu_evaluator):
     assert backward is not None and backward["deterministic"] is True
     shapes = {c["shape"] for c in backward["checks"]}
     assert shapes == {s.name for s in get_spec("layer_norm").interpreter_shapes}
-    assert all(c["passed"] and c["rel_l2"] < 1e-5 for c in backward["checks"])
+    assert all(c["passed"] for c in backward["checks"])
+    # float32 rounding alone: under 1e-5 on plain inputs; rows of a large mean cancel digits in the centring
+    # (an honest kernel measured 4.7e-6 to 8.6e-6 there, now and then above 1e-5)
+    assert all(c["rel_l2"] < (1e-4 if c["variant"] == "large_mean" else 1e-5) for c in backward["checks"])
     assert backward["timing"] is None  # no GPU: speed not measured
 
 
