@@ -264,6 +264,11 @@ def _guarded(fn):
     return call
 
 
+def _guarded_run(run):
+    """A forward+backward's `guarded` (timing.ForwardBackward): the whole of it under the guard."""
+    return _guarded(run)()
+
+
 def _time(request: dict) -> dict:
     import torch
 
@@ -274,7 +279,7 @@ def _time(request: dict) -> dict:
     for (shape_name, dtype_key), regions in zip(request["shapes"], request["outputs"]):
         shape = _shape(shape_name)
         # forward+backward as well when asked, the backward under the guard like the forward
-        guard = (lambda run: _guarded(run)()) if request.get("backward") else None
+        guard = _guarded_run if request.get("backward") else None
         result, last_out = time_shape(_guarded(STATE["entry"]), STATE["spec"], shape, dtype_key, settings,
                                       request["seed"], guard)
         outs = list(last_out) if isinstance(last_out, (tuple, list)) else [last_out]
@@ -334,7 +339,7 @@ def _bench(request: dict) -> dict:
     if request.get("backward"):
         from .timing import ForwardBackward, gradient_sets
 
-        fn = Rotating(ForwardBackward(_guarded(STATE["entry"]), lambda run: _guarded(run)()),
+        fn = Rotating(ForwardBackward(_guarded(STATE["entry"]), _guarded_run),
                       gradient_sets(STATE["spec"], sets, request["seed"]))
         fn()
         return {"kind": "benched", "ms": bench(fn, settings)}
@@ -352,7 +357,7 @@ def _prepare(request: dict) -> dict:
         return {"kind": "failure", "class": "protocol", "detail": "a prepare request before the candidate was loaded"}
     for shape_name, dtype_key in request["shapes"]:
         prepare_timing(STATE["spec"], _shape(shape_name), dtype_key, bool(request["backward"]), int(request["seed"]),
-                       _guarded(STATE["entry"]), lambda run: _guarded(run)())
+                       _guarded(STATE["entry"]), _guarded_run)
     return {"kind": "prepared"}
 
 
@@ -388,7 +393,7 @@ def _compile(request: dict) -> dict:
     if request.get("variant"):
         inputs = spec.variants[request["variant"]](inputs, seed)
     if request.get("backward"):
-        ForwardBackward(_guarded(STATE["entry"]), lambda run: _guarded(run)())(
+        ForwardBackward(_guarded(STATE["entry"]), _guarded_run)(
             *gradient_sets(spec, [inputs], seed)[0])
     else:
         with torch.no_grad():

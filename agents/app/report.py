@@ -179,13 +179,12 @@ def _promoted_by(kernel: Path, runs_dir: Path) -> str:
 
 def _workers(folder: RunFolder) -> int | None:
     """[run].workers of the run's own config.toml, where it can be read."""
-    import tomllib
+    from agents.config import ConfigError, load_config
 
     try:
-        workers = tomllib.loads((folder.path / "config.toml").read_text())["run"]["workers"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return load_config(folder.path / "config.toml", check_llm=False).run.workers
+    except (ConfigError, OSError):
         return None
-    return workers if isinstance(workers, int) else None
 
 
 def print_run(console: Console, folder: RunFolder) -> None:
