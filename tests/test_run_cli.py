@@ -314,6 +314,7 @@ def test_report_latest_table(ws, no_memory_run):
     assert folder.name in proc.stdout
     assert "speed not measured" in flat(proc.stdout)
     assert "layer_norm" in proc.stdout
+    assert "Throughput:" in proc.stdout and "a minute" in proc.stdout and "on 1 worker;" in proc.stdout
 
 
 @pytest.mark.slow
