@@ -5,7 +5,9 @@ dtype is a new kernel, a second or two of CPU each, one after another in the san
 more sandboxes load the same candidate, call it on the same shapes, dtypes and input variants with Triton's
 warm-up path (kernels compiled, never run), and the judge copies what they compiled into the checking
 sandbox's Triton cache, where its own compiler finds the kernels made. The helpers take the checks' order
-from its end, the checking sandbox from its start, so they meet in the middle.
+from its end, the checking sandbox from its start, so they meet in the middle: a case the checking sandbox
+has reached is never started by a helper, and one a helper is compiling when the checking sandbox reaches it
+is waited for, so that no kernel is compiled twice on a host whose cores the other workers share.
 
 Nothing a helper leaves is trusted beyond what it can change: the judge copies only cache entries named after
 the candidate's own @triton.jit functions (never torch.compile's `triton_*` kernels nor the judge's copy
@@ -22,6 +24,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -126,14 +129,15 @@ def _install(source: Path, destination: Path, group: str, files: list[str]) -> b
 class CompileAhead:
     """`count` helper sandboxes compiling a candidate's kernels for `cases` (the checks' order, as
     (shape, dtype, variant, backward)) from its end, each case in the GPU's shared turn, copying what they
-    compiled into `destination` (the checking sandbox's Triton cache) as each case ends. `start()` returns
-    at once; `stop()` kills whatever is still compiling."""
+    compiled into `destination` (the checking sandbox's Triton cache) as each case ends. The checking sandbox
+    says where it is with `reached(index)`. `start()` returns at once; `stop()` kills whatever is still
+    compiling."""
 
     def __init__(self, spawn: Callable[[], Sandbox], cases: list[tuple[str, str, str | None, bool]], count: int,
                  destination: Path, names: frozenset[str], turn: Callable[[], ContextManager], timeout: float,
                  seed: int):
         self.spawn = spawn
-        self.cases = list(reversed(cases))
+        self.cases = list(cases)
         self.count = max(0, min(count, len(cases)))
         self.destination = destination
         self.names = names
@@ -142,24 +146,62 @@ class CompileAhead:
         self.seed = seed
         self.compiled = 0          # cases the helpers finished
         self.kernels = 0           # cache entries copied into the checking sandbox
+        self.waited = 0.0          # seconds the checking sandbox waited for a helper's case in flight
         self._seen: set[str] = set()
         self._budget = [HARVEST_BYTES]
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._live: list[Sandbox] = []
         self._threads: list[threading.Thread] = []
+        self._front = 0            # the cases before this one the checking sandbox has reached
+        self._back = len(cases)    # the cases from this one on a helper has taken
+        self._in_flight: dict[int, threading.Event] = {}
 
     def start(self) -> "CompileAhead":
         if not self.names:
             return self  # no kernel of the candidate's could be copied
         for k in range(self.count):
-            thread = threading.Thread(target=self._helper, args=(self.cases[k::self.count],), daemon=True,
-                                      name=f"compile-ahead-{k}")
+            thread = threading.Thread(target=self._helper, daemon=True, name=f"compile-ahead-{k}")
             thread.start()
             self._threads.append(thread)
         return self
 
-    def _helper(self, cases: list[tuple[str, str, str | None, bool]]) -> None:
+    def reached(self, index: int) -> None:
+        """The checking sandbox is about to run case `index`: no helper starts it or a case before it, and a
+        helper compiling it now is waited for (at most the compile timeout, as long as the helper may take),
+        so its kernels are copied rather than compiled a second time. Never called inside the GPU's turn,
+        which the helper needs to finish."""
+        with self._lock:
+            self._front = max(self._front, index + 1)
+            in_flight = [self._in_flight[index]] if index in self._in_flight else []
+        self._wait(in_flight)
+
+    def reached_all(self) -> None:
+        """The checking sandbox is past every case: helpers start none, and those in flight are waited for."""
+        with self._lock:
+            self._front = len(self.cases)
+            in_flight = list(self._in_flight.values())
+        self._wait(in_flight)
+
+    def _wait(self, in_flight: list[threading.Event]) -> None:
+        started = time.monotonic()
+        for event in in_flight:
+            event.wait(self.timeout)
+        self.waited += time.monotonic() - started
+
+    def _claim(self) -> int | None:
+        with self._lock:
+            if self._stopping.is_set() or self._back <= self._front:
+                return None
+            self._back -= 1
+            self._in_flight[self._back] = threading.Event()
+            return self._back
+
+    def _finish(self, index: int) -> None:
+        with self._lock:
+            self._in_flight.pop(index).set()
+
+    def _helper(self) -> None:
         sandbox = None
         try:
             sandbox = self.spawn()
@@ -168,18 +210,20 @@ class CompileAhead:
                     return
                 self._live.append(sandbox)
             own = Path(sandbox.folder) / "triton"
-            for i, (shape, dtype, variant, backward) in enumerate(cases):
-                if self._stopping.is_set():
-                    return
-                with self.turn():
-                    reply = sandbox.request({"kind": "compile", "phase": "compile", "shape": shape, "dtype": dtype,
-                                             "variant": variant, "backward": backward, "seed": self.seed + i},
-                                            self.timeout)
-                with self._lock:
-                    if self._stopping.is_set():
-                        return
-                    self.compiled += reply.get("kind") == "compiled"
-                    self.kernels += harvest(own, self.destination, self.names, self._seen, self._budget)
+            while (index := self._claim()) is not None:
+                try:
+                    shape, dtype, variant, backward = self.cases[index]
+                    with self.turn():
+                        reply = sandbox.request({"kind": "compile", "phase": "compile", "shape": shape,
+                                                 "dtype": dtype, "variant": variant, "backward": backward,
+                                                 "seed": self.seed + index}, self.timeout)
+                    with self._lock:
+                        if self._stopping.is_set():
+                            return
+                        self.compiled += reply.get("kind") == "compiled"
+                        self.kernels += harvest(own, self.destination, self.names, self._seen, self._budget)
+                finally:
+                    self._finish(index)  # copied or not, the checking sandbox waits no longer
         except (SandboxLost, CandidateFailure, OSError):
             return  # a helper lost is only compilation the checking sandbox does itself
         finally:
@@ -195,4 +239,5 @@ class CompileAhead:
             sandbox.kill()
         for thread in self._threads:
             thread.join(30)
-        return {"sandboxes": len(self._threads), "cases": self.compiled, "kernels": self.kernels}
+        return {"sandboxes": len(self._threads), "cases": self.compiled, "kernels": self.kernels,
+                "waited_s": round(self.waited, 3)}

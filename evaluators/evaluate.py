@@ -260,13 +260,14 @@ class Evaluator(BaselineCaches):
                 on_message(("phase", "check"))
             gradients = None
             # each check takes the GPU's shared turn for itself (Judge.turn)
-            judge.run_checks(checked_dtypes, checks, plan)
+            judge.run_checks(checked_dtypes, checks, plan, reached=ahead.reached if ahead else None)
             if differentiable:
                 clock.enter("backward")
                 if on_message:
                     on_message(("phase", "backward"))
                 gradients = GradientJudge(judge)
-                backward = gradients.run(checked_dtypes, backward_checks, backward_plan)
+                backward = gradients.run(checked_dtypes, backward_checks, backward_plan,
+                                         reached=(lambda i: ahead.reached(len(plan) + i)) if ahead else None)
                 if backward is None:
                     gradients = None
             timing = None
@@ -308,7 +309,8 @@ class Evaluator(BaselineCaches):
                  + [(shape.name, dtype, None, differentiable) for shape in spec.timed_shapes()
                     for dtype in self.settings.timed_dtypes])
 
-        return CompileAhead(lambda: self._sandbox_with(op, source, baselines=False), cases, count, Path(sandbox.folder) / "triton", kernel_names(source),
+        return CompileAhead(lambda: self._sandbox_with(op, source, baselines=False), cases, count,
+                            Path(sandbox.folder) / "triton", kernel_names(source),
                             lambda: self._turn(exclusive=False), self.settings.timeouts.compile,
                             fresh_seed()).start()
 
@@ -322,6 +324,8 @@ class Evaluator(BaselineCaches):
         The compile-ahead sandboxes are stopped before anything is measured."""
         settings, headline = self.settings, judge.spec.headline_shape()
         clock.enter("prepare")
+        if ahead is not None:  # the timed shapes' cases come last: a helper may be compiling one of them
+            ahead.reached_all()
         with self._turn(exclusive=prepare_alone):
             judge.prepare_timing(settings.timed_dtypes, backward=gradients is not None)
         if ahead is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import torch
 
@@ -305,15 +306,19 @@ class GradientJudge:
                 "variant": variant, "max_abs": first["max_abs"], "rel_l2": first["rel_l2"],
                 "eager_rel_l2": first["eager_rel_l2"]}
 
-    def run(self, dtypes: tuple[str, ...], checks: list[dict], plan: list | None = None) -> dict | None:
-        """Every shape in every dtype (the forward's plan, in a new random order, unless `plan` is given);
-        None for a forward-only candidate, else the backward block of the verdict without its timing."""
+    def run(self, dtypes: tuple[str, ...], checks: list[dict], plan: list | None = None,
+            reached: Callable[[int], None] | None = None) -> dict | None:
+        """Every shape in every dtype (the forward's plan, in a new random order, unless `plan` is given, with
+        `reached` told of each check before its turn, as in Judge.run_checks); None for a forward-only
+        candidate, else the backward block of the verdict without its timing."""
         plan = self.judge.plan(dtypes) if plan is None else plan
         # as in the forward's checks: the interpreter checks a shape of thousands of rows in one call
         large = [self.judge.device == "cpu" and math.prod(s.dims.values()) > INTERPRETER_THOROUGH_NUMEL
                  for _, s, _, _ in plan]
         repeats = repeat_plan(large, self.judge.device, self.judge.rng)
-        for (dtype_key, shape, variant, refill), repeat, big in zip(plan, repeats, large):
+        for index, ((dtype_key, shape, variant, refill), repeat, big) in enumerate(zip(plan, repeats, large)):
+            if reached is not None:
+                reached(index)
             with self.judge.turn():
                 started = time.perf_counter()
                 try:

@@ -308,10 +308,14 @@ class Judge:
         self.rng.shuffle(pairs)
         return pairs
 
-    def run_checks(self, dtypes: tuple[str, ...], checks: list[dict], plan: list | None = None) -> None:
+    def run_checks(self, dtypes: tuple[str, ...], checks: list[dict], plan: list | None = None,
+                   reached: Callable[[int], None] | None = None) -> None:
         """Every check of `plan` (a fresh one of dtypes unless given: the evaluator draws it first where
-        sandboxes compile the candidate's kernels ahead in the same order)."""
-        for dtype_key, shape, variant, refill in plan if plan is not None else self.plan(dtypes):
+        sandboxes compile the candidate's kernels ahead in the same order, and tells them with `reached`
+        which check comes next, before its turn is taken)."""
+        for index, (dtype_key, shape, variant, refill) in enumerate(plan if plan is not None else self.plan(dtypes)):
+            if reached is not None:
+                reached(index)
             with self.turn():
                 started = time.perf_counter()
                 try:

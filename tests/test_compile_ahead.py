@@ -188,10 +188,12 @@ def test_helpers_take_the_checks_order_from_its_end_and_copy_as_they_go(tmp_path
     for thread in ahead._threads:
         thread.join(30)
     stats = ahead.stop()
-    assert stats == {"sandboxes": 2, "cases": 6, "kernels": 6}
+    assert stats == {"sandboxes": 2, "cases": 6, "kernels": 6, "waited_s": 0.0}
     assert sorted(m[1] for m in log) == [f"s{i}" for i in range(6)], "every case once"
-    first = {h: [m[1] for m in log if m[0] is h][0] for h in helpers}
-    assert set(first.values()) == {"s5", "s4"}, "each helper starts from the end"
+    assert log[0][1] in ("s5", "s4"), "the helpers start from the end"
+    for helper in helpers:  # each takes the next case from the end, however the two interleave
+        own = [int(m[1][1:]) for m in log if m[0] is helper]
+        assert own == sorted(own, reverse=True), own
     assert all(h.closed for h in helpers)
     assert len(list((tmp_path / "checker").iterdir())) == 6
 
@@ -213,14 +215,86 @@ def test_stop_kills_a_helper_mid_compile_and_a_lost_helper_is_only_less_compiled
     stats = ahead.stop()
     assert time.monotonic() - started < 10, "stop does not wait for a compile in flight"
     # the slow helper was killed mid-case, the other was lost after its first: one case finished, one copied
-    assert stats == {"sandboxes": 2, "cases": 1, "kernels": 1}
+    assert stats == {"sandboxes": 2, "cases": 1, "kernels": 1, "waited_s": 0.0}
     assert all(h.closed for h in helpers)
+
+
+def test_no_helper_starts_a_case_the_checking_sandbox_has_reached(tmp_path):
+    log = []
+    ahead = CompileAhead(lambda: FakeHelper(tmp_path / "h", log, delay=1.0), _cases(6), 1, tmp_path / "checker",
+                         frozenset({"_kernel"}), _null_turn, 60, 1)
+    ahead.start()
+    ahead.reached(3)  # while the helper compiles s5: s4 is left to it, s3 and everything before are the checker's
+    for thread in ahead._threads:
+        thread.join(30)
+    stats = ahead.stop()
+    assert [m[1] for m in log] == ["s5", "s4"], "the helper stops where the checking sandbox is"
+    assert stats["cases"] == 2 and stats["waited_s"] == 0.0
+
+
+def test_the_checking_sandbox_waits_for_the_case_a_helper_is_compiling_and_finds_its_kernel(tmp_path):
+    log = []
+    ahead = CompileAhead(lambda: FakeHelper(tmp_path / "h", log, delay=1.0), _cases(3), 1, tmp_path / "checker",
+                         frozenset({"_kernel"}), _null_turn, 60, 1)
+    ahead.start()
+    deadline = time.monotonic() + 30
+    while not log and time.monotonic() < deadline:  # the helper is compiling s2
+        time.sleep(0.01)
+    ahead.reached(2)
+    assert len(list((tmp_path / "checker").iterdir())) == 1, "the helper's kernel is there when the wait ends"
+    stats = ahead.stop()
+    assert [m[1] for m in log] == ["s2"], "nothing compiled twice, nothing started behind the checking sandbox"
+    assert stats["cases"] == 1 and stats["kernels"] == 1 and stats["waited_s"] > 0.2
+
+
+def test_the_checking_sandbox_waits_for_no_helper_lost_mid_case(tmp_path):
+    log = []
+    ahead = CompileAhead(lambda: FakeHelper(tmp_path / "h", log, delay=600), _cases(3), 1, tmp_path / "checker",
+                         frozenset({"_kernel"}), _null_turn, 60, 1)
+    ahead.start()
+    deadline = time.monotonic() + 30
+    while not log and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killer = threading.Timer(0.5, lambda: ahead._live[0].kill())  # the helper's sandbox dies mid-compile
+    killer.start()
+    started = time.monotonic()
+    ahead.reached(2)
+    assert time.monotonic() - started < 10, "a lost helper's case is the checking sandbox's at once"
+    assert ahead.stop()["cases"] == 0
+
+
+def test_the_checks_say_which_comes_next_before_taking_the_gpus_turn():
+    from contextlib import contextmanager
+
+    from evaluators.gradients import GradientJudge
+    from evaluators.judge import Judge
+    from evaluators.sandboxes import Timeouts
+    import random
+
+    events = []
+
+    @contextmanager
+    def turn():
+        events.append("turn")
+        yield
+
+    spec = get_spec("layer_norm")
+    judge = Judge(spec, None, "cpu", random.Random(3), Timeouts(), turn=turn)
+    judge.check_shape = lambda shape, dtype, variant, refill: {"shape": shape.name}
+    plan = judge.plan(("float32",))
+    judge.run_checks(("float32",), [], plan, reached=lambda i: events.append(i))
+    assert events == [x for i in range(len(plan)) for x in (i, "turn")]
+    events.clear()
+    gradients = GradientJudge(judge)
+    gradients.check_shape = lambda shape, dtype, variant, repeat, refill: {"shape": shape.name}
+    gradients.run(("float32",), [], plan, reached=lambda i: events.append(i))
+    assert events == [x for i in range(len(plan)) for x in (i, "turn")]
 
 
 def test_a_candidate_without_a_kernel_to_copy_starts_no_helper(tmp_path):
     started = []
     ahead = CompileAhead(lambda: started.append(1), _cases(3), 2, tmp_path, frozenset(), _null_turn, 60, 1).start()
-    assert ahead.stop() == {"sandboxes": 0, "cases": 0, "kernels": 0} and not started
+    assert ahead.stop() == {"sandboxes": 0, "cases": 0, "kernels": 0, "waited_s": 0.0} and not started
 
 
 def _null_turn():
