@@ -219,6 +219,12 @@ def test_stop_kills_a_helper_mid_compile_and_a_lost_helper_is_only_less_compiled
     assert all(h.closed for h in helpers)
 
 
+def _until_compiling(log: list) -> None:
+    deadline = time.monotonic() + 30
+    while not log and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_no_helper_starts_a_case_the_checking_sandbox_has_reached(tmp_path):
     log = []
     ahead = CompileAhead(lambda: FakeHelper(tmp_path / "h", log, delay=1.0), _cases(6), 1, tmp_path / "checker",
@@ -237,9 +243,7 @@ def test_the_checking_sandbox_waits_for_the_case_a_helper_is_compiling_and_finds
     ahead = CompileAhead(lambda: FakeHelper(tmp_path / "h", log, delay=1.0), _cases(3), 1, tmp_path / "checker",
                          frozenset({"_kernel"}), _null_turn, 60, 1)
     ahead.start()
-    deadline = time.monotonic() + 30
-    while not log and time.monotonic() < deadline:  # the helper is compiling s2
-        time.sleep(0.01)
+    _until_compiling(log)  # the helper is compiling s2
     ahead.reached(2)
     assert len(list((tmp_path / "checker").iterdir())) == 1, "the helper's kernel is there when the wait ends"
     stats = ahead.stop()
@@ -252,9 +256,7 @@ def test_the_checking_sandbox_waits_for_no_helper_lost_mid_case(tmp_path):
     ahead = CompileAhead(lambda: FakeHelper(tmp_path / "h", log, delay=600), _cases(3), 1, tmp_path / "checker",
                          frozenset({"_kernel"}), _null_turn, 60, 1)
     ahead.start()
-    deadline = time.monotonic() + 30
-    while not log and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _until_compiling(log)
     killer = threading.Timer(0.5, lambda: ahead._live[0].kill())  # the helper's sandbox dies mid-compile
     killer.start()
     started = time.monotonic()
