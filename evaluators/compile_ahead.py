@@ -184,6 +184,8 @@ class CompileAhead:
         self._wait(in_flight)
 
     def _wait(self, in_flight: list[threading.Event]) -> None:
+        if not in_flight:
+            return
         started = time.monotonic()
         for event in in_flight:
             event.wait(self.timeout)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,9 @@ import pytest
 from evaluators import EvaluatorSettings
 from evaluators.compile_ahead import HARVEST_BYTES, CompileAhead, harvest, kernel_names
 from evaluators.evaluate import Evaluator
-from evaluators.judge import sandbox_reply
-from evaluators.sandboxes import SandboxLost
+from evaluators.gradients import GradientJudge
+from evaluators.judge import Judge, sandbox_reply
+from evaluators.sandboxes import SandboxLost, Timeouts
 from evaluators.verdict import CandidateFailure
 from kernels import get_spec
 
@@ -266,13 +269,6 @@ def test_the_checking_sandbox_waits_for_no_helper_lost_mid_case(tmp_path):
 
 
 def test_the_checks_say_which_comes_next_before_taking_the_gpus_turn():
-    from contextlib import contextmanager
-
-    from evaluators.gradients import GradientJudge
-    from evaluators.judge import Judge
-    from evaluators.sandboxes import Timeouts
-    import random
-
     events = []
 
     @contextmanager
