@@ -9,6 +9,11 @@ from its end, the checking sandbox from its start, so they meet in the middle: a
 has reached is never started by a helper, and one a helper is compiling when the checking sandbox reaches it
 is waited for, so that no kernel is compiled twice on a host whose cores the other workers share.
 
+A helper runs the candidate only inside the GPU's preemptible turn: a worker about to time a candidate
+does not wait for a helper's case (attention's float32 backward compiles for up to a minute) but kills the
+helper, after copying what it finished; the case goes back and is compiled after the timed turn by a new
+sandbox seeded with the kernels already made.
+
 Nothing a helper leaves is trusted beyond what it can change: the judge copies only cache entries named after
 the candidate's own @triton.jit functions (never torch.compile's `triton_*` kernels nor the judge's copy
 kernel, which the checking sandbox compiles for itself), only plain files under names Triton writes, within a
@@ -128,15 +133,20 @@ def _install(source: Path, destination: Path, group: str, files: list[str]) -> b
 
 class CompileAhead:
     """`count` helper sandboxes compiling a candidate's kernels for `cases` (the checks' order, as
-    (shape, dtype, variant, backward)) from its end, each case in the GPU's shared turn, copying what they
-    compiled into `destination` (the checking sandbox's Triton cache) as each case ends. The checking sandbox
-    says where it is with `reached(index)`. `start()` returns at once; `stop()` kills whatever is still
-    compiling."""
+    (shape, dtype, variant, backward)) from its end, copying what they compiled into `destination` (the
+    checking sandbox's Triton cache) as each case ends. `spawn()` starts a helper's sandbox and `load(sandbox)`
+    loads the candidate into it; the candidate's code runs only inside `turn(preempt)`, the GPU's turn for
+    work that can be thrown away: a timed turn calls `preempt`, which copies what the helper finished and
+    kills its sandbox, and the case goes back to be compiled again after it by a new sandbox that starts from
+    the kernels already made. The checking sandbox says where it is with `reached(index)`. `start()` returns
+    at once; `stop()` kills whatever is still compiling."""
 
     def __init__(self, spawn: Callable[[], Sandbox], cases: list[tuple[str, str, str | None, bool]], count: int,
-                 destination: Path, names: frozenset[str], turn: Callable[[], ContextManager], timeout: float,
-                 seed: int):
+                 destination: Path, names: frozenset[str],
+                 turn: Callable[[Callable[[], None]], ContextManager], timeout: float, seed: int,
+                 load: Callable[[Sandbox], None] | None = None):
         self.spawn = spawn
+        self.load = load
         self.cases = list(cases)
         self.count = max(0, min(count, len(cases)))
         self.destination = destination
@@ -146,6 +156,7 @@ class CompileAhead:
         self.seed = seed
         self.compiled = 0          # cases the helpers finished
         self.kernels = 0           # cache entries copied into the checking sandbox
+        self.preempted = 0         # cases a timed turn took the card from
         self.waited = 0.0          # seconds the checking sandbox waited for a helper's case in flight
         self._seen: set[str] = set()
         self._budget = [HARVEST_BYTES]
@@ -155,6 +166,7 @@ class CompileAhead:
         self._threads: list[threading.Thread] = []
         self._front = 0            # the cases before this one the checking sandbox has reached
         self._back = len(cases)    # the cases from this one on a helper has taken
+        self._returned: list[int] = []  # cases given back by a preempted helper, to be taken first
         self._in_flight: dict[int, threading.Event] = {}
 
     def start(self) -> "CompileAhead":
@@ -191,46 +203,71 @@ class CompileAhead:
             event.wait(self.timeout)
         self.waited += time.monotonic() - started
 
-    def _claim(self) -> int | None:
+    def _more(self) -> bool:
         with self._lock:
-            if self._stopping.is_set() or self._back <= self._front:
-                return None
-            self._back -= 1
-            self._in_flight[self._back] = threading.Event()
-            return self._back
+            return not self._stopping.is_set() and (self._back > self._front
+                                                    or any(i >= self._front for i in self._returned))
 
-    def _finish(self, index: int) -> None:
+    def _claim(self) -> int | None:
+        """The next case for a helper that holds the GPU's turn: one given back first, then the next from
+        the end; None when the checking sandbox has reached everything left."""
+        with self._lock:
+            self._returned = [i for i in self._returned if i >= self._front]
+            if self._stopping.is_set() or not (self._returned or self._back > self._front):
+                return None
+            if self._returned:
+                index = self._returned.pop()
+            else:
+                self._back -= 1
+                index = self._back
+            self._in_flight[index] = threading.Event()
+            return index
+
+    def _finish(self, index: int, again: bool = False) -> None:
         with self._lock:
             self._in_flight.pop(index).set()
+            if again and index >= self._front:
+                self._returned.append(index)
+
+    def _copy(self, sandbox: Sandbox) -> None:
+        with self._lock:
+            if not self._stopping.is_set():
+                self.kernels += harvest(Path(sandbox.folder) / "triton", self.destination, self.names, self._seen,
+                                        self._budget)
 
     def _helper(self) -> None:
-        sandbox = None
+        helper = _Helper(self)
         try:
-            sandbox = self.spawn()
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                self._live.append(sandbox)
-            own = Path(sandbox.folder) / "triton"
-            while (index := self._claim()) is not None:
-                try:
-                    shape, dtype, variant, backward = self.cases[index]
-                    with self.turn():
-                        reply = sandbox.request({"kind": "compile", "phase": "compile", "shape": shape,
-                                                 "dtype": dtype, "variant": variant, "backward": backward,
-                                                 "seed": self.seed + index}, self.timeout)
-                    with self._lock:
-                        if self._stopping.is_set():
-                            return
-                        self.compiled += reply.get("kind") == "compiled"
-                        self.kernels += harvest(own, self.destination, self.names, self._seen, self._budget)
-                finally:
+            while self._more():
+                if helper.preempted.is_set():
+                    helper.end()  # killed by a timed turn just after its case ended
+                with self.turn(helper.preempt):
+                    # started inside the turn, so that no new process takes the card while a timed turn has it
+                    if helper.sandbox is None and not helper.start():
+                        return
+                    if helper.preempted.is_set():
+                        continue  # the card was taken while it started: ended at the loop's top
+                    if (index := self._claim()) is None:
+                        return
+                    try:
+                        helper.compile(index)
+                    except (SandboxLost, CandidateFailure, OSError):
+                        if not helper.preempted.is_set():
+                            self._finish(index)
+                            return  # a helper lost is only compilation the checking sandbox does itself
+                        with self._lock:
+                            self.preempted += 1
+                        helper.end()
+                        self._finish(index, again=True)  # compiled again, after the timed turn
+                        continue
+                    except BaseException:
+                        self._finish(index)
+                        raise
                     self._finish(index)  # copied or not, the checking sandbox waits no longer
         except (SandboxLost, CandidateFailure, OSError):
-            return  # a helper lost is only compilation the checking sandbox does itself
+            return
         finally:
-            if sandbox is not None:
-                sandbox.close()
+            helper.end()
 
     def stop(self) -> dict:
         """Kill the helpers still compiling and wait for their threads; what they did, for the verdict."""
@@ -242,4 +279,63 @@ class CompileAhead:
         for thread in self._threads:
             thread.join(30)
         return {"sandboxes": len(self._threads), "cases": self.compiled, "kernels": self.kernels,
-                "waited_s": round(self.waited, 3)}
+                "preempted": self.preempted, "waited_s": round(self.waited, 3)}
+
+
+class _Helper:
+    """One helper thread's sandbox, started again after each preemption."""
+
+    def __init__(self, ahead: CompileAhead):
+        self.ahead = ahead
+        self.sandbox: Sandbox | None = None
+        self.loaded = False
+        self.preempted = threading.Event()
+        self._guard = threading.Lock()  # the sandbox is killed from the timed turn's thread
+
+    def start(self) -> bool:
+        sandbox = self.ahead.spawn()
+        with self.ahead._lock:
+            if self.ahead._stopping.is_set():
+                sandbox.close()
+                return False
+            self.ahead._live.append(sandbox)
+        with self._guard:
+            self.sandbox, self.loaded = sandbox, False
+        return True
+
+    def compile(self, index: int) -> None:
+        ahead, sandbox = self.ahead, self.sandbox
+        if not self.loaded:
+            if ahead.load is not None:
+                ahead.load(sandbox)
+            self.loaded = True
+            # a sandbox started after a preemption begins from the kernels made so far (the checking
+            # sandbox's cache holds all that any helper finished), so a case taken again compiles only the rest
+            with ahead._lock:
+                harvest(ahead.destination, Path(sandbox.folder) / "triton", ahead.names, set(), [HARVEST_BYTES])
+        shape, dtype, variant, backward = ahead.cases[index]
+        reply = sandbox.request({"kind": "compile", "phase": "compile", "shape": shape, "dtype": dtype,
+                                 "variant": variant, "backward": backward, "seed": ahead.seed + index}, ahead.timeout)
+        with ahead._lock:
+            ahead.compiled += reply.get("kind") == "compiled" and not ahead._stopping.is_set()
+        ahead._copy(sandbox)
+
+    def preempt(self) -> None:
+        """A timed turn wants the card: keep what this helper finished, then kill its sandbox, and with its
+        process whatever it had queued on the GPU."""
+        with self._guard:
+            self.preempted.set()
+            sandbox = self.sandbox
+        if sandbox is not None:
+            self.ahead._copy(sandbox)
+            sandbox.kill()
+
+    def end(self) -> None:
+        with self._guard:
+            sandbox, self.sandbox = self.sandbox, None
+            self.preempted.clear()  # the next sandbox starts in a turn of its own
+        if sandbox is not None:
+            sandbox.close()
+            with self.ahead._lock:
+                if sandbox in self.ahead._live:
+                    self.ahead._live.remove(sandbox)

@@ -143,6 +143,16 @@ class Evaluator(BaselineCaches):
             return nullcontext()
         return self.turns.exclusive() if exclusive else self.turns.shared()
 
+    def _preemptible_turn(self, preempt: Callable[[], None]):
+        return nullcontext() if self.turns is None else self.turns.preemptible(preempt)
+
+    def _load(self, sandbox: Sandbox, op: str, source: str, turn: bool = True) -> None:
+        """The candidate's top-level code runs here and may launch work: inside the GPU's turn, like a check
+        (a compile-ahead helper loads inside the turn it holds already)."""
+        with self._turn(exclusive=False) if turn else nullcontext():
+            sandbox_reply(sandbox.request({"kind": "load", "op": op, "source": source},
+                                          self.settings.timeouts.load), "loaded")
+
     def _sandbox(self) -> Sandbox:
         self.sandboxes_started += 1
         return self._fork_server().spawn()
@@ -245,8 +255,7 @@ class Evaluator(BaselineCaches):
             if on_message:
                 on_message(("phase", "load"))
             baselines_loaded = self._offer_baselines(sandbox, op)
-            sandbox_reply(sandbox.request({"kind": "load", "op": op, "source": source},
-                                          self.settings.timeouts.load), "loaded")
+            self._load(sandbox, op, source)
             judge = Judge(spec, sandbox, self.settings.device, random.Random(fresh_seed()), self.settings.timeouts,
                           turn=lambda: self._turn(exclusive=False))
             checked_dtypes = tuple(dtypes or spec.dtypes_for(self.settings.device))
@@ -309,10 +318,9 @@ class Evaluator(BaselineCaches):
                  + [(shape.name, dtype, None, differentiable) for shape in spec.timed_shapes()
                     for dtype in self.settings.timed_dtypes])
 
-        return CompileAhead(lambda: self._sandbox_with(op, source, baselines=False), cases, count,
-                            Path(sandbox.folder) / "triton", kernel_names(source),
-                            lambda: self._turn(exclusive=False), self.settings.timeouts.compile,
-                            fresh_seed()).start()
+        return CompileAhead(self._sandbox, cases, count, Path(sandbox.folder) / "triton", kernel_names(source),
+                            self._preemptible_turn, self.settings.timeouts.compile, fresh_seed(),
+                            load=lambda helper: self._load(helper, op, source, turn=False)).start()
 
     def _time(self, judge: Judge, gradients: GradientJudge | None, backward: dict | None, ceilings: dict,
               clock: PhaseClock, on_message: Callable[[tuple], None] | None, prepare_alone: bool = False,
@@ -364,8 +372,7 @@ class Evaluator(BaselineCaches):
         try:
             if baselines:
                 self._offer_baselines(sandbox, op)
-            sandbox_reply(sandbox.request({"kind": "load", "op": op, "source": source},
-                                          self.settings.timeouts.load), "loaded")
+            self._load(sandbox, op, source)
         except BaseException:
             sandbox.close()
             raise

@@ -27,13 +27,19 @@ class GpuTurns:
     """A readers-writer lock over one GPU: `shared()` for work that may overlap (correctness checks),
     `exclusive()` for timing. A waiting exclusive turn holds back new shared ones, so timing is not starved.
     The thread that holds the exclusive turn may ask for either again inside it (promotion's re-timing holds
-    it and may have to warm the baseline, which asks for it too): it has the GPU already."""
+    it and may have to warm the baseline, which asks for it too): it has the GPU already.
+
+    `preemptible(preempt)` is a shared turn for work that can be thrown away (a compile-ahead helper, whose
+    cases last up to a minute): an exclusive turn does not wait for it to end but calls `preempt`, which kills
+    the helper's sandbox, and with its process any GPU work it had queued, and waits only until the turn is
+    given back, which a killed helper does at once."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._sharing = 0
         self._owner: int | None = None  # the thread holding the exclusive turn
         self._waiting = 0
+        self._preemptible: dict[object, Callable[[], None]] = {}  # each holder's way to end its turn
 
     def _held_here(self) -> bool:
         with self._cond:
@@ -55,13 +61,33 @@ class GpuTurns:
                 self._cond.notify_all()
 
     @contextmanager
+    def preemptible(self, preempt: Callable[[], None]) -> Iterator[None]:
+        if self._held_here():
+            yield
+            return
+        holder = object()
+        with self._cond:
+            self._cond.wait_for(lambda: self._owner is None and not self._waiting)
+            self._preemptible[holder] = preempt
+        try:
+            yield
+        finally:
+            with self._cond:
+                del self._preemptible[holder]
+                self._cond.notify_all()
+
+    @contextmanager
     def exclusive(self) -> Iterator[None]:
         if self._held_here():
             yield
             return
         with self._cond:
-            self._waiting += 1
-            self._cond.wait_for(lambda: self._owner is None and not self._sharing)
+            self._waiting += 1  # from here no turn of any kind starts
+            holders = list(self._preemptible.values())
+        for preempt in holders:  # outside the lock: a kill waits for the process to end
+            preempt()
+        with self._cond:
+            self._cond.wait_for(lambda: self._owner is None and not self._sharing and not self._preemptible)
             self._waiting -= 1
             self._owner = threading.get_ident()
         try:

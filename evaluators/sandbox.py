@@ -471,6 +471,7 @@ def _handle(request: dict) -> dict:
             return {"kind": "failure", "class": "exception",
                     "detail": f"the candidate defines no callable {STATE['spec'].entry}()"}
         STATE["entry"] = entry
+        _sync()  # whatever the candidate's top-level code launched ends inside the judge's turn
         return {"kind": "loaded"}
     handlers = {"call": _call, "grad": _grad, "time": _time, "batch": _batch, "bench": _bench, "ceilings": _ceilings,
                 "warm": _warm, "baselines": _baselines, "prepare": _prepare, "compile": _compile}

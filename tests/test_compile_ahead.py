@@ -191,7 +191,7 @@ def test_helpers_take_the_checks_order_from_its_end_and_copy_as_they_go(tmp_path
     for thread in ahead._threads:
         thread.join(30)
     stats = ahead.stop()
-    assert stats == {"sandboxes": 2, "cases": 6, "kernels": 6, "waited_s": 0.0}
+    assert stats == {"sandboxes": 2, "cases": 6, "kernels": 6, "preempted": 0, "waited_s": 0.0}
     assert sorted(m[1] for m in log) == [f"s{i}" for i in range(6)], "every case once"
     assert log[0][1] in ("s5", "s4"), "the helpers start from the end"
     for helper in helpers:  # each takes the next case from the end, however the two interleave
@@ -218,7 +218,7 @@ def test_stop_kills_a_helper_mid_compile_and_a_lost_helper_is_only_less_compiled
     stats = ahead.stop()
     assert time.monotonic() - started < 10, "stop does not wait for a compile in flight"
     # the slow helper was killed mid-case, the other was lost after its first: one case finished, one copied
-    assert stats == {"sandboxes": 2, "cases": 1, "kernels": 1, "waited_s": 0.0}
+    assert stats == {"sandboxes": 2, "cases": 1, "kernels": 1, "preempted": 0, "waited_s": 0.0}
     assert all(h.closed for h in helpers)
 
 
@@ -292,10 +292,10 @@ def test_the_checks_say_which_comes_next_before_taking_the_gpus_turn():
 def test_a_candidate_without_a_kernel_to_copy_starts_no_helper(tmp_path):
     started = []
     ahead = CompileAhead(lambda: started.append(1), _cases(3), 2, tmp_path, frozenset(), _null_turn, 60, 1).start()
-    assert ahead.stop() == {"sandboxes": 0, "cases": 0, "kernels": 0, "waited_s": 0.0} and not started
+    assert ahead.stop() == {"sandboxes": 0, "cases": 0, "kernels": 0, "preempted": 0, "waited_s": 0.0} and not started
 
 
-def _null_turn():
+def _null_turn(preempt=None):
     from contextlib import nullcontext
 
     return nullcontext()
@@ -355,3 +355,126 @@ def test_a_gpu_checks_float32_at_one_timed_shape_it_draws_and_every_other_shape(
     # the interpreter's plan is not thinned this way: float32 alone meets every shape
     cpu = Judge(spec, None, "cpu", random.Random(0), Timeouts()).plan(("float32",))
     assert {s.name for _, s, _, _ in cpu} == {s.name for s in spec.interpreter_shapes}
+
+
+def _turn_is_taken(turns, took: threading.Event, release: threading.Event, seen: list) -> threading.Thread:
+    def time_it():
+        with turns.exclusive():
+            seen.append(time.monotonic())
+            took.set()
+            release.wait(60)
+    thread = threading.Thread(target=time_it, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_timed_turn_kills_a_helper_in_flight_instead_of_waiting_for_it(evaluator, tmp_path):
+    # a helper compiling for 30-50 s held the card's shared turn on an H200 while every other worker waited
+    # behind a timed turn; and a helper's GPU work must never overlap a measurement. A candidate whose helper
+    # never finishes stands for both: the timed turn kills its sandbox, and starts only once it is dead
+    from evaluators import GpuTurns
+
+    spec = get_spec("layer_norm")
+    source = (Path(__file__).parent / "cheats" / "hangs.py").read_text()
+    live = []
+
+    def spawn():
+        live.append(evaluator._sandbox())
+        return live[-1]
+
+    def load(sandbox):
+        sandbox_reply(sandbox.request({"kind": "load", "op": "layer_norm", "source": source}, 120), "loaded")
+
+    turns = GpuTurns()
+    cases = [(spec.interpreter_shapes[0].name, "float32", None, False)]
+    ahead = CompileAhead(spawn, cases, 1, tmp_path / "checker", kernel_names(source), turns.preemptible, 600, 1,
+                         load=load).start()
+    deadline = time.monotonic() + 60
+    while not (turns._preemptible and live and live[0].ended is None) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the helper is inside its compile request, spinning
+    took, release, seen = threading.Event(), threading.Event(), []
+    timer = _turn_is_taken(turns, took, release, seen)
+    try:
+        assert took.wait(30), "the timed turn waited for the helper's compile"
+        assert live[0].ended is not None and not Path(f"/proc/{live[0].pid}").exists(), \
+            "the helper's process is gone before anything is measured"
+    finally:
+        release.set()
+        timer.join(30)
+        stats = ahead.stop()
+    assert stats["preempted"] >= 1 and stats["cases"] == 0
+
+
+def test_a_preempted_case_is_compiled_after_the_timed_turn_from_the_kernels_already_made(tmp_path):
+    from evaluators import GpuTurns
+
+    log, helpers = [], []
+    checker = tmp_path / "checker"
+    made = _entry(checker, "_kernel", entry="MADEBEFORE")  # a kernel of the case the first helper finished
+
+    def spawn():
+        helpers.append(FakeHelper(tmp_path / f"h{len(helpers)}", log, delay=600 if not helpers else 0))
+        return helpers[-1]
+    turns = GpuTurns()
+    ahead = CompileAhead(spawn, _cases(2), 1, checker, frozenset({"_kernel"}), turns.preemptible, 600, 1).start()
+    _until_compiling(log)  # the first helper is in s1
+    took, release, seen = threading.Event(), threading.Event(), []
+    timer = _turn_is_taken(turns, took, release, seen)
+    assert took.wait(30), "the timed turn waited for the helper's compile"
+    assert helpers[0].killed.is_set() and len(helpers) == 1, "no helper starts while the card is taken"
+    release.set()
+    timer.join(30)
+    for thread in ahead._threads:
+        thread.join(30)
+    stats = ahead.stop()
+    assert [m[1] for m in log] == ["s1", "s1", "s0"], "the preempted case is taken again, then the next"
+    assert stats["preempted"] == 1 and stats["cases"] == 2 and stats["sandboxes"] == 1
+    seeded = Path(helpers[1].folder) / "triton" / made.name
+    assert (seeded / "_kernel.cubin").read_bytes() == (made / "_kernel.cubin").read_bytes(), \
+        "the new helper starts from the kernels the checking sandbox has"
+    assert all(h.closed for h in helpers)
+
+
+def test_a_preempted_case_the_checking_sandbox_reached_is_its_own(tmp_path):
+    from evaluators import GpuTurns
+
+    log = []
+    turns = GpuTurns()
+    ahead = CompileAhead(lambda: FakeHelper(tmp_path / f"h{len(log)}", log, delay=600), _cases(2), 1,
+                         tmp_path / "checker", frozenset({"_kernel"}), turns.preemptible, 600, 1).start()
+    _until_compiling(log)
+    took, release, seen = threading.Event(), threading.Event(), []
+    timer = _turn_is_taken(turns, took, release, seen)
+    assert took.wait(30)
+    started = time.monotonic()
+    ahead.reached(1)  # the checking sandbox reaches the case while the card is taken: no helper has it
+    assert time.monotonic() - started < 10
+    release.set()
+    timer.join(30)
+    for thread in ahead._threads:
+        thread.join(30)
+    assert [m[1] for m in log] == ["s1"] and ahead.stop()["cases"] == 0
+
+
+def test_every_load_of_a_candidate_is_inside_the_gpus_turn(tmp_path, monkeypatch):
+    # a candidate's top-level code runs at load and may launch: outside a turn that work could run beside
+    # another worker's measurement
+    from evaluators import GpuTurns
+    from evaluators.sandboxes import Sandbox
+
+    turns, loads = GpuTurns(), []
+    request = Sandbox.request
+
+    def recorded(self, message, timeout, expect_reply=True):
+        if message.get("kind") == "load":
+            loads.append(turns._sharing + len(turns._preemptible) + (turns._owner is not None))
+        return request(self, message, timeout, expect_reply)
+    monkeypatch.setattr(Sandbox, "request", recorded)
+    spec = get_spec("bias_gelu")
+    path = tmp_path / "seed.py"
+    path.write_text(spec.template.render(spec.template.seed))
+    with Evaluator(EvaluatorSettings(device="cpu", backward=False), turns=turns) as ev:
+        assert ev.evaluate("bias_gelu", path, dtypes=("float32",)).accepted
+        ev._sandbox_with("bias_gelu", path.read_text(), baselines=False).close()
+    assert loads == [1, 1], loads

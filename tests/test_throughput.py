@@ -10,13 +10,14 @@ def _at(seconds: int, kind: str, **data) -> dict:
     return {"ts": f"2026-12-02T10:{minutes:02d}:{rest:02d}+00:00", "kind": kind, **data}
 
 
-def _verdict(seconds: int, check: float, ahead: int | None = None) -> dict:
-    extra = {"compiled_ahead": {"sandboxes": 2, "cases": 9, "kernels": ahead}} if ahead is not None else {}
+def _verdict(seconds: int, check: float, ahead: int | None = None, preempted: int = 0) -> dict:
+    extra = ({"compiled_ahead": {"sandboxes": 2, "cases": 9, "kernels": ahead, "preempted": preempted}}
+             if ahead is not None else {})
     return _at(seconds, "verdict", phases={"load": 1.0, "check": check, "time": 5.0}, **extra)
 
 
 def test_candidates_a_minute_over_the_stretches_the_run_ran():
-    events = [_at(0, "plan"), _verdict(30, 4.0, 3), _verdict(60, 6.0, 5), _at(90, "promotion"),
+    events = [_at(0, "plan"), _verdict(30, 4.0, 3), _verdict(60, 6.0, 5, preempted=2), _at(90, "promotion"),
               _at(120, "error", error="interrupted by the user"),
               # twenty minutes later, resumed: the gap is not the run's
               _at(1320, "resume"), _verdict(1350, 8.0, 4), _at(1380, "promotion"), _at(1500, "assembly")]
@@ -29,7 +30,8 @@ def test_candidates_a_minute_over_the_stretches_the_run_ran():
     assert result["kernels_compiled_ahead"] == 12
     lines = throughput_lines(result)
     assert lines[0] == "Throughput: 3 candidates judged in 2.5 min (1.2 a minute) on 2 workers; the whole run 5.0 min."
-    assert "check 6.0 (3)" in lines[1] and "12" in lines[2]
+    assert result["cases_preempted"] == 2
+    assert "check 6.0 (3)" in lines[1] and "12" in lines[2] and "timed turn: 2" in lines[2]
 
 
 def test_a_run_without_verdicts_has_no_throughput():

@@ -64,6 +64,7 @@ def throughput(events: list[dict], workers: int | None = None) -> dict | None:
         "phase_median_s": {p: statistics.median(phases[p]) for p in ordered},
         "phase_count": {p: len(phases[p]) for p in ordered},
         "kernels_compiled_ahead": sum(int(a.get("kernels") or 0) for a in ahead) if ahead else None,
+        "cases_preempted": sum(int(a.get("preempted") or 0) for a in ahead) if ahead else None,
     }
 
 
@@ -79,5 +80,7 @@ def throughput_lines(result: dict | None) -> list[str]:
             f"{p} {s:.1f} ({result['phase_count'][p]})" for p, s in result["phase_median_s"].items()))
     if result["kernels_compiled_ahead"] is not None:
         lines.append(f"  kernels compiled ahead and copied into the checking sandboxes: "
-                     f"{result['kernels_compiled_ahead']}")
+                     f"{result['kernels_compiled_ahead']}"
+                     + (f"; helper cases cut short by a timed turn: {result['cases_preempted']}"
+                        if result.get("cases_preempted") else ""))
     return lines
