@@ -54,6 +54,7 @@ class EvaluatorConfig:
     ceilings_cache: Path = Path("runs/ceilings.json")
     baselines_cache: Path = Path("runs/baselines")
     compile_ahead: int = 2
+    search_candidate_s: float = 180.0
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,8 @@ _POSITIVE = {"evaluator": ("start_timeout_s", "load_timeout_s", "compile_timeout
                            "timing_timeout_s"),
              "timing": ("warmup_ms", "rep_ms", "search_warmup_ms", "search_rep_ms", "rotate_mib")}
 _AT_LEAST = {("timing", "rounds"): 1, ("timing", "search_rounds"): 1, ("promotion", "ab_rounds"): 2, ("promotion", "margin"): 0,
-             ("model", "convergence_steps"): 0, ("evaluator", "compile_ahead"): 0}
+             ("model", "convergence_steps"): 0, ("evaluator", "compile_ahead"): 0,
+             ("evaluator", "search_candidate_s"): 0}
 
 
 def _validate_bounds(config: Config, origin: str) -> None:

@@ -72,6 +72,10 @@ class EvaluatorSettings:
     # on a GPU, sandboxes per candidate that compile its kernels for the checks ahead of the sandbox that
     # checks it (evaluators/compile_ahead.py); 0: the checking sandbox compiles everything itself
     compile_ahead: int = 2
+    # the seconds a candidate's checking sandbox may work in all, waits for the GPU's turn excluded (a search's
+    # limit: one candidate whose kernels are a thousand times slower than eager would hold its population's step
+    # for many minutes within each request's own timeout); None: only those timeouts
+    candidate_seconds: float | None = None
     # promotion's re-timing and A/B rounds, where a search times its candidates with fewer samples (`timing`):
     # the challenger a ranking picks is then measured in full; None: `timing`
     promotion_timing: TimingSettings | None = None
@@ -250,6 +254,8 @@ class Evaluator(BaselineCaches):
                 self.baseline_cache(op)
             clock.enter("start")
             sandbox = self._sandbox()
+            if self.settings.candidate_seconds:
+                sandbox.limit(self.settings.candidate_seconds)
             device = {**device, "sandbox": sandbox.namespaces}
             clock.enter("load")
             if on_message:

@@ -200,6 +200,8 @@ class Sandbox:
         self.ended: str | None = None
         # a compile-ahead sandbox is killed from the judge's thread while its own thread waits on a reply
         self._ending = threading.Lock()
+        self._budget: float | None = None  # seconds of requests left (a search's limit per candidate)
+        self._budget_s = 0.0
         hello = self.request({"kind": "hello"}, server.timeouts.start, expect_reply=False)
         if hello.get("kind") != "ready":
             self.kill()
@@ -208,16 +210,26 @@ class Sandbox:
         self.namespaces = str(hello.get("namespaces", ""))[:200]
         self.folder = str(hello.get("folder", ""))
 
+    def limit(self, seconds: float) -> None:
+        """From now on the sandbox's requests may take `seconds` in all, each still within its own timeout.
+        Only time inside a request counts: a wait for the GPU's turn is not the candidate's."""
+        self._budget = self._budget_s = float(seconds)
+
     def request(self, message: dict, timeout: float, expect_reply: bool = True) -> dict:
         """Send (unless this is the greeting) and wait for the reply; SandboxLost on any breach."""
         phase = message.get("phase", message["kind"])
+        started = time.monotonic()
+        limit = timeout if self._budget is None else min(timeout, max(self._budget, 0.0))
         try:
             if expect_reply:
                 wire.send(self.sock, message)
-            reply, _ = wire.receive(self.sock, time.monotonic() + timeout)
+            reply, _ = wire.receive(self.sock, started + limit)
         except wire.WireError as exc:
             if exc.kind == "timeout":
                 self.kill()
+                if limit < timeout:
+                    raise SandboxLost("timeout", f"the candidate's sandbox used up its {self._budget_s:g} s in all "
+                                                 f"during the {phase} phase; sandbox killed") from None
                 raise SandboxLost("timeout", f"the {phase} phase exceeded its time limit ({timeout:g} s); "
                                              "sandbox killed") from None
             if exc.kind == "protocol":
@@ -225,6 +237,9 @@ class Sandbox:
                 raise SandboxLost("protocol", f"during the {phase} phase: {exc.detail}") from None
             how = self.kill()
             raise SandboxLost("crash", f"the sandbox {how} during the {phase} phase") from None
+        finally:
+            if self._budget is not None:
+                self._budget -= time.monotonic() - started
         return reply
 
     def grow(self, total: int) -> None:

@@ -70,6 +70,7 @@ def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     ("[timing]\nsearch_rounds = 0\n", "[timing].search_rounds"),
     ("[timing]\nsearch_rep_ms = 0\n", "[timing].search_rep_ms"),
     ("[evaluator]\ncompile_ahead = -1\n", "[evaluator].compile_ahead"),
+    ("[evaluator]\nsearch_candidate_s = -5\n", "[evaluator].search_candidate_s"),
     ("[timing]\nfloor_slack = 0\n", "[timing].floor_slack"),
     ("[promotion]\nmargin = -0.01\n", "[promotion].margin"),
     ("[promotion]\nmargin = nan\n", "[promotion].margin"),
@@ -99,6 +100,11 @@ def test_a_search_times_its_candidates_briefly_and_its_promotion_in_full(tmp_pat
     other = evaluator_settings(loaded, "cuda")
     assert (other.timing.rounds, other.timing.rep_ms) == (6, 80) and other.promotion_timing is None
     assert search.compile_ahead == 2
+    # only a search on a GPU limits a candidate's sandbox time; eval, bench and the interpreter do not
+    assert search.candidate_seconds == 180 and other.candidate_seconds is None
+    assert evaluator_settings(loaded, "cpu", search=True).candidate_seconds is None
+    config.write_text("[evaluator]\nsearch_candidate_s = 0\n")
+    assert evaluator_settings(load_config(config), "cuda", search=True).candidate_seconds is None
 
 
 def test_a_nonsensical_number_is_a_usage_error(tmp_path: Path) -> None:

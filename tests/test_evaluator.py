@@ -18,6 +18,7 @@ import triton
 
 from conftest import render
 from evaluators import FAILURE_CLASSES, Evaluator, EvaluatorSettings, Timeouts, Verdict, compare
+from evaluators.sandboxes import SandboxLost
 from evaluators.static import check_candidate
 from kernels import get_spec
 
@@ -111,7 +112,7 @@ def test_cheat_files_are_what_the_tests_think() -> None:
         text = path.read_text()
         assert text.startswith('"""') and text.splitlines()[0].endswith('"""'), path.name
     assert set(EXPECTED.values()) <= set(FAILURE_CLASSES)
-    for name in [*EXPECTED, "honest", "hangs", "kernel_spins", "crash_on_import"]:
+    for name in [*EXPECTED, "honest", "hangs", "kernel_spins", "crash_on_import", "slow_calls"]:
         assert (CHEATS / f"{name}.py").is_file(), name
 
 
@@ -279,6 +280,32 @@ def test_hang_times_out_and_only_its_sandbox_ends(cheat: str) -> None:
         assert after.accepted, after.reason()
         server = ev._server.process
     assert server.poll() is not None, "close() left the fork server behind"
+
+
+def test_a_candidate_slow_in_every_call_is_cut_off_by_its_limit_in_all() -> None:
+    # each call takes about a second, well within its own timeout: only the limit on the whole sandbox ends it
+    with Evaluator(EvaluatorSettings(device="cpu", timeouts=FRAGILE, candidate_seconds=6)) as ev:
+        started = time.monotonic()
+        verdict = ev.evaluate(OP, CHEATS / "slow_calls.py")
+        elapsed = time.monotonic() - started
+        assert verdict.failure_class == "timeout", verdict.reason()
+        assert "used up its 6 s in all" in verdict.reason()
+        assert verdict.checks and all(c["passed"] for c in verdict.checks), "it was slow, not wrong"
+        assert elapsed < 60, "the slow candidate was not cut off (this bound detects it; it is not a speed check)"
+        assert sandbox_processes(ev) == []
+
+
+def test_only_the_sandboxs_own_requests_use_its_limit(evaluator) -> None:
+    sandbox = evaluator._sandbox()
+    try:
+        sandbox.limit(2)
+        time.sleep(3)  # a wait for the GPU's turn happens outside any request
+        assert sandbox.request({"kind": "arena"}, 10)["kind"] == "ok"
+        # a module that never finishes loading: the limit ends it, not the request's own 30 s (whose message differs)
+        with pytest.raises(SandboxLost, match="used up its 2 s in all"):
+            sandbox.request({"kind": "load", "op": OP, "source": "while True:\n    pass\n"}, 30)
+    finally:
+        sandbox.close()
 
 
 def test_a_fresh_sandbox_for_every_candidate(unguarded, tmp_path: Path) -> None:

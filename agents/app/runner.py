@@ -117,6 +117,7 @@ def evaluator_settings(config: Config, device: str, target: Target | None = None
         ceilings_cache=e.ceilings_cache,
         baselines_cache=e.baselines_cache,
         compile_ahead=e.compile_ahead,
+        candidate_seconds=e.search_candidate_s if search and device == "cuda" and e.search_candidate_s > 0 else None,
         promotion_margin=config.promotion.margin,
         ab_rounds=config.promotion.ab_rounds,
         backward=config.run.training,
