@@ -111,6 +111,7 @@ class Evaluator(BaselineCaches):
         self.gpu = gpu
         self._skip_static = skip_static
         self._server: ForkServer | None = None
+        self._stopped = False  # stop(): no fork server starts again
         self._ceilings: dict | None = None
         self._device: dict | None = None
         self._warm: dict[str, tuple[ForkServer, str | None]] = {}  # op -> (its fork server, cache file or None)
@@ -127,6 +128,8 @@ class Evaluator(BaselineCaches):
         return spec.with_timed(names) if names else spec
 
     def _fork_server(self) -> ForkServer:
+        if self._stopped:
+            raise SandboxLost("crash", "the evaluator has stopped")
         if self._server is None or not self._server.alive():
             if self._server is not None:
                 self._server.close()
@@ -455,6 +458,12 @@ class Evaluator(BaselineCaches):
         if self._server is not None:
             self._server.close()
             self._server = None
+
+    def stop(self) -> None:
+        """Close for good, from another thread than the one judging: its candidate's sandbox is killed, and
+        neither that thread nor a compile-ahead helper starts another fork server, which would judge on."""
+        self._stopped = True
+        self.close()
 
     def __enter__(self) -> "Evaluator":
         return self

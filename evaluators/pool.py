@@ -199,9 +199,9 @@ class EvaluationPool:
         with self._messages:
             self._closing = True
         for worker in self.workers:
-            worker.close()
+            worker.stop()
         if self._threads is not None:
-            self._threads.shutdown(wait=True)
+            self._threads.shutdown(wait=True, cancel_futures=True)  # a candidate not yet started never starts
         for shared in self.baselines:
             shared.close()
 

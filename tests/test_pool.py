@@ -96,6 +96,36 @@ def test_a_pool_returns_verdicts_in_the_order_of_its_jobs(tmp_path):
     assert [v.status for v in verdicts] == ["accepted", "rejected", "accepted"]
 
 
+def test_closing_a_pool_mid_population_judges_nothing_more():
+    # Ctrl-C in a run: the pool closes while two workers judge hanging candidates and two more wait their turn
+    from evaluators import EvaluationPool, EvaluatorSettings, Timeouts
+
+    hangs = PROJECT_ROOT / "tests" / "cheats" / "hangs.py"
+    settings = EvaluatorSettings(device="cpu", backward=False,
+                                 timeouts=Timeouts(start=120, load=10, compile=60, check=60, time=10, task=10))
+    pool = EvaluationPool(settings, workers=2)
+    verdicts, ended = [], []
+
+    def judge_population():
+        try:
+            pool.evaluate_all([("layer_norm", hangs)] * 4, on_verdict=lambda i, v: verdicts.append(v))
+        except Exception as exc:  # the population's end: its candidates were stopped, not judged
+            ended.append(exc)
+
+    population = threading.Thread(target=judge_population, daemon=True)
+    population.start()
+    deadline = time.monotonic() + 120
+    while pool.sandboxes_started < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pool.sandboxes_started == 2
+    pool.close()
+    population.join(60)
+    # the candidates killed by the closing have no verdict; the two waiting never started, on a new fork server
+    # or otherwise, and nothing of the pool is left running
+    assert pool.sandboxes_started == 2 and verdicts == [] and len(ended) == 1
+    assert all(w._server is None for w in pool.workers)
+
+
 def test_pool_rejects_zero_workers():
     from evaluators import EvaluationPool, EvaluatorSettings
 
