@@ -508,7 +508,7 @@ CHEAT_DIR = PROJECT / "tests" / "cheats"
 # cheats whose failure class is decided by the dynamic checks: the static policy must let them through
 DYNAMIC_CHEATS = ("honest", "zeros", "mutates_input", "no_launch", "half_rows", "returns_input", "wrong_dtype",
                   "raises", "bad_kernel", "out_of_memory", "segfaults", "makes_nan", "late_compile_error",
-                  "hangs", "kernel_spins", "prints", "gpu_illegal_address", "slow_calls")
+                  "hangs", "kernel_spins", "prints", "gpu_illegal_address")
 
 
 @pytest.mark.parametrize("name", DYNAMIC_CHEATS)
