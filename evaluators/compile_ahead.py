@@ -203,17 +203,21 @@ class CompileAhead:
             event.wait(self.timeout)
         self.waited += time.monotonic() - started
 
+    def _left(self) -> bool:
+        """Whether a case is left for the helpers (under the lock): given back or not yet taken, and not reached
+        by the checking sandbox."""
+        self._returned = [i for i in self._returned if i >= self._front]
+        return not self._stopping.is_set() and bool(self._returned or self._back > self._front)
+
     def _more(self) -> bool:
         with self._lock:
-            return not self._stopping.is_set() and (self._back > self._front
-                                                    or any(i >= self._front for i in self._returned))
+            return self._left()
 
     def _claim(self) -> int | None:
         """The next case for a helper that holds the GPU's turn: one given back first, then the next from
         the end; None when the checking sandbox has reached everything left."""
         with self._lock:
-            self._returned = [i for i in self._returned if i >= self._front]
-            if self._stopping.is_set() or not (self._returned or self._back > self._front):
+            if not self._left():
                 return None
             if self._returned:
                 index = self._returned.pop()
@@ -249,21 +253,17 @@ class CompileAhead:
                         continue  # the card was taken while it started: ended at the loop's top
                     if (index := self._claim()) is None:
                         return
+                    again = False
                     try:
                         helper.compile(index)
                     except (SandboxLost, CandidateFailure, OSError):
                         if not helper.preempted.is_set():
-                            self._finish(index)
                             return  # a helper lost is only compilation the checking sandbox does itself
                         with self._lock:
                             self.preempted += 1
-                        helper.end()
-                        self._finish(index, again=True)  # compiled again, after the timed turn
-                        continue
-                    except BaseException:
-                        self._finish(index)
-                        raise
-                    self._finish(index)  # copied or not, the checking sandbox waits no longer
+                        again = True  # compiled again after the timed turn; the sandbox ends at the loop's top
+                    finally:
+                        self._finish(index, again)  # copied or not, the checking sandbox waits no longer
         except (SandboxLost, CandidateFailure, OSError):
             return
         finally:
